@@ -1,0 +1,124 @@
+//! # aihost plugin API
+//!
+//! Two halves:
+//!
+//! - [`abi`]: the frozen v1 binary interface (`PluginMod`, the root module every plugin library
+//!   exports, and the FFI-safe types that cross the boundary). The host uses it to load plugins.
+//! - [`sdk`]: what a plugin author uses. Implement [`sdk::Plugin`] with plain async Rust and call
+//!   [`export_plugin!`] once; the SDK supplies the plugin's tokio runtime, the panic guards, the
+//!   abort-on-drop of task futures, and the bridge that sends the plugin's `tracing` events to the
+//!   host's log. A plugin author writes no `extern "C"` and no `unsafe`.
+//!
+//! See `plugins/README.md` for a walkthrough and `plugins/imageops` for a complete plugin.
+
+#![allow(non_local_definitions)]
+
+pub mod abi;
+mod log_bridge;
+pub mod sdk;
+
+pub use abi::{
+    HostServices, OpInfo, OutputFile, PluginError, PluginInfo, PluginMod, PluginModRef,
+    TaskContext, TaskOutput, TaskRequest, TaskTypeInfo, level,
+};
+
+#[doc(hidden)]
+pub mod __private {
+    pub use abi_stable;
+    pub use async_ffi;
+}
+
+/// The version of this interface crate; plugins report the one they were built against.
+pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Stable error codes that the host understands in a [`PluginError`].
+pub mod codes {
+    /// The task input is wrong; retrying cannot help.
+    pub const INVALID_INPUT: &str = "invalid_input";
+    /// The plugin's configuration is wrong.
+    pub const INVALID_CONFIG: &str = "invalid_config";
+    /// The engine cannot be reached right now; a retry may help.
+    pub const ENGINE_UNAVAILABLE: &str = "engine_unavailable";
+    /// The engine ran and failed.
+    pub const ENGINE_ERROR: &str = "engine_error";
+    /// The task ran out of time.
+    pub const TIMEOUT: &str = "timeout";
+    /// The task was cancelled.
+    pub const CANCELLED: &str = "cancelled";
+    /// The plugin panicked; the panic was caught at the boundary.
+    pub const PLUGIN_PANIC: &str = "plugin_panic";
+    /// A call reached a plugin that was not initialised.
+    pub const NOT_INITIALIZED: &str = "not_initialized";
+    /// `call_op` named an operation the plugin does not offer.
+    pub const UNKNOWN_OP: &str = "unknown_op";
+    /// A remote input could not be fetched.
+    pub const FETCH_FAILED: &str = "fetch_failed";
+    /// An internal error of the plugin.
+    pub const INTERNAL: &str = "internal";
+}
+
+impl PluginError {
+    /// An error that a retry cannot fix.
+    pub fn fatal(code: &str, message: impl Into<String>) -> Self {
+        Self { code: code.into(), message: message.into().into(), retryable: false }
+    }
+
+    /// An error that a retry may fix.
+    pub fn retryable(code: &str, message: impl Into<String>) -> Self {
+        Self { code: code.into(), message: message.into().into(), retryable: true }
+    }
+
+    /// Shorthand for a non-retryable `invalid_input`.
+    pub fn invalid_input(message: impl Into<String>) -> Self {
+        Self::fatal(codes::INVALID_INPUT, message)
+    }
+}
+
+impl std::fmt::Display for PluginError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for PluginError {}
+
+/// Checks a plugin's declared interface version against this host. `Err` is one line for users.
+pub fn check_api_version(plugin_version: &str) -> Result<(), String> {
+    let parsed = semver::Version::parse(plugin_version).map_err(|e| {
+        format!("declares interface version {plugin_version:?}, which is not semver ({e})")
+    })?;
+    let host = semver::Version::parse(API_VERSION).expect("crate version is semver");
+    if parsed.major != host.major || parsed.minor > host.minor {
+        return Err(format!(
+            "was built against plugin-api {parsed}; this host needs ^{}.0 up to {}.{}",
+            host.major, host.major, host.minor
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_major_older_minor_is_accepted() {
+        assert!(check_api_version("1.0.0").is_ok());
+        assert!(check_api_version(API_VERSION).is_ok());
+    }
+
+    #[test]
+    fn other_major_or_newer_minor_is_refused_in_one_line() {
+        let err = check_api_version("2.0.0").unwrap_err();
+        assert!(err.contains("plugin-api 2.0.0"), "{err}");
+        assert!(!err.contains('\n'));
+        assert!(check_api_version("0.9.0").is_err());
+        assert!(check_api_version("1.99.0").is_err());
+        assert!(check_api_version("not-a-version").is_err());
+    }
+
+    #[test]
+    fn export_symbol_name_matches_abi_stable() {
+        assert_eq!(sdk::ROOT_MODULE_SYMBOL, abi_stable::library::ROOT_MODULE_LOADER_NAME);
+    }
+}
