@@ -1,0 +1,342 @@
+//! Task state: the [`TaskStore`] trait and its implementations.
+//!
+//! Every read and write of task state goes through this trait (DESIGN §2). Implementations:
+//! [`sqlite::SqliteStore`] (embedded default). PostgreSQL comes later and must pass the same
+//! conformance suite (`conformance.rs`).
+//!
+//! Invariants every implementation keeps:
+//! - a task accepted by [`TaskStore::insert`] is durable when the call returns;
+//! - claims are atomic: one attempt of a task is handed to one worker only;
+//! - a terminal state (COMPLETED, FAILED, CANCELLED) is written once; a late or stale
+//!   completion (wrong attempt, task no longer PROCESSING) is refused and changes nothing;
+//! - every state change and progress update is published as a [`TaskEvent`].
+
+use std::{collections::BTreeMap, time::Duration};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+pub mod sqlite;
+
+#[cfg(test)]
+mod conformance;
+
+/// Lifecycle state of a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Status {
+    /// Waiting to be claimed (possibly not before `run_at`).
+    Pending,
+    /// Claimed by a worker that holds a lease.
+    Processing,
+    /// Finished with a result.
+    Completed,
+    /// Finished with an error.
+    Failed,
+    /// Cancelled by a client.
+    Cancelled,
+}
+
+impl Status {
+    /// Every status, in lifecycle order.
+    pub const ALL: [Status; 5] =
+        [Status::Pending, Status::Processing, Status::Completed, Status::Failed, Status::Cancelled];
+
+    /// The stored and wire form: `PENDING`, `PROCESSING`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "PENDING",
+            Status::Processing => "PROCESSING",
+            Status::Completed => "COMPLETED",
+            Status::Failed => "FAILED",
+            Status::Cancelled => "CANCELLED",
+        }
+    }
+
+    /// Parses the wire form (case-insensitive).
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|st| st.as_str().eq_ignore_ascii_case(s))
+    }
+
+    /// Whether the status is final.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Completed | Status::Failed | Status::Cancelled)
+    }
+}
+
+/// Progress of a running task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// 0 to 100.
+    pub percent: f32,
+    /// Short description of the current step.
+    pub message: String,
+}
+
+/// Why a task failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskError {
+    /// Stable snake_case code (the plugin's, or the host's such as `lease_expired`).
+    pub code: String,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+/// A task as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    /// UUIDv7: sorts by creation time.
+    pub id: Uuid,
+    /// Task type, e.g. `imageops.transform`.
+    pub task_type: String,
+    /// Current state.
+    pub status: Status,
+    /// The validated input.
+    pub input: Value,
+    /// Higher runs first.
+    pub priority: i32,
+    /// Attempts started so far (the running one included).
+    pub attempts: u32,
+    /// Attempts allowed in all.
+    pub max_attempts: u32,
+    /// Last reported progress.
+    pub progress: Option<Progress>,
+    /// Result of a COMPLETED task.
+    pub result: Option<Value>,
+    /// Error of a FAILED task (or the last error of a task waiting for a retry).
+    pub error: Option<TaskError>,
+    /// When the task was accepted.
+    pub created_at: DateTime<Utc>,
+    /// When the current (or last) attempt started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When the task reached a terminal state.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Not claimable before this time (retry backoff).
+    pub run_at: DateTime<Utc>,
+    /// Client-chosen deduplication key.
+    pub idempotency_key: Option<String>,
+    /// URL to call when the task finishes.
+    pub webhook_url: Option<String>,
+    /// Worker holding the lease while PROCESSING.
+    pub worker: Option<String>,
+    /// Lease expiry while PROCESSING.
+    pub lease_until: Option<DateTime<Utc>>,
+    /// A client asked to cancel this PROCESSING task.
+    pub cancel_requested: bool,
+}
+
+/// A task to insert.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    /// The id to give it (UUIDv7).
+    pub id: Uuid,
+    /// Task type.
+    pub task_type: String,
+    /// Validated input.
+    pub input: Value,
+    /// Higher runs first.
+    pub priority: i32,
+    /// Attempts allowed (at least 1).
+    pub max_attempts: u32,
+    /// Deduplication key.
+    pub idempotency_key: Option<String>,
+    /// Completion webhook.
+    pub webhook_url: Option<String>,
+}
+
+/// What happened to a task, published to subscribers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// Inserted (PENDING).
+    Created,
+    /// Claimed by a worker (PROCESSING).
+    Started,
+    /// Progress changed.
+    Progress,
+    /// Back to PENDING after a retryable failure, a lease expiry or a shutdown.
+    Retrying,
+    /// A client asked to cancel a PROCESSING task.
+    CancelRequested,
+    /// COMPLETED.
+    Completed,
+    /// FAILED.
+    Failed,
+    /// CANCELLED.
+    Cancelled,
+}
+
+/// A state change or progress update of one task, with the task as it is now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskEvent {
+    /// What happened.
+    pub kind: EventKind,
+    /// The task after the change.
+    pub task: Task,
+}
+
+/// Filters for [`TaskStore::list`].
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only this status.
+    pub status: Option<Status>,
+    /// Only this type.
+    pub task_type: Option<String>,
+    /// Page size (the store caps it at 1000).
+    pub limit: u32,
+    /// Opaque cursor from a previous page.
+    pub cursor: Option<String>,
+}
+
+/// One page of tasks, newest first.
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// The tasks.
+    pub tasks: Vec<Task>,
+    /// Cursor of the next page, if there is one.
+    pub next_cursor: Option<String>,
+}
+
+/// Outcome of [`TaskStore::cancel`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum CancelOutcome {
+    /// It was PENDING and is now CANCELLED.
+    Cancelled(Task),
+    /// It is PROCESSING; `cancel_requested` is set and a CancelRequested event published. The
+    /// worker running it stops it and calls [`TaskStore::finish_cancelled`].
+    Requested(Task),
+    /// It had already finished; nothing changed.
+    AlreadyFinished(Task),
+    /// No such task.
+    NotFound,
+}
+
+/// Aggregate figures for `GET /api/stats`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Stats {
+    /// Tasks per status (every status present, zero included).
+    pub by_status: BTreeMap<String, u64>,
+    /// Tasks per type, then per status.
+    pub by_type: BTreeMap<String, BTreeMap<String, u64>>,
+    /// COMPLETED / (COMPLETED + FAILED), or none when nothing finished.
+    pub success_rate: Option<f64>,
+    /// Processing time (started_at to finished_at) of COMPLETED tasks, in milliseconds.
+    pub processing_ms_p50: Option<f64>,
+    /// 95th percentile of the same.
+    pub processing_ms_p95: Option<f64>,
+    /// 99th percentile of the same.
+    pub processing_ms_p99: Option<f64>,
+    /// PENDING tasks.
+    pub queue_depth: u64,
+}
+
+/// Errors of a task store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or answered with an error.
+    #[error("task store unavailable: {0}")]
+    Unavailable(String),
+    /// A migration failed at open.
+    #[error("task store migration failed: {0}")]
+    Migration(String),
+    /// A cursor that this store did not produce.
+    #[error("invalid cursor")]
+    InvalidCursor,
+    /// Stored data could not be decoded (a bug or a foreign write).
+    #[error("corrupt task row: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// Stable error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::Unavailable(_) => "store_unavailable",
+            StoreError::Migration(_) => "store_migration_failed",
+            StoreError::InvalidCursor => "invalid_cursor",
+            StoreError::Corrupt(_) => "store_corrupt",
+        }
+    }
+}
+
+/// Result alias of this module.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Durable task state. See the module docs for the invariants.
+#[async_trait]
+pub trait TaskStore: Send + Sync + 'static {
+    /// Inserts a task, durably. If `idempotency_key` is set and a task with that key exists,
+    /// returns that task and `false` and writes nothing; otherwise the new task and `true`.
+    async fn insert(&self, task: NewTask) -> StoreResult<(Task, bool)>;
+
+    /// Reads one task.
+    async fn get(&self, id: Uuid) -> StoreResult<Option<Task>>;
+
+    /// Lists tasks newest first, with cursor pagination.
+    async fn list(&self, filter: ListFilter) -> StoreResult<Page>;
+
+    /// Atomically claims up to `limit` PENDING tasks of `task_type` whose `run_at` has passed,
+    /// highest priority first then oldest first: each becomes PROCESSING with `attempts + 1`,
+    /// `started_at = now`, `worker`, and `lease_until = now + lease`. Publishes Started.
+    async fn claim(
+        &self,
+        task_type: &str,
+        worker: &str,
+        lease: Duration,
+        limit: u32,
+    ) -> StoreResult<Vec<Task>>;
+
+    /// Extends the lease of a task this worker runs (`attempt` = its `attempts`). `false` if
+    /// the task is no longer this attempt's (rescued, cancelled, finished).
+    async fn renew(&self, id: Uuid, attempt: u32, worker: &str, lease: Duration)
+    -> StoreResult<bool>;
+
+    /// Records progress of a running attempt and publishes Progress. `false` if stale.
+    async fn set_progress(&self, id: Uuid, attempt: u32, progress: Progress) -> StoreResult<bool>;
+
+    /// PROCESSING → COMPLETED with `result`, if `attempt` is the current one. `None` if stale
+    /// (nothing written), else the finished task. Publishes Completed.
+    async fn complete(&self, id: Uuid, attempt: u32, result: Value) -> StoreResult<Option<Task>>;
+
+    /// A failed attempt. If `retry_at` is some and attempts remain, → PENDING with
+    /// `run_at = retry_at` and `error` kept as the last error (publishes Retrying); otherwise →
+    /// FAILED (publishes Failed). `None` if stale.
+    async fn fail(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        error: TaskError,
+        retry_at: Option<DateTime<Utc>>,
+    ) -> StoreResult<Option<Task>>;
+
+    /// Gives a running attempt back without counting it (graceful shutdown): → PENDING with
+    /// `attempts - 1`, claimable at once. `false` if stale. Publishes Retrying.
+    async fn release(&self, id: Uuid, attempt: u32) -> StoreResult<bool>;
+
+    /// A client's cancel. See [`CancelOutcome`].
+    async fn cancel(&self, id: Uuid) -> StoreResult<CancelOutcome>;
+
+    /// PROCESSING → CANCELLED after the worker stopped the attempt. `None` if stale.
+    async fn finish_cancelled(&self, id: Uuid, attempt: u32) -> StoreResult<Option<Task>>;
+
+    /// Stalled-task rescue: every PROCESSING task whose lease expired goes back to PENDING, or
+    /// to FAILED with code `lease_expired` when it has no attempts left (or CANCELLED if a cancel
+    /// was requested). Returns how many tasks changed.
+    async fn rescue_expired(&self) -> StoreResult<u64>;
+
+    /// Aggregate figures.
+    async fn stats(&self) -> StoreResult<Stats>;
+
+    /// PENDING tasks of each type (claimable now or later).
+    async fn pending_by_type(&self) -> StoreResult<BTreeMap<String, u64>>;
+
+    /// Checks the store answers.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Subscribes to every task event from now on.
+    fn subscribe(&self) -> broadcast::Receiver<TaskEvent>;
+}
