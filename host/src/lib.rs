@@ -2,8 +2,12 @@
 //!
 //! See `ARCHITECTURE.md` at the repository root for the map of these modules.
 
+pub mod api;
 pub mod config;
+pub mod dispatcher;
 pub mod fetch;
 pub mod manifest;
+pub mod plugins;
+pub mod service;
 pub mod storage;
 pub mod store;

@@ -182,13 +182,17 @@ pub struct PluginMod {
     /// Initialises the plugin once with the host's services and its config (a JSON object).
     pub init: extern "C" fn(host: HostServices, config_json: RString) -> RResult<(), PluginError>,
     /// Runs one task. Dropping the future aborts the task's work.
-    pub run_task:
-        extern "C" fn(req: TaskRequest, ctx: TaskContext) -> FfiFuture<RResult<TaskOutput, PluginError>>,
+    pub run_task: extern "C" fn(
+        req: TaskRequest,
+        ctx: TaskContext,
+    ) -> FfiFuture<RResult<TaskOutput, PluginError>>,
     /// Asks the engine to stop a running task (e.g. ComfyUI interrupt, SIGTERM to FaceFusion).
     pub cancel_task: extern "C" fn(task_id: RString) -> FfiFuture<()>,
     /// Calls an engine operation with JSON arguments; answers JSON.
-    pub call_op:
-        extern "C" fn(name: RString, args_json: RString) -> FfiFuture<RResult<RString, PluginError>>,
+    pub call_op: extern "C" fn(
+        name: RString,
+        args_json: RString,
+    ) -> FfiFuture<RResult<RString, PluginError>>,
     /// Reports the health of the plugin and its engines as JSON.
     pub health: extern "C" fn() -> FfiFuture<RResult<RString, PluginError>>,
     /// Stops background work before the host exits.

@@ -60,12 +60,20 @@ pub mod codes {
 impl PluginError {
     /// An error that a retry cannot fix.
     pub fn fatal(code: &str, message: impl Into<String>) -> Self {
-        Self { code: code.into(), message: message.into().into(), retryable: false }
+        Self {
+            code: code.into(),
+            message: message.into().into(),
+            retryable: false,
+        }
     }
 
     /// An error that a retry may fix.
     pub fn retryable(code: &str, message: impl Into<String>) -> Self {
-        Self { code: code.into(), message: message.into().into(), retryable: true }
+        Self {
+            code: code.into(),
+            message: message.into().into(),
+            retryable: true,
+        }
     }
 
     /// Shorthand for a non-retryable `invalid_input`.
@@ -119,6 +127,9 @@ mod tests {
 
     #[test]
     fn export_symbol_name_matches_abi_stable() {
-        assert_eq!(sdk::ROOT_MODULE_SYMBOL, abi_stable::library::ROOT_MODULE_LOADER_NAME);
+        assert_eq!(
+            sdk::ROOT_MODULE_SYMBOL,
+            abi_stable::library::ROOT_MODULE_LOADER_NAME
+        );
     }
 }

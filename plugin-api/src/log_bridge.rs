@@ -57,7 +57,11 @@ impl<S: Subscriber> Layer<S> for HostLayer {
         event.record(&mut v);
         v.message.push_str(&v.fields);
         let meta = event.metadata();
-        self.host.log(to_level(meta.level()), RStr::from_str(meta.target()), RStr::from_str(&v.message));
+        self.host.log(
+            to_level(meta.level()),
+            RStr::from_str(meta.target()),
+            RStr::from_str(&v.message),
+        );
     }
 }
 

@@ -46,13 +46,11 @@ use abi_stable::{
 use async_ffi::{FfiFuture, FutureExt as _};
 pub use serde_json::{Value, json};
 
+pub use crate::{OutputFile as AbiOutputFile, PluginError, level};
 use crate::{
-    abi::{
-        HostServices, OpInfo, PluginMod, PluginModRef, TaskContext, TaskRequest, TaskTypeInfo,
-    },
+    abi::{HostServices, OpInfo, PluginMod, PluginModRef, TaskContext, TaskRequest, TaskTypeInfo},
     codes,
 };
-pub use crate::{OutputFile as AbiOutputFile, PluginError, level};
 
 /// Name of the symbol under which a plugin library exports its header (abi_stable's mangled
 /// root-module loader name). Checked against abi_stable's constant by a unit test.
@@ -133,7 +131,10 @@ pub struct Output {
 impl Output {
     /// An output with only result data.
     pub fn result(result: Value) -> Self {
-        Self { files: Vec::new(), result }
+        Self {
+            files: Vec::new(),
+            result,
+        }
     }
 
     /// Adds a file.
@@ -181,7 +182,9 @@ impl Context {
     }
 
     async fn fetch_inner(&self, url: &str, name: Option<&str>) -> Result<PathBuf, PluginError> {
-        let name = name.map(RString::from).map_or(abi_stable::std_types::RNone, RSome);
+        let name = name
+            .map(RString::from)
+            .map_or(abi_stable::std_types::RNone, RSome);
         match self.inner.fetch(RString::from(url), name).await {
             ROk(path) => Ok(PathBuf::from(path.into_string())),
             RErr(e) => Err(e),
@@ -222,12 +225,17 @@ pub trait Plugin: Sized + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Value, PluginError>> + Send + 'static {
         let _ = args;
         async move {
-            Err(PluginError::fatal(codes::UNKNOWN_OP, format!("this plugin has no op {name:?}")))
+            Err(PluginError::fatal(
+                codes::UNKNOWN_OP,
+                format!("this plugin has no op {name:?}"),
+            ))
         }
     }
 
     /// Reports health as a JSON object; `Err` when an engine is unreachable.
-    fn health(self: Arc<Self>) -> impl Future<Output = Result<Value, PluginError>> + Send + 'static {
+    fn health(
+        self: Arc<Self>,
+    ) -> impl Future<Output = Result<Value, PluginError>> + Send + 'static {
         async { Ok(json!({"status": "ok"})) }
     }
 
@@ -263,7 +271,10 @@ impl<P> Default for State<P> {
 impl<P> State<P> {
     /// An uninitialised plugin.
     pub const fn new() -> Self {
-        Self { runtime: OnceLock::new(), plugin: OnceLock::new() }
+        Self {
+            runtime: OnceLock::new(),
+            plugin: OnceLock::new(),
+        }
     }
 }
 
@@ -337,7 +348,12 @@ fn guarded_ffi<T: Send + 'static>(
 ) -> FfiFuture<RResult<T, PluginError>> {
     PollGuard {
         fut: Box::pin(fut),
-        on_panic: |m| RErr(PluginError::fatal(codes::PLUGIN_PANIC, format!("plugin panicked in poll: {m}"))),
+        on_panic: |m| {
+            RErr(PluginError::fatal(
+                codes::PLUGIN_PANIC,
+                format!("plugin panicked in poll: {m}"),
+            ))
+        },
         done: false,
     }
     .into_ffi()
@@ -368,7 +384,10 @@ impl<P: Plugin> State<P> {
     fn ready(&self) -> Result<(&tokio::runtime::Runtime, &Arc<P>), PluginError> {
         match (self.runtime.get(), self.plugin.get()) {
             (Some(rt), Some(p)) => Ok((rt, p)),
-            _ => Err(PluginError::fatal(codes::NOT_INITIALIZED, "init was not called or failed")),
+            _ => Err(PluginError::fatal(
+                codes::NOT_INITIALIZED,
+                "init was not called or failed",
+            )),
         }
     }
 
@@ -404,14 +423,17 @@ impl<P: Plugin> State<P> {
                         name: t.name.as_str().into(),
                         description: t.description.as_str().into(),
                         input_schema_json: to_rstring(&t.input_schema),
-                        max_concurrency: if configured > 0 { configured } else { t.max_concurrency },
+                        max_concurrency: if configured > 0 {
+                            configured
+                        } else {
+                            t.max_concurrency
+                        },
                         extra_json: "{}".into(),
                     }
                 })
                 .collect::<RVec<_>>();
-            let default_config = serde_json::to_string(&P::Config::default()).map_err(|e| {
-                PluginError::fatal(codes::INTERNAL, format!("default config: {e}"))
-            })?;
+            let default_config = serde_json::to_string(&P::Config::default())
+                .map_err(|e| PluginError::fatal(codes::INTERNAL, format!("default config: {e}")))?;
             Ok(crate::PluginInfo {
                 name: d.name.into(),
                 version: d.version.into(),
@@ -421,7 +443,10 @@ impl<P: Plugin> State<P> {
                 ops: d
                     .ops
                     .into_iter()
-                    .map(|o| OpInfo { name: o.name.into(), description: o.description.into() })
+                    .map(|o| OpInfo {
+                        name: o.name.into(),
+                        description: o.description.into(),
+                    })
                     .collect(),
                 default_config_json: default_config.into(),
                 extra_json: "{}".into(),
@@ -431,10 +456,17 @@ impl<P: Plugin> State<P> {
     }
 
     /// Entry point `init`.
-    pub fn init(&'static self, host: HostServices, config_json: RString) -> RResult<(), PluginError> {
+    pub fn init(
+        &'static self,
+        host: HostServices,
+        config_json: RString,
+    ) -> RResult<(), PluginError> {
         guard("init", || {
             if self.plugin.get().is_some() {
-                return Err(PluginError::fatal(codes::INTERNAL, "init was already called"));
+                return Err(PluginError::fatal(
+                    codes::INTERNAL,
+                    "init was already called",
+                ));
             }
             let text = config_json.as_str().trim();
             let config: P::Config = if text.is_empty() || text == "null" {
@@ -480,18 +512,24 @@ impl<P: Plugin> State<P> {
             Ok(plugin.run_task(task, Context { inner: ctx }))
         });
         guarded_ffi(async move {
-            join(started, "run_task").await.map(|out: Output| crate::TaskOutput {
-                files: out
-                    .files
-                    .into_iter()
-                    .map(|f| crate::OutputFile {
-                        path: f.path.to_string_lossy().as_ref().into(),
-                        content_type: f.content_type.into(),
-                        name: f.name.into(),
-                    })
-                    .collect(),
-                result_json: if out.result.is_null() { "{}".into() } else { to_rstring(&out.result) },
-            })
+            join(started, "run_task")
+                .await
+                .map(|out: Output| crate::TaskOutput {
+                    files: out
+                        .files
+                        .into_iter()
+                        .map(|f| crate::OutputFile {
+                            path: f.path.to_string_lossy().as_ref().into(),
+                            content_type: f.content_type.into(),
+                            name: f.name.into(),
+                        })
+                        .collect(),
+                    result_json: if out.result.is_null() {
+                        "{}".into()
+                    } else {
+                        to_rstring(&out.result)
+                    },
+                })
         })
     }
 
@@ -564,7 +602,9 @@ macro_rules! export_plugin {
         pub mod __aihost_plugin_exports {
             use super::*;
             use $crate::__private::abi_stable::{
-                library::{CheckTypeLayout, LibHeader, RootModuleResult, __call_root_module_loader},
+                library::{
+                    __call_root_module_loader, CheckTypeLayout, LibHeader, RootModuleResult,
+                },
                 std_types::{RResult, RString},
             };
             use $crate::__private::async_ffi::FfiFuture;

@@ -1,0 +1,348 @@
+//! Test support: runs the real `aihost` binary with real plugin libraries in a temporary
+//! folder, and talks to it over HTTP.
+//!
+//! The binary and plugin libraries must be built first (`cargo build --workspace`); they are
+//! found next to the test executable (`target/<profile>/`).
+
+use std::{
+    io::Write as _,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+/// `target/<profile>`, found from the test executable's path (`target/<profile>/deps/x`).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let deps = exe.parent().expect("deps dir");
+    deps.parent().expect("profile dir").to_path_buf()
+}
+
+/// The built `aihost` binary.
+pub fn aihost_bin() -> PathBuf {
+    let p = target_dir().join("aihost");
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build --workspace` first",
+        p.display()
+    );
+    p
+}
+
+/// A built plugin library by crate lib name, e.g. `aihost_imageops`.
+pub fn plugin_lib(lib_name: &str) -> PathBuf {
+    let p = target_dir().join(format!("lib{lib_name}.so"));
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build --workspace` first",
+        p.display()
+    );
+    p
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// What to start.
+#[derive(Clone)]
+pub struct Options {
+    /// `[[plugin]]` entries: (name, library path, config TOML lines).
+    pub plugins: Vec<(String, PathBuf, String)>,
+    /// Extra lines for aihost.toml (full sections).
+    pub extra_toml: String,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            plugins: vec![
+                (
+                    "imageops".into(),
+                    plugin_lib("aihost_imageops"),
+                    String::new(),
+                ),
+                (
+                    "testkit".into(),
+                    plugin_lib("aihost_test_testkit"),
+                    String::new(),
+                ),
+            ],
+            extra_toml: String::new(),
+            env: Vec::new(),
+        }
+    }
+}
+
+/// A running `aihost serve`.
+pub struct Server {
+    /// The temporary folder holding config, database, outputs and the log.
+    pub dir: tempfile::TempDir,
+    /// Base URL, e.g. `http://127.0.0.1:41234`.
+    pub base: String,
+    /// HTTP client.
+    pub http: reqwest::Client,
+    child: Option<Child>,
+    port: u16,
+    options: Options,
+}
+
+impl Server {
+    /// Starts a server with the default plugins (imageops, testkit).
+    pub async fn start() -> Server {
+        Server::start_with(Options::default()).await
+    }
+
+    /// Starts a server.
+    pub async fn start_with(options: Options) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let mut s = Server {
+            dir,
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+            child: None,
+            port,
+            options,
+        };
+        s.write_config();
+        s.spawn().await;
+        s
+    }
+
+    fn write_config(&self) {
+        let d = self.dir.path();
+        let mut host = std::fs::File::create(d.join("aihost.toml")).unwrap();
+        writeln!(
+            host,
+            "[server]\nbind = \"127.0.0.1:{}\"\nshutdown_grace_secs = 5\n\n[queue]\nlease_secs = 3\npoll_interval_ms = 100\nbackoff_base_ms = 50\nbackoff_max_ms = 200\n\n{}",
+            self.port, self.options.extra_toml
+        )
+        .unwrap();
+        let mut plugins = std::fs::File::create(d.join("plugins.toml")).unwrap();
+        for (name, lib, cfg) in &self.options.plugins {
+            writeln!(
+                plugins,
+                "[[plugin]]\nname = \"{name}\"\nlibrary = {:?}\n",
+                lib.display().to_string()
+            )
+            .unwrap();
+            if !cfg.is_empty() {
+                writeln!(plugins, "[plugin.config]\n{cfg}\n").unwrap();
+            }
+        }
+    }
+
+    /// Path of the server's log (stderr).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("aihost.log")
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let mut cmd = Command::new(aihost_bin());
+        cmd.arg("--config")
+            .arg(self.dir.path().join("aihost.toml"))
+            .arg("serve")
+            .current_dir(self.dir.path())
+            .env("LOG_LEVEL", "info")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log));
+        for (k, v) in &self.options.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("spawn aihost"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("aihost exited early with {status}; log:\n{}", self.log());
+            }
+            if let Ok(r) = self.http.get(self.url("/api/health")).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "aihost did not become ready; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Full URL of a path.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// `kill -9`, and waits for the process to go.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits up to `timeout` for the exit; answers its exit status success.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st.success();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the binary again on the same folder and port.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop it first");
+        self.spawn().await;
+    }
+
+    /// POST JSON, answers (status, body).
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// GET, answers (status, body as JSON or string).
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.http.get(self.url(path)).send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Creates a task and answers its body; panics unless 200/202.
+    pub async fn create(&self, task_type: &str, input: Value) -> Value {
+        let (status, body) = self
+            .post("/api/tasks", &json!({"type": task_type, "input": input}))
+            .await;
+        assert!(
+            status == 202 || status == 200,
+            "create failed: {status} {body}"
+        );
+        body
+    }
+
+    /// Polls a task until its status is terminal (or `timeout`), answers it.
+    pub async fn wait_done(&self, id: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (status, t) = self.get(&format!("/api/tasks/{id}")).await;
+            assert_eq!(status, 200, "{t}");
+            if matches!(
+                t["status"].as_str(),
+                Some("COMPLETED" | "FAILED" | "CANCELLED")
+            ) {
+                return t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id} not finished in {timeout:?}: {t}\nlog:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Polls until the task has `status`.
+    pub async fn wait_status(&self, id: &str, status: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (_, t) = self.get(&format!("/api/tasks/{id}")).await;
+            if t["status"] == status {
+                return t;
+            }
+            assert!(Instant::now() < deadline, "task {id} never {status}: {t}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Writes a PNG of `w`×`h` with a gradient to `path`.
+pub fn write_png(path: &Path, w: u32, h: u32) {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])
+    });
+    img.save(path).unwrap();
+}
+
+/// Runs the binary with arguments; answers (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str], cwd: &Path) -> (i32, String, String) {
+    let out = Command::new(aihost_bin())
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run aihost");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

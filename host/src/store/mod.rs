@@ -43,8 +43,13 @@ pub enum Status {
 
 impl Status {
     /// Every status, in lifecycle order.
-    pub const ALL: [Status; 5] =
-        [Status::Pending, Status::Processing, Status::Completed, Status::Failed, Status::Cancelled];
+    pub const ALL: [Status; 5] = [
+        Status::Pending,
+        Status::Processing,
+        Status::Completed,
+        Status::Failed,
+        Status::Cancelled,
+    ];
 
     /// The stored and wire form: `PENDING`, `PROCESSING`, ...
     pub fn as_str(self) -> &'static str {
@@ -59,7 +64,9 @@ impl Status {
 
     /// Parses the wire form (case-insensitive).
     pub fn parse(s: &str) -> Option<Status> {
-        Status::ALL.into_iter().find(|st| st.as_str().eq_ignore_ascii_case(s))
+        Status::ALL
+            .into_iter()
+            .find(|st| st.as_str().eq_ignore_ascii_case(s))
     }
 
     /// Whether the status is final.
@@ -292,8 +299,13 @@ pub trait TaskStore: Send + Sync + 'static {
 
     /// Extends the lease of a task this worker runs (`attempt` = its `attempts`). `false` if
     /// the task is no longer this attempt's (rescued, cancelled, finished).
-    async fn renew(&self, id: Uuid, attempt: u32, worker: &str, lease: Duration)
-    -> StoreResult<bool>;
+    async fn renew(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        worker: &str,
+        lease: Duration,
+    ) -> StoreResult<bool>;
 
     /// Records progress of a running attempt and publishes Progress. `false` if stale.
     async fn set_progress(&self, id: Uuid, attempt: u32, progress: Progress) -> StoreResult<bool>;

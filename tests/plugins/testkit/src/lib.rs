@@ -212,8 +212,8 @@ impl Plugin for Testkit {
     fn describe() -> Description {
         let mut task_types = vec![TaskType {
             name: TASK_TYPE.into(),
-            description: "Does what `mode` says: succeed, progress, panic, fail, log, fetch or count."
-                .into(),
+            description:
+                "Does what `mode` says: succeed, progress, panic, fail, log, fetch or count.".into(),
             input_schema: input_schema(),
             max_concurrency: 0,
         }];

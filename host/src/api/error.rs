@@ -1,0 +1,171 @@
+//! The one error shape of the HTTP API: `{"error": {"code": "...", "message": "..."}}`.
+//!
+//! Every module's error maps to an HTTP status here and nowhere else.
+
+use poem::{Response, http::StatusCode};
+use poem_openapi::{ApiResponse, Object, payload::Json};
+
+use crate::{storage::StorageError, store::StoreError};
+
+/// The error object.
+#[derive(Debug, Clone, Object)]
+pub struct ErrorDetail {
+    /// Stable snake_case code.
+    pub code: String,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+/// Body of every error response.
+#[derive(Debug, Clone, Object)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// Every error the API answers, by status.
+#[derive(Debug, ApiResponse)]
+pub enum ApiError {
+    /// Malformed request (bad JSON, bad parameter).
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// Missing or wrong API key.
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>),
+    /// Unknown task, file or route.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// The request conflicts with the task's state (e.g. cancel of a finished task).
+    #[oai(status = 409)]
+    Conflict(Json<ErrorBody>),
+    /// Body over the limit.
+    #[oai(status = 413)]
+    TooLarge(Json<ErrorBody>),
+    /// Well-formed but invalid: unknown task type, input that fails the schema.
+    #[oai(status = 422)]
+    Unprocessable(Json<ErrorBody>),
+    /// Queue full; retry after the given seconds.
+    #[oai(status = 429)]
+    TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
+    /// A bug.
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+    /// The store, storage or an engine is unavailable.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+fn body(code: &str, message: impl Into<String>) -> Json<ErrorBody> {
+    Json(ErrorBody {
+        error: ErrorDetail {
+            code: code.to_owned(),
+            message: message.into(),
+        },
+    })
+}
+
+impl ApiError {
+    /// Builds an error for `status` (400 when the status has no variant).
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> ApiError {
+        let b = body(code, message);
+        match status.as_u16() {
+            401 => ApiError::Unauthorized(b),
+            404 => ApiError::NotFound(b),
+            409 => ApiError::Conflict(b),
+            413 => ApiError::TooLarge(b),
+            422 => ApiError::Unprocessable(b),
+            429 => ApiError::TooManyRequests(b, 1),
+            500 => ApiError::Internal(b),
+            503 => ApiError::Unavailable(b),
+            _ => ApiError::BadRequest(b),
+        }
+    }
+
+    /// 400.
+    pub fn bad_request(code: &str, message: impl Into<String>) -> ApiError {
+        ApiError::BadRequest(body(code, message))
+    }
+
+    /// 404.
+    pub fn not_found(code: &str, message: impl Into<String>) -> ApiError {
+        ApiError::NotFound(body(code, message))
+    }
+
+    /// 422.
+    pub fn unprocessable(code: &str, message: impl Into<String>) -> ApiError {
+        ApiError::Unprocessable(body(code, message))
+    }
+
+    /// 409.
+    pub fn conflict(code: &str, message: impl Into<String>) -> ApiError {
+        ApiError::Conflict(body(code, message))
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::InvalidCursor => ApiError::bad_request(e.code(), e.to_string()),
+            StoreError::Corrupt(_) => ApiError::Internal(body(e.code(), e.to_string())),
+            _ => ApiError::Unavailable(body(e.code(), e.to_string())),
+        }
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        let status = match e.code() {
+            "storage_not_found" => StatusCode::NOT_FOUND,
+            "storage_invalid_key" => StatusCode::BAD_REQUEST,
+            "storage_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    }
+}
+
+/// A JSON error response outside poem-openapi (plain poem handlers, middleware).
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+    let text = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
+    Response::builder()
+        .status(status)
+        .content_type("application/json")
+        .body(text)
+}
+
+/// Rewrites errors raised by poem itself (routing, parsing) into the API's error shape; errors
+/// that already are API responses pass through.
+pub fn normalize(err: poem::Error) -> Response {
+    if err.is_from_response() {
+        return err.into_response();
+    }
+    let status = err.status();
+    let code = if err.is::<poem::error::NotFoundError>() {
+        "not_found"
+    } else if err.is::<poem::error::MethodNotAllowedError>() {
+        "method_not_allowed"
+    } else if err.is::<poem_openapi::error::ParseRequestPayloadError>() {
+        "invalid_body"
+    } else if err.is::<poem_openapi::error::ParseParamError>() {
+        "invalid_parameter"
+    } else if err.is::<poem_openapi::error::ContentTypeError>() {
+        "unsupported_content_type"
+    } else {
+        match status.as_u16() {
+            400 => "bad_request",
+            401 => "unauthorized",
+            404 => "not_found",
+            405 => "method_not_allowed",
+            413 => "body_too_large",
+            415 => "unsupported_content_type",
+            _ if status.is_server_error() => "internal",
+            _ => "bad_request",
+        }
+    };
+    let status = if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+        StatusCode::BAD_REQUEST
+    } else {
+        status
+    };
+    error_response(status, code, &err.to_string())
+}

@@ -1,0 +1,139 @@
+//! Live task events for SSE (`/api/tasks/{id}/events`) and WebSocket (`/api/tasks/{id}/ws`).
+//!
+//! Both carry the same JSON: the task's current state first, then every change, ending after
+//! the terminal state.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt, stream::BoxStream};
+use poem::{
+    IntoResponse, Response, handler,
+    web::{
+        Data, Path,
+        websocket::{Message, WebSocket},
+    },
+};
+use serde_json::Value;
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use super::{AppState, error::ApiError, tasks::TaskView};
+use crate::store::{EventKind, Status, TaskEvent};
+
+fn snapshot_kind(s: Status) -> EventKind {
+    match s {
+        Status::Pending => EventKind::Created,
+        Status::Processing => EventKind::Started,
+        Status::Completed => EventKind::Completed,
+        Status::Failed => EventKind::Failed,
+        Status::Cancelled => EventKind::Cancelled,
+    }
+}
+
+/// The JSON of one event.
+pub fn event_json(ev: &TaskEvent) -> Value {
+    let view = TaskView::from(ev.task.clone());
+    serde_json::json!({
+        "event": ev.kind,
+        "task_id": ev.task.id.to_string(),
+        "status": ev.task.status.as_str(),
+        "progress": ev.task.progress,
+        "task": poem_openapi::types::ToJSON::to_json(&view),
+    })
+}
+
+/// Subscribes first, then reads the task, so no change between the two is missed.
+pub async fn follow(state: &AppState, id: Uuid) -> Result<BoxStream<'static, Value>, ApiError> {
+    let rx = state.store.subscribe();
+    let Some(task) = state.store.get(id).await? else {
+        return Err(ApiError::not_found(
+            "task_not_found",
+            format!("no task {id}"),
+        ));
+    };
+    let store = state.store.clone();
+    let first = TaskEvent {
+        kind: snapshot_kind(task.status),
+        task,
+    };
+    let done = first.task.status.is_terminal();
+    let start = futures_util::stream::iter([event_json(&first)]);
+    if done {
+        return Ok(start.boxed());
+    }
+    let rest = futures_util::stream::unfold(Some(rx), move |rx| {
+        let store = store.clone();
+        async move {
+            let mut rx = rx?;
+            loop {
+                match rx.recv().await {
+                    Ok(ev) if ev.task.id == id => {
+                        let terminal =
+                            ev.task.status.is_terminal() && !matches!(ev.kind, EventKind::Progress);
+                        let next = if terminal { None } else { Some(rx) };
+                        return Some((event_json(&ev), next));
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        // We missed events: resynchronise from the store.
+                        if let Ok(Some(t)) = store.get(id).await {
+                            let terminal = t.status.is_terminal();
+                            let ev = TaskEvent {
+                                kind: snapshot_kind(t.status),
+                                task: t,
+                            };
+                            return Some((event_json(&ev), if terminal { None } else { Some(rx) }));
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        }
+    });
+    Ok(start.chain(rest).boxed())
+}
+
+/// `GET /api/tasks/{task_id}/ws`: the task's events as WebSocket text messages; the server
+/// closes the socket after the terminal state.
+#[handler]
+pub async fn task_ws(
+    Path(task_id): Path<String>,
+    ws: WebSocket,
+    Data(state): Data<&std::sync::Arc<AppState>>,
+) -> Response {
+    let id = match super::tasks::parse_id(&task_id) {
+        Ok(id) => id,
+        Err(e) => return poem::Error::from(e).into_response(),
+    };
+    let events = match follow(state, id).await {
+        Ok(s) => std::sync::Mutex::new(s),
+        Err(e) => return poem::Error::from(e).into_response(),
+    };
+    ws.on_upgrade(move |socket| async move {
+        let mut events = events.into_inner().unwrap_or_else(|p| p.into_inner());
+        let (mut sink, mut incoming) = socket.split();
+        loop {
+            tokio::select! {
+                ev = events.next() => match ev {
+                    Some(v) => {
+                        if sink.send(Message::Text(v.to_string())).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => break,
+                },
+                msg = incoming.next() => match msg {
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                    _ => {}
+                },
+                _ = tokio::time::sleep(Duration::from_secs(30)) => {
+                    if sink.send(Message::Ping(Vec::new())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = sink.send(Message::Close(None)).await;
+    })
+    .into_response()
+}

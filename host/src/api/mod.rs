@@ -1,0 +1,269 @@
+//! The HTTP API (DESIGN §5): poem-openapi services, the plain poem handlers for files,
+//! uploads and WebSocket, and the middleware every route shares (API keys, body limit, the one
+//! error shape).
+
+use std::{sync::Arc, time::Instant};
+
+use poem::{
+    Endpoint, EndpointExt, IntoResponse, Request, Response, Route, get,
+    http::{Method, StatusCode, header},
+    post,
+    web::Html,
+};
+use poem_openapi::{OpenApiService, Tags};
+
+use crate::{dispatcher::Dispatcher, plugins::Registry, storage::Storage, store::TaskStore};
+
+pub mod error;
+pub mod events;
+pub mod files;
+pub mod spec;
+pub mod system;
+pub mod tasks;
+
+/// Tags grouping the operations in `/docs`.
+#[derive(Tags)]
+pub enum ApiTags {
+    /// Submit and follow tasks.
+    Tasks,
+    /// Health, status, statistics and plugins.
+    System,
+}
+
+/// Everything a request handler needs.
+pub struct AppState {
+    /// Task state.
+    pub store: Arc<dyn TaskStore>,
+    /// Loaded plugins.
+    pub registry: Arc<Registry>,
+    /// Output and upload storage.
+    pub storage: Storage,
+    /// The consumer of this process, if it runs one.
+    pub dispatcher: Option<Arc<Dispatcher>>,
+    /// Accepted API keys; empty means no authentication.
+    pub api_keys: Vec<String>,
+    /// Largest JSON body.
+    pub max_body_bytes: u64,
+    /// Largest upload.
+    pub max_upload_bytes: u64,
+    /// Submits get 429 above this many pending tasks (0: no limit).
+    pub max_pending: u64,
+    /// `max_attempts` when a request gives none.
+    pub default_max_attempts: u32,
+    /// Public base URL of this service.
+    pub public_url: String,
+    /// Process start.
+    pub started: Instant,
+}
+
+/// The OpenAPI service (operations documented by poem-openapi).
+pub fn openapi(state: Arc<AppState>) -> OpenApiService<(tasks::TasksApi, system::SystemApi), ()> {
+    OpenApiService::new(
+        (
+            tasks::TasksApi {
+                state: state.clone(),
+            },
+            system::SystemApi {
+                state: state.clone(),
+            },
+        ),
+        "aihost",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "AI engines behind one REST API. Submit a task of any registered type, follow it over \
+         SSE or WebSocket, fetch its outputs. The input schema of every installed task type is \
+         part of this document.",
+    )
+    .server(state.public_url.clone())
+}
+
+/// The whole application: API, docs, spec, files, uploads, WebSocket, with middleware.
+pub fn app(state: Arc<AppState>) -> impl Endpoint {
+    let service = openapi(state.clone());
+    let base_spec = service.spec();
+    let docs = spec::Docs::new(base_spec, service.swagger_ui_html(), state.registry.clone());
+    let docs_html = docs.clone();
+    let docs_json = docs.clone();
+    let auth_state = state.clone();
+    let limit_state = state.clone();
+    Route::new()
+        .nest("/", service)
+        .at("/api/uploads", post(files::upload))
+        .at("/api/tasks/:task_id/ws", get(events::task_ws))
+        .at("/files/*key", get(files::get_file))
+        .at(
+            "/openapi.json",
+            get(poem::endpoint::make_sync(move |_| {
+                Response::builder()
+                    .content_type("application/json")
+                    .body(docs_json.spec_json())
+            })),
+        )
+        .at(
+            "/docs",
+            get(poem::endpoint::make_sync(move |_| Html(docs_html.html()))),
+        )
+        .data(state)
+        .around(move |ep, req| {
+            let st = auth_state.clone();
+            async move {
+                check_api_key(&st, &req).map_or(Ok(()), Err)?;
+                ep.call(req).await.map(IntoResponse::into_response)
+            }
+        })
+        .around(move |ep, req| {
+            let st = limit_state.clone();
+            async move { limit_body(&st, ep, req).await }
+        })
+        .catch_all_error(|err| async move { error::normalize(err) })
+}
+
+/// Requires a key on `/api/*` except `/api/health` when keys are configured: header
+/// `Authorization: Bearer KEY` or `X-API-Key: KEY`.
+fn check_api_key(state: &AppState, req: &Request) -> Option<poem::Error> {
+    if state.api_keys.is_empty() {
+        return None;
+    }
+    let path = req.uri().path();
+    if !path.starts_with("/api/") || path == "/api/health" {
+        return None;
+    }
+    let headers = req.headers();
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
+    let ok = given.is_some_and(|g| {
+        state
+            .api_keys
+            .iter()
+            .any(|k| constant_time_eq(k.as_bytes(), g.as_bytes()))
+    });
+    if ok {
+        None
+    } else {
+        let msg = if given.is_some() {
+            "the API key is not valid"
+        } else {
+            "an API key is required (Authorization: Bearer KEY)"
+        };
+        Some(poem::Error::from_response(error::error_response(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            msg,
+        )))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Caps JSON bodies at `max_body_bytes` (uploads have their own limit): 413 from the
+/// Content-Length alone when it is given, else while reading.
+async fn limit_body<E: Endpoint>(
+    state: &AppState,
+    ep: Arc<E>,
+    mut req: Request,
+) -> poem::Result<Response> {
+    let is_upload = req.uri().path() == "/api/uploads";
+    let limit = if is_upload {
+        state.max_upload_bytes.saturating_add(1 << 20)
+    } else {
+        state.max_body_bytes
+    };
+    let too_large = || {
+        poem::Error::from_response(error::error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            &format!("the body is over the limit of {limit} bytes"),
+        ))
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let is_create = req.uri().path() == "/api/tasks" && *req.method() == Method::POST;
+    if is_create
+        || (declared.is_none()
+            && !is_upload
+            && matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH))
+    {
+        let body = req.take_body();
+        match body.into_bytes_limit(limit as usize).await {
+            Ok(bytes) => {
+                if is_create {
+                    check_create_envelope(&bytes).map_err(poem::Error::from_response)?;
+                }
+                req.set_body(bytes)
+            }
+            Err(poem::error::ReadBodyError::PayloadTooLarge) => return Err(too_large()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    ep.call(req).await.map(IntoResponse::into_response)
+}
+
+/// The merged OpenAPI document as pretty JSON (what `/openapi.json` serves).
+pub fn openapi_document(state: Arc<AppState>) -> String {
+    let base = openapi(state.clone()).spec();
+    serde_json::to_string_pretty(&spec::merge(&base, &state.registry)).unwrap_or_default()
+}
+
+/// Checks the envelope of `POST /api/tasks` before poem-openapi parses it, so that a wrong
+/// type is reported with the field's name (poem-openapi's message omits it).
+fn check_create_envelope(bytes: &[u8]) -> Result<(), Response> {
+    let bad = |code: &str, msg: String| error::error_response(StatusCode::BAD_REQUEST, code, &msg);
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| bad("invalid_body", format!("the body is not valid JSON: {e}")))?;
+    let Some(obj) = value.as_object() else {
+        return Err(bad("invalid_body", "the body must be a JSON object".into()));
+    };
+    let expect = |field: &str, what: &str, ok: bool| -> Result<(), Response> {
+        if ok {
+            Ok(())
+        } else {
+            Err(bad(
+                "invalid_body",
+                format!("field `{field}` must be {what}, found {}", obj[field]),
+            ))
+        }
+    };
+    for (field, v) in obj {
+        match field.as_str() {
+            "type" => expect(field, "a string", v.is_string())?,
+            "priority" => expect(
+                field,
+                "an integer",
+                v.as_i64().is_some_and(|n| i32::try_from(n).is_ok()) || v.is_null(),
+            )?,
+            "max_attempts" => expect(
+                field,
+                "an integer from 1 to 100",
+                v.as_u64().is_some_and(|n| (1..=100).contains(&n)) || v.is_null(),
+            )?,
+            "webhook_url" | "idempotency_key" => {
+                expect(field, "a string", v.is_string() || v.is_null())?
+            }
+            _ => {}
+        }
+    }
+    for required in ["type", "input"] {
+        if !obj.contains_key(required) {
+            return Err(bad(
+                "invalid_body",
+                format!("field `{required}` is required"),
+            ));
+        }
+    }
+    Ok(())
+}

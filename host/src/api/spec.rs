@@ -1,0 +1,172 @@
+//! The served OpenAPI document: poem-openapi's spec plus what only exists at run time.
+//!
+//! Added here: each registered task type's input schema (under `components/schemas` as
+//! `TaskInput.{type}`, and as a `oneOf` of the `POST /api/tasks` body so `/docs` shows one
+//! form per type), and the routes served by plain poem handlers (uploads, files, WebSocket).
+//! The document is rebuilt when plugins change (the registry's generation).
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+
+use crate::plugins::Registry;
+
+/// The merged spec and the Swagger UI page, cached per registry generation.
+#[derive(Clone)]
+pub struct Docs {
+    base_spec: Arc<String>,
+    base_html: Arc<String>,
+    registry: Arc<Registry>,
+    cache: Arc<Mutex<Option<(u64, Arc<String>, Arc<String>)>>>,
+}
+
+fn error_ref() -> Value {
+    json!({"application/json; charset=utf-8": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}})
+}
+
+fn extra_paths() -> Value {
+    json!({
+        "/api/uploads": {"post": {
+            "tags": ["Tasks"],
+            "summary": "Upload a file to use as a task input",
+            "description": "Streams the first file field of a multipart body into storage under `uploads/{uuid}/{name}`. Use the answered `key` or `url` as a task input: the service reads its own stored objects directly, never over the network.",
+            "operationId": "upload",
+            "requestBody": {"required": true, "content": {"multipart/form-data": {"schema": {
+                "type": "object", "required": ["file"],
+                "properties": {"file": {"type": "string", "format": "binary"}}}}}},
+            "responses": {
+                "201": {"description": "Stored", "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["key", "url", "size", "content_type"],
+                    "properties": {"key": {"type": "string"}, "url": {"type": "string"},
+                                   "size": {"type": "integer"}, "content_type": {"type": "string"}}}}}},
+                "400": {"description": "No file field or a malformed body", "content": error_ref()},
+                "401": {"description": "Missing or wrong API key", "content": error_ref()},
+                "413": {"description": "Over `server.max_upload_bytes`", "content": error_ref()},
+                "503": {"description": "Storage unavailable", "content": error_ref()}
+            }
+        }},
+        "/api/tasks/{task_id}/ws": {"get": {
+            "tags": ["Tasks"],
+            "summary": "Follow a task's events (WebSocket)",
+            "description": "Upgrade to a WebSocket; each text message is the same JSON as the SSE events (`event`, `task_id`, `status`, `progress`, `task`). The server closes the socket after the terminal state.",
+            "operationId": "task_ws",
+            "parameters": [{"name": "task_id", "in": "path", "required": true, "schema": {"type": "string"}}],
+            "responses": {
+                "101": {"description": "Switching protocols"},
+                "401": {"description": "Missing or wrong API key", "content": error_ref()},
+                "404": {"description": "Unknown task", "content": error_ref()}
+            }
+        }},
+        "/files/{key}": {"get": {
+            "tags": ["Tasks"],
+            "summary": "Download a stored output or upload (fs and memory storage)",
+            "operationId": "get_file",
+            "parameters": [
+                {"name": "key", "in": "path", "required": true, "schema": {"type": "string"}},
+                {"name": "Range", "in": "header", "required": false, "schema": {"type": "string"}, "description": "`bytes=START-END`, `bytes=START-` or `bytes=-SUFFIX`"}
+            ],
+            "responses": {
+                "200": {"description": "The file", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+                "206": {"description": "The requested range", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+                "400": {"description": "Invalid key", "content": error_ref()},
+                "404": {"description": "No such file", "content": error_ref()},
+                "416": {"description": "Range starts past the end", "content": error_ref()}
+            }
+        }}
+    })
+}
+
+/// Merges the run-time parts into poem-openapi's document.
+pub fn merge(base: &str, registry: &Registry) -> Value {
+    let mut spec: Value = serde_json::from_str(base).unwrap_or_else(|_| json!({}));
+    if let (Some(paths), Value::Object(extra)) = (
+        spec.get_mut("paths").and_then(Value::as_object_mut),
+        extra_paths(),
+    ) {
+        for (k, v) in extra {
+            paths.insert(k, v);
+        }
+    }
+    let types = registry.task_types();
+    let mut variants = Vec::new();
+    let mut names = Vec::new();
+    if let Some(schemas) = spec
+        .pointer_mut("/components/schemas")
+        .and_then(Value::as_object_mut)
+    {
+        for t in &types {
+            let mut schema = t.desc.input_schema.clone();
+            if let Some(obj) = schema.as_object_mut() {
+                obj.remove("$schema");
+                obj.remove("$id");
+                obj.entry("description")
+                    .or_insert_with(|| Value::String(t.desc.description.clone()));
+            }
+            let name = format!("TaskInput.{}", t.desc.name);
+            schemas.insert(name.clone(), schema);
+            names.push(t.desc.name.clone());
+            variants.push(json!({
+                "title": t.desc.name,
+                "allOf": [
+                    {"$ref": "#/components/schemas/CreateTaskRequest"},
+                    {"type": "object", "properties": {
+                        "type": {"type": "string", "enum": [t.desc.name]},
+                        "input": {"$ref": format!("#/components/schemas/{name}")}
+                    }}
+                ]
+            }));
+        }
+    }
+    if !variants.is_empty()
+        && let Some(content) = spec
+            .pointer_mut("/paths/~1api~1tasks/post/requestBody/content")
+            .and_then(Value::as_object_mut)
+    {
+        for (_, media) in content.iter_mut() {
+            media["schema"] = json!({"oneOf": variants});
+        }
+    }
+    spec["x-task-types"] = json!(names);
+    spec
+}
+
+impl Docs {
+    /// Docs over poem-openapi's spec and Swagger UI page.
+    pub fn new(base_spec: String, base_html: String, registry: Arc<Registry>) -> Docs {
+        Docs {
+            base_spec: Arc::new(base_spec),
+            base_html: Arc::new(base_html),
+            registry,
+            cache: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    fn current(&self) -> (Arc<String>, Arc<String>) {
+        let generation = self.registry.generation();
+        let mut cache = self.cache.lock().expect("docs cache");
+        if let Some((g, spec, html)) = cache.as_ref()
+            && *g == generation
+        {
+            return (spec.clone(), html.clone());
+        }
+        let spec = merge(&self.base_spec, &self.registry);
+        let spec_text = Arc::new(serde_json::to_string_pretty(&spec).unwrap_or_default());
+        // poem-openapi's page embeds the spec as a JS literal: swap in the merged one.
+        let html = Arc::new(
+            self.base_html
+                .replacen(self.base_spec.as_str(), &spec_text, 1),
+        );
+        *cache = Some((generation, spec_text.clone(), html.clone()));
+        (spec_text, html)
+    }
+
+    /// The merged spec as JSON text.
+    pub fn spec_json(&self) -> String {
+        self.current().0.as_ref().clone()
+    }
+
+    /// The Swagger UI page with the merged spec.
+    pub fn html(&self) -> String {
+        self.current().1.as_ref().clone()
+    }
+}

@@ -1,0 +1,278 @@
+//! Service endpoints: health, status, stats, plugins.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use poem_openapi::{Object, OpenApi, payload::Json};
+use serde_json::Value;
+
+use super::{ApiTags, AppState, error::ApiError};
+
+/// Liveness.
+#[derive(Debug, Clone, Object)]
+pub struct Health {
+    /// Always `ok` while the process serves requests.
+    pub status: String,
+}
+
+/// A loaded plugin.
+#[derive(Debug, Clone, Object)]
+pub struct PluginView {
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// plugin-api version it was built against.
+    pub api_version: String,
+    /// Description.
+    pub description: String,
+    /// Library file.
+    pub file: String,
+    /// Task types with their input schemas and concurrency limits.
+    pub task_types: Vec<TaskTypeView>,
+    /// Engine operations.
+    pub ops: Vec<String>,
+}
+
+/// A task type.
+#[derive(Debug, Clone, Object)]
+pub struct TaskTypeView {
+    /// Name, e.g. `imageops.transform`.
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// JSON Schema of the input.
+    pub input_schema: Value,
+    /// Tasks of this type that run at once in one consumer (0: host default).
+    pub max_concurrency: u32,
+}
+
+/// A library that failed to load.
+#[derive(Debug, Clone, Object)]
+pub struct PluginFailureView {
+    /// Manifest entry name, if any.
+    pub name: Option<String>,
+    /// Library path.
+    pub file: String,
+    /// Stable code, e.g. `plugin_wrong_interface`.
+    pub code: String,
+    /// One-line reason.
+    pub message: String,
+}
+
+/// Loaded plugins and failures.
+#[derive(Debug, Clone, Object)]
+pub struct PluginList {
+    /// Loaded plugins.
+    pub plugins: Vec<PluginView>,
+    /// Libraries that failed to load.
+    pub failures: Vec<PluginFailureView>,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Object)]
+pub struct ReloadView {
+    /// Plugins newly loaded.
+    pub loaded: Vec<String>,
+    /// Libraries that failed this time (e.g. `plugin_needs_restart` for a replaced library).
+    pub failed: Vec<PluginFailureView>,
+}
+
+/// Service status.
+#[derive(Debug, Clone, Object)]
+pub struct StatusView {
+    /// `ok`, or `degraded` when the store, the storage or an engine is unreachable.
+    pub status: String,
+    /// aihost version.
+    pub version: String,
+    /// Seconds since start.
+    pub uptime_secs: u64,
+    /// The task store answers.
+    pub store_ok: bool,
+    /// The storage answers.
+    pub storage_ok: bool,
+    /// Pending tasks.
+    pub queue_depth: u64,
+    /// Attempts running in this process.
+    pub running: u64,
+    /// Each plugin's health answer (or its error).
+    pub plugins: BTreeMap<String, Value>,
+    /// Libraries that failed to load.
+    pub plugin_failures: Vec<PluginFailureView>,
+}
+
+/// Figures for dashboards.
+#[derive(Debug, Clone, Object)]
+pub struct StatsView {
+    /// Tasks per status.
+    pub by_status: BTreeMap<String, u64>,
+    /// Tasks per type and status.
+    pub by_type: BTreeMap<String, BTreeMap<String, u64>>,
+    /// COMPLETED / (COMPLETED + FAILED).
+    pub success_rate: Option<f64>,
+    /// Processing time percentiles of completed tasks, milliseconds.
+    pub processing_ms: BTreeMap<String, f64>,
+    /// Pending tasks.
+    pub queue_depth: u64,
+}
+
+fn failure_view(f: crate::plugins::LoadFailure) -> PluginFailureView {
+    PluginFailureView {
+        name: f.name,
+        file: f.path.display().to_string(),
+        code: f.code,
+        message: f.message,
+    }
+}
+
+/// Plugins as views.
+pub fn plugin_list(state: &AppState) -> PluginList {
+    PluginList {
+        plugins: state
+            .registry
+            .plugins()
+            .iter()
+            .map(|p| PluginView {
+                name: p.desc.name.clone(),
+                version: p.desc.version.clone(),
+                api_version: p.desc.api_version.clone(),
+                description: p.desc.description.clone(),
+                file: p.path.display().to_string(),
+                task_types: p
+                    .desc
+                    .task_types
+                    .iter()
+                    .map(|t| TaskTypeView {
+                        name: t.name.clone(),
+                        description: t.description.clone(),
+                        input_schema: t.input_schema.clone(),
+                        max_concurrency: t.max_concurrency,
+                    })
+                    .collect(),
+                ops: p.desc.ops.iter().map(|o| o.name.clone()).collect(),
+            })
+            .collect(),
+        failures: state
+            .registry
+            .failures()
+            .into_iter()
+            .map(failure_view)
+            .collect(),
+    }
+}
+
+/// Service endpoints.
+pub struct SystemApi {
+    /// Shared state.
+    pub state: Arc<AppState>,
+}
+
+#[OpenApi(tag = "ApiTags::System")]
+impl SystemApi {
+    /// Liveness: answers while the process serves requests.
+    #[oai(path = "/api/health", method = "get")]
+    async fn health(&self) -> Json<Health> {
+        Json(Health {
+            status: "ok".into(),
+        })
+    }
+
+    /// Readiness and detail: store, storage, plugins and their engines, queue depth.
+    #[oai(path = "/api/status", method = "get")]
+    async fn status(&self) -> Result<Json<StatusView>, ApiError> {
+        let st = &self.state;
+        let store_ok = st.store.ping().await.is_ok();
+        let queue_depth = if store_ok {
+            st.store
+                .pending_by_type()
+                .await
+                .map(|m| m.values().sum())
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        let storage_ok = st.storage.check().await.is_ok();
+        let mut plugins = BTreeMap::new();
+        let mut engines_ok = true;
+        for p in st.registry.plugins() {
+            let h = tokio::time::timeout(std::time::Duration::from_secs(5), p.health()).await;
+            let v = match h {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => {
+                    engines_ok = false;
+                    serde_json::json!({"status": "error", "code": e.code.as_str(), "message": e.message.as_str()})
+                }
+                Err(_) => {
+                    engines_ok = false;
+                    serde_json::json!({"status": "error", "code": "timeout", "message": "health check took over 5 s"})
+                }
+            };
+            plugins.insert(p.desc.name.clone(), v);
+        }
+        let ok = store_ok && storage_ok && engines_ok;
+        Ok(Json(StatusView {
+            status: if ok { "ok" } else { "degraded" }.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_secs: st.started.elapsed().as_secs(),
+            store_ok,
+            storage_ok,
+            queue_depth,
+            running: st.dispatcher.as_ref().map_or(0, |d| d.running() as u64),
+            plugins,
+            plugin_failures: st
+                .registry
+                .failures()
+                .into_iter()
+                .map(failure_view)
+                .collect(),
+        }))
+    }
+
+    /// Counts by status and type, success rate, processing-time percentiles, queue depth.
+    #[oai(path = "/api/stats", method = "get")]
+    async fn stats(&self) -> Result<Json<StatsView>, ApiError> {
+        let s = self.state.store.stats().await?;
+        let mut processing_ms = BTreeMap::new();
+        for (k, v) in [
+            ("p50", s.processing_ms_p50),
+            ("p95", s.processing_ms_p95),
+            ("p99", s.processing_ms_p99),
+        ] {
+            if let Some(v) = v {
+                processing_ms.insert(k.to_owned(), v);
+            }
+        }
+        Ok(Json(StatsView {
+            by_status: s.by_status,
+            by_type: s.by_type,
+            success_rate: s.success_rate,
+            processing_ms,
+            queue_depth: s.queue_depth,
+        }))
+    }
+
+    /// Loaded plugins, their task types and input schemas, and libraries that failed.
+    #[oai(path = "/api/plugins", method = "get")]
+    async fn plugins(&self) -> Json<PluginList> {
+        Json(plugin_list(&self.state))
+    }
+
+    /// Load plugin libraries added to the plugin folder since start (no restart needed).
+    /// A library that replaced an already loaded one is reported: that needs a restart.
+    #[oai(path = "/api/plugins/reload", method = "post")]
+    async fn reload(&self) -> Result<Json<ReloadView>, ApiError> {
+        let registry = self.state.registry.clone();
+        let report = tokio::task::spawn_blocking(move || registry.reload())
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    poem::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    e.to_string(),
+                )
+            })?;
+        Ok(Json(ReloadView {
+            loaded: report.loaded,
+            failed: report.failed.into_iter().map(failure_view).collect(),
+        }))
+    }
+}

@@ -1,0 +1,464 @@
+//! Task endpoints: create, read, list, cancel, and the SSE event stream.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use futures_util::stream::BoxStream;
+use poem_openapi::{
+    ApiResponse, Enum, Object, OpenApi,
+    param::{Header, Path, Query},
+    payload::{EventStream, Json},
+};
+use serde_json::Value;
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use super::{ApiTags, AppState, error::ApiError};
+use crate::store::{CancelOutcome, ListFilter, NewTask, Status, Task, TaskEvent, TaskStore};
+
+/// Lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TaskStatus {
+    /// Waiting in the queue.
+    Pending,
+    /// Running.
+    Processing,
+    /// Finished with a result.
+    Completed,
+    /// Finished with an error.
+    Failed,
+    /// Cancelled.
+    Cancelled,
+}
+
+impl From<Status> for TaskStatus {
+    fn from(s: Status) -> Self {
+        match s {
+            Status::Pending => TaskStatus::Pending,
+            Status::Processing => TaskStatus::Processing,
+            Status::Completed => TaskStatus::Completed,
+            Status::Failed => TaskStatus::Failed,
+            Status::Cancelled => TaskStatus::Cancelled,
+        }
+    }
+}
+
+impl From<TaskStatus> for Status {
+    fn from(s: TaskStatus) -> Self {
+        match s {
+            TaskStatus::Pending => Status::Pending,
+            TaskStatus::Processing => Status::Processing,
+            TaskStatus::Completed => Status::Completed,
+            TaskStatus::Failed => Status::Failed,
+            TaskStatus::Cancelled => Status::Cancelled,
+        }
+    }
+}
+
+/// Progress of a running task.
+#[derive(Debug, Clone, Object)]
+pub struct ProgressView {
+    /// 0 to 100.
+    pub percent: f32,
+    /// Current step.
+    pub message: String,
+}
+
+/// Why a task failed.
+#[derive(Debug, Clone, Object)]
+pub struct TaskErrorView {
+    /// Stable code (the plugin's, e.g. `invalid_input`, `engine_error`, or the host's).
+    pub code: String,
+    /// Explanation.
+    pub message: String,
+}
+
+/// A task.
+#[derive(Debug, Clone, Object)]
+pub struct TaskView {
+    /// Task id (UUIDv7).
+    pub task_id: String,
+    /// Task type.
+    #[oai(rename = "type")]
+    pub task_type: String,
+    /// Lifecycle state.
+    pub status: TaskStatus,
+    /// The input as submitted.
+    pub input: Value,
+    /// Higher runs first.
+    pub priority: i32,
+    /// Attempts started.
+    pub attempts: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// Last progress.
+    pub progress: Option<ProgressView>,
+    /// `{outputs: [{url, key, content_type, size}], ...}` once COMPLETED.
+    pub result: Option<Value>,
+    /// The error once FAILED (or the last error while waiting for a retry).
+    pub error: Option<TaskErrorView>,
+    /// Accepted at.
+    pub created_at: DateTime<Utc>,
+    /// Current or last attempt started at.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Finished at.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Deduplication key.
+    pub idempotency_key: Option<String>,
+    /// Completion webhook.
+    pub webhook_url: Option<String>,
+}
+
+impl From<Task> for TaskView {
+    fn from(t: Task) -> Self {
+        TaskView {
+            task_id: t.id.to_string(),
+            task_type: t.task_type,
+            status: t.status.into(),
+            input: t.input,
+            priority: t.priority,
+            attempts: t.attempts,
+            max_attempts: t.max_attempts,
+            progress: t.progress.map(|p| ProgressView {
+                percent: p.percent,
+                message: p.message,
+            }),
+            result: t.result,
+            error: t.error.map(|e| TaskErrorView {
+                code: e.code,
+                message: e.message,
+            }),
+            created_at: t.created_at,
+            started_at: t.started_at,
+            finished_at: t.finished_at,
+            idempotency_key: t.idempotency_key,
+            webhook_url: t.webhook_url,
+        }
+    }
+}
+
+/// A new task.
+#[derive(Debug, Clone, Object)]
+pub struct CreateTaskRequest {
+    /// A registered task type (see `GET /api/plugins`), e.g. `imageops.transform`.
+    #[oai(rename = "type")]
+    pub task_type: String,
+    /// The task input; must match the task type's JSON Schema (see the schemas in this spec).
+    pub input: Value,
+    /// Higher runs first (default 0).
+    #[oai(default)]
+    pub priority: i32,
+    /// Attempts allowed, 1 to 100 (default from `queue.default_max_attempts`).
+    #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
+    pub max_attempts: Option<u32>,
+    /// URL to POST the finished task to.
+    pub webhook_url: Option<String>,
+    /// Deduplication key (also accepted as the `Idempotency-Key` header).
+    #[oai(validator(max_length = 255))]
+    pub idempotency_key: Option<String>,
+}
+
+/// Answer to a create.
+#[derive(ApiResponse)]
+pub enum CreateResponse {
+    /// Accepted: the task is queued (or, with `wait`, still running when the wait ran out).
+    #[oai(status = 202)]
+    Accepted(Json<TaskView>),
+    /// The task finished within `wait`, or the idempotency key named a finished task.
+    #[oai(status = 200)]
+    Finished(Json<TaskView>),
+}
+
+/// A page of tasks.
+#[derive(Debug, Clone, Object)]
+pub struct TaskPage {
+    /// Tasks, newest first.
+    pub tasks: Vec<TaskView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Answer to a cancel.
+#[derive(ApiResponse)]
+pub enum CancelResponse {
+    /// Cancelled (it was pending).
+    #[oai(status = 200)]
+    Cancelled(Json<TaskView>),
+    /// Cancel requested: the task is running and stops shortly.
+    #[oai(status = 202)]
+    Requested(Json<TaskView>),
+}
+
+/// The longest `wait` accepted, in seconds.
+pub const MAX_WAIT_SECS: u64 = 600;
+
+pub(crate) fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id)
+        .map_err(|_| ApiError::not_found("task_not_found", format!("no task {id:?}")))
+}
+
+/// Validates `input` against the type's schema: 422 naming the first failing field.
+pub fn validate_input(state: &AppState, task_type: &str, input: &Value) -> Result<(), ApiError> {
+    let Some(entry) = state.registry.task_type(task_type) else {
+        let known: Vec<String> = state
+            .registry
+            .task_types()
+            .into_iter()
+            .map(|t| t.desc.name)
+            .collect();
+        return Err(ApiError::unprocessable(
+            "unknown_task_type",
+            format!(
+                "unknown task type {task_type:?}; registered: {}",
+                known.join(", ")
+            ),
+        ));
+    };
+    let errors: Vec<String> = entry
+        .validator
+        .iter_errors(input)
+        .take(5)
+        .map(|e| {
+            let path = e.instance_path.to_string();
+            let at = if path.is_empty() {
+                "input".to_owned()
+            } else {
+                format!("input{path}")
+            };
+            format!("{at}: {e}")
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::unprocessable("invalid_input", errors.join("; ")))
+    }
+}
+
+/// Creates a task (shared by `POST /api/tasks` and the seed-compatible routes).
+pub async fn create_task(
+    state: &AppState,
+    req: CreateTaskRequest,
+    header_key: Option<String>,
+    wait: Option<u64>,
+) -> Result<CreateResponse, ApiError> {
+    validate_input(state, &req.task_type, &req.input)?;
+    if let Some(url) = &req.webhook_url {
+        let ok = url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+        if !ok {
+            return Err(ApiError::unprocessable(
+                "invalid_webhook_url",
+                "webhook_url must be an http(s) URL",
+            ));
+        }
+    }
+    if state.max_pending > 0 {
+        let depth: u64 = state.store.pending_by_type().await?.values().sum();
+        if depth >= state.max_pending {
+            let b = super::error::ErrorBody {
+                error: super::error::ErrorDetail {
+                    code: "queue_full".into(),
+                    message: format!(
+                        "the queue holds {depth} pending tasks (limit {})",
+                        state.max_pending
+                    ),
+                },
+            };
+            return Err(ApiError::TooManyRequests(Json(b), 5));
+        }
+    }
+    let key = header_key.or(req.idempotency_key).filter(|k| !k.is_empty());
+    let mut events = wait.map(|_| state.store.subscribe());
+    let (task, created) = state
+        .store
+        .insert(NewTask {
+            id: Uuid::now_v7(),
+            task_type: req.task_type,
+            input: req.input,
+            priority: req.priority,
+            max_attempts: req
+                .max_attempts
+                .unwrap_or(state.default_max_attempts)
+                .clamp(1, 100),
+            idempotency_key: key,
+            webhook_url: req.webhook_url,
+        })
+        .await?;
+    if !created {
+        tracing::debug!(task_id = %task.id, "idempotency key matched an existing task");
+    }
+    let task = match (wait, events.as_mut()) {
+        (Some(secs), Some(rx)) if !task.status.is_terminal() => {
+            wait_terminal(
+                state.store.as_ref(),
+                rx,
+                task,
+                Duration::from_secs(secs.min(MAX_WAIT_SECS)),
+            )
+            .await?
+        }
+        _ => task,
+    };
+    Ok(if task.status.is_terminal() {
+        CreateResponse::Finished(Json(task.into()))
+    } else {
+        CreateResponse::Accepted(Json(task.into()))
+    })
+}
+
+/// Waits until the task is terminal or `wait` runs out; answers the task as it is then.
+async fn wait_terminal(
+    store: &dyn TaskStore,
+    rx: &mut broadcast::Receiver<TaskEvent>,
+    task: Task,
+    wait: Duration,
+) -> Result<Task, ApiError> {
+    let id = task.id;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Err(_) => break,
+            Ok(Ok(ev)) if ev.task.id == id && ev.task.status.is_terminal() => return Ok(ev.task),
+            Ok(Ok(_)) => {}
+            Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
+                if let Some(t) = store.get(id).await?
+                    && t.status.is_terminal()
+                {
+                    return Ok(t);
+                }
+            }
+            Ok(Err(broadcast::error::RecvError::Closed)) => break,
+        }
+    }
+    Ok(store.get(id).await?.unwrap_or(task))
+}
+
+/// The SSE/WebSocket event: the same JSON on both.
+pub fn event_json(ev: &TaskEvent) -> Value {
+    let view = TaskView::from(ev.task.clone());
+    serde_json::json!({
+        "event": ev.kind,
+        "task_id": ev.task.id.to_string(),
+        "status": ev.task.status.as_str(),
+        "progress": view.progress.as_ref().map(|p| serde_json::json!({"percent": p.percent, "message": p.message})),
+        "task": poem_openapi::types::ToJSON::to_json(&view),
+    })
+}
+
+/// Task endpoints.
+pub struct TasksApi {
+    /// Shared state.
+    pub state: Arc<AppState>,
+}
+
+#[OpenApi(tag = "ApiTags::Tasks")]
+impl TasksApi {
+    /// Create a task of any registered type.
+    ///
+    /// The input is validated against the type's JSON Schema before anything is written (422
+    /// names the failing field). With `wait=SECONDS` the call answers when the task finishes
+    /// (200) or when the wait runs out (202). The same `Idempotency-Key` answers the task it
+    /// created first.
+    #[oai(path = "/api/tasks", method = "post")]
+    async fn create(
+        &self,
+        body: Json<CreateTaskRequest>,
+        /// Seconds to wait for the task to finish (at most 600).
+        wait: Query<Option<u64>>,
+        /// Deduplication key.
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: Header<Option<String>>,
+    ) -> Result<CreateResponse, ApiError> {
+        create_task(&self.state, body.0, idempotency_key.0, wait.0).await
+    }
+
+    /// Read a task.
+    #[oai(path = "/api/tasks/:task_id", method = "get")]
+    async fn get(&self, task_id: Path<String>) -> Result<Json<TaskView>, ApiError> {
+        let id = parse_id(&task_id.0)?;
+        match self.state.store.get(id).await? {
+            Some(t) => Ok(Json(t.into())),
+            None => Err(ApiError::not_found(
+                "task_not_found",
+                format!("no task {id}"),
+            )),
+        }
+    }
+
+    /// List tasks, newest first.
+    #[oai(path = "/api/tasks", method = "get")]
+    async fn list(
+        &self,
+        /// Only this status.
+        status: Query<Option<TaskStatus>>,
+        /// Only this task type.
+        #[oai(name = "type")]
+        task_type: Query<Option<String>>,
+        /// Page size, 1 to 1000 (default 50).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
+        limit: Query<Option<u32>>,
+        /// `next_cursor` of the previous page.
+        cursor: Query<Option<String>>,
+    ) -> Result<Json<TaskPage>, ApiError> {
+        let page = self
+            .state
+            .store
+            .list(ListFilter {
+                status: status.0.map(Into::into),
+                task_type: task_type.0,
+                limit: limit.0.unwrap_or(50),
+                cursor: cursor.0,
+            })
+            .await?;
+        Ok(Json(TaskPage {
+            tasks: page.tasks.into_iter().map(Into::into).collect(),
+            next_cursor: page.next_cursor,
+        }))
+    }
+
+    /// Cancel a task.
+    ///
+    /// A pending task is cancelled at once (200). A running one is stopped through its plugin
+    /// (202; follow its events for the CANCELLED state). A finished one answers 409.
+    #[oai(path = "/api/tasks/:task_id/cancel", method = "post")]
+    async fn cancel(&self, task_id: Path<String>) -> Result<CancelResponse, ApiError> {
+        let id = parse_id(&task_id.0)?;
+        match self.state.store.cancel(id).await? {
+            CancelOutcome::Cancelled(t) => Ok(CancelResponse::Cancelled(Json(t.into()))),
+            CancelOutcome::Requested(t) => Ok(CancelResponse::Requested(Json(t.into()))),
+            CancelOutcome::AlreadyFinished(t) => Err(ApiError::conflict(
+                "task_finished",
+                format!("task {id} is already {}", t.status.as_str()),
+            )),
+            CancelOutcome::NotFound => Err(ApiError::not_found(
+                "task_not_found",
+                format!("no task {id}"),
+            )),
+        }
+    }
+
+    /// Follow a task's events (Server-Sent Events).
+    ///
+    /// The first event is the task's current state; then one event per state change or
+    /// progress update; the stream ends after the terminal state. Each event's data is
+    /// `{"event", "task_id", "status", "progress", "task"}`, the same JSON as the WebSocket.
+    #[oai(path = "/api/tasks/:task_id/events", method = "get")]
+    async fn events(
+        &self,
+        task_id: Path<String>,
+    ) -> Result<EventStream<BoxStream<'static, Value>>, ApiError> {
+        let id = parse_id(&task_id.0)?;
+        let stream = super::events::follow(&self.state, id).await?;
+        Ok(EventStream::new(stream)
+            .keep_alive(Duration::from_secs(15))
+            .to_event(|v| {
+                let kind = v
+                    .get("event")
+                    .and_then(Value::as_str)
+                    .unwrap_or("message")
+                    .to_owned();
+                poem::web::sse::Event::message(v.to_string()).event_type(kind)
+            }))
+    }
+}

@@ -1,0 +1,573 @@
+//! The consumer: claims tasks for loaded task types, runs them through their plugin, stores
+//! outputs and records the outcome.
+//!
+//! One loop claims work when woken (a task was created or is due again) or every poll
+//! interval; each claimed attempt runs in its own tokio task that renews its lease, writes
+//! progress at most every `progress_interval`, and ends in exactly one of: completed, failed
+//! (or back to PENDING for a retry), cancelled, or released (shutdown). Concurrency is limited
+//! per task type.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use aihost_plugin_api::{PluginError, TaskRequest};
+use chrono::Utc;
+use futures_util::{StreamExt, stream};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, mpsc, watch};
+use uuid::Uuid;
+
+use crate::{
+    fetch::Fetcher,
+    plugins::{Registry, services::task_context},
+    storage::Storage,
+    store::{EventKind, Progress, Task, TaskError, TaskStore},
+};
+
+/// Settings of the dispatcher.
+#[derive(Debug, Clone)]
+pub struct DispatcherSettings {
+    /// This worker's id, recorded on claimed tasks.
+    pub worker_id: String,
+    /// Lease length; renewed every third of it.
+    pub lease: Duration,
+    /// Poll for due work at least this often.
+    pub poll_interval: Duration,
+    /// Concurrency per task type when the plugin leaves it to the host.
+    pub default_concurrency: u32,
+    /// Minimum time between two progress writes of one task.
+    pub progress_interval: Duration,
+    /// Parent of the per-attempt work folders.
+    pub work_dir: PathBuf,
+    /// First retry delay; doubles per attempt.
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// How long running tasks may take to finish at shutdown before they are put back.
+    pub shutdown_grace: Duration,
+}
+
+struct Running {
+    task_type: String,
+    cancel: watch::Sender<Stop>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Stop {
+    No,
+    Cancel,
+    Release,
+}
+
+/// The consumer. Create with [`Dispatcher::new`], run with [`Dispatcher::run`].
+pub struct Dispatcher {
+    store: Arc<dyn TaskStore>,
+    registry: Arc<Registry>,
+    storage: Storage,
+    fetcher: Fetcher,
+    settings: DispatcherSettings,
+    running: Mutex<HashMap<Uuid, Running>>,
+    wake: Notify,
+    idle: Notify,
+}
+
+/// Delay before retry number `attempt` (1-based): base·2^(attempt−1), capped, with ±25% jitter.
+pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
+    let exp = base.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(20)));
+    let capped = exp.min(max);
+    let jitter = rand::random_range(0.75..=1.25);
+    capped.mul_f64(jitter)
+}
+
+impl Dispatcher {
+    /// A dispatcher over these services.
+    pub fn new(
+        store: Arc<dyn TaskStore>,
+        registry: Arc<Registry>,
+        storage: Storage,
+        fetcher: Fetcher,
+        settings: DispatcherSettings,
+    ) -> Arc<Dispatcher> {
+        Arc::new(Dispatcher {
+            store,
+            registry,
+            storage,
+            fetcher,
+            settings,
+            running: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            idle: Notify::new(),
+        })
+    }
+
+    /// Number of attempts running now.
+    pub fn running(&self) -> usize {
+        self.running.lock().expect("running lock").len()
+    }
+
+    fn running_of(&self, task_type: &str) -> u32 {
+        self.running
+            .lock()
+            .expect("running lock")
+            .values()
+            .filter(|r| r.task_type == task_type)
+            .count() as u32
+    }
+
+    /// Runs until `shutdown` turns true: then stops claiming, waits up to the grace period for
+    /// running attempts, and puts the rest back in the queue.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let events = self.clone().watch_events();
+        let rescue = self.clone().rescue_loop();
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            if let Err(e) = self.claim_round().await {
+                tracing::warn!(error = %e, "claiming failed; retrying");
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        events.abort();
+        rescue.abort();
+        self.drain().await;
+    }
+
+    async fn drain(&self) {
+        let deadline = tokio::time::Instant::now() + self.settings.shutdown_grace;
+        tracing::info!(
+            running = self.running(),
+            "stopping: waiting for running tasks"
+        );
+        while self.running() > 0 {
+            let idle = self.idle.notified();
+            if self.running() == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                break;
+            }
+        }
+        let left: Vec<watch::Sender<Stop>> = self
+            .running
+            .lock()
+            .expect("running lock")
+            .values()
+            .map(|r| r.cancel.clone())
+            .collect();
+        if !left.is_empty() {
+            tracing::warn!(
+                count = left.len(),
+                "grace period over: putting running tasks back in the queue"
+            );
+            for tx in left {
+                let _ = tx.send(Stop::Release);
+            }
+            let until = tokio::time::Instant::now() + Duration::from_secs(10);
+            while self.running() > 0 && tokio::time::Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    fn watch_events(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let mut rx = self.store.subscribe();
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(ev) => match ev.kind {
+                        EventKind::Created | EventKind::Retrying => self.wake.notify_one(),
+                        EventKind::CancelRequested => {
+                            let running = self.running.lock().expect("running lock");
+                            if let Some(r) = running.get(&ev.task.id) {
+                                let _ = r.cancel.send(Stop::Cancel);
+                            }
+                        }
+                        _ => {}
+                    },
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        self.wake.notify_one()
+                    }
+                    Err(_) => break,
+                }
+            }
+        })
+    }
+
+    fn rescue_loop(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let every = (self.settings.lease / 2).max(Duration::from_millis(100));
+            loop {
+                match self.store.rescue_expired().await {
+                    Ok(n) if n > 0 => {
+                        tracing::warn!(count = n, "rescued tasks whose lease expired");
+                        self.wake.notify_one();
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "lease rescue failed"),
+                }
+                tokio::time::sleep(every).await;
+            }
+        })
+    }
+
+    async fn claim_round(self: &Arc<Self>) -> Result<(), crate::store::StoreError> {
+        for entry in self.registry.task_types() {
+            let limit = match entry.desc.max_concurrency {
+                0 => self.settings.default_concurrency.max(1),
+                n => n,
+            };
+            let free = limit.saturating_sub(self.running_of(&entry.desc.name));
+            if free == 0 {
+                continue;
+            }
+            let claimed = self
+                .store
+                .claim(
+                    &entry.desc.name,
+                    &self.settings.worker_id,
+                    self.settings.lease,
+                    free,
+                )
+                .await?;
+            for task in claimed {
+                self.start(task);
+            }
+        }
+        Ok(())
+    }
+
+    fn start(self: &Arc<Self>, task: Task) {
+        let (tx, rx) = watch::channel(Stop::No);
+        if task.cancel_requested {
+            let _ = tx.send(Stop::Cancel);
+        }
+        self.running.lock().expect("running lock").insert(
+            task.id,
+            Running {
+                task_type: task.task_type.clone(),
+                cancel: tx,
+            },
+        );
+        let this = self.clone();
+        tokio::spawn(async move {
+            let id = task.id;
+            this.run_attempt(task, rx).await;
+            this.running.lock().expect("running lock").remove(&id);
+            this.idle.notify_waiters();
+            this.wake.notify_one();
+        });
+    }
+
+    async fn run_attempt(self: &Arc<Self>, task: Task, mut stop: watch::Receiver<Stop>) {
+        let id = task.id;
+        let attempt = task.attempts;
+        let Some(entry) = self.registry.task_type(&task.task_type) else {
+            // Unreachable in practice: we claim only registered types.
+            let _ = self.store.release(id, attempt).await;
+            return;
+        };
+        let plugin = entry.plugin.clone();
+        let work_dir = self.settings.work_dir.join(format!("{id}-{attempt}"));
+        if let Err(e) = tokio::fs::create_dir_all(&work_dir).await {
+            let err = TaskError {
+                code: "work_dir_failed".into(),
+                message: e.to_string(),
+            };
+            self.record_failure(&task, err, true).await;
+            return;
+        }
+        let (ctx, progress_rx) = task_context(
+            id,
+            &plugin.desc.name,
+            self.fetcher.clone(),
+            work_dir.clone(),
+        );
+        let progress = tokio::spawn(progress_writer(
+            self.store.clone(),
+            id,
+            attempt,
+            progress_rx,
+            self.settings.progress_interval,
+        ));
+        let req = TaskRequest {
+            task_id: id.to_string().into(),
+            task_type: task.task_type.clone().into(),
+            attempt,
+            input_json: task.input.to_string().into(),
+            work_dir: work_dir.to_string_lossy().as_ref().into(),
+            meta_json: "{}".into(),
+        };
+        let lease_lost = self.clone().renew_loop(id, attempt);
+        let outcome = {
+            let run = plugin.run_task(req, ctx);
+            tokio::pin!(run);
+            let mut lost = lease_lost;
+            let outcome = loop {
+                tokio::select! {
+                    r = &mut run => break Outcome::Done(r),
+                    _ = &mut lost => break Outcome::LeaseLost,
+                    changed = stop.changed() => {
+                        if changed.is_err() { continue; }
+                        match *stop.borrow() {
+                            Stop::Cancel => break Outcome::Cancelled,
+                            Stop::Release => break Outcome::Released,
+                            Stop::No => {}
+                        }
+                    }
+                }
+            };
+            lost.abort();
+            outcome
+            // `run` is dropped here: the plugin's work is aborted if it was still going.
+        };
+        // Let the last progress report land before the terminal write (bounded: a plugin that
+        // leaks its context must not hold the task open).
+        let abort = progress.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(2), progress)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+        match outcome {
+            Outcome::Done(Ok(output)) => match self.store_outputs(id, &output).await {
+                Ok(result) => {
+                    if let Err(e) = self.store.complete(id, attempt, result).await {
+                        tracing::error!(task_id = %id, error = %e, "could not record completion");
+                    }
+                }
+                Err(err) => self.record_failure(&task, err, true).await,
+            },
+            Outcome::Done(Err(e)) => {
+                let retryable = e.retryable;
+                let err = TaskError {
+                    code: e.code.to_string(),
+                    message: e.message.to_string(),
+                };
+                self.record_failure(&task, err, retryable).await;
+            }
+            Outcome::Cancelled => {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    plugin.cancel_task(&id.to_string()),
+                )
+                .await;
+                let _ = self.store.finish_cancelled(id, attempt).await;
+            }
+            Outcome::Released => {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    plugin.cancel_task(&id.to_string()),
+                )
+                .await;
+                let _ = self.store.release(id, attempt).await;
+            }
+            Outcome::LeaseLost => {
+                tracing::warn!(task_id = %id, attempt, "lease lost; abandoning this attempt");
+            }
+        }
+        let _ = tokio::fs::remove_dir_all(&work_dir).await;
+    }
+
+    /// Renews the lease every third of its length; resolves if the lease is lost.
+    fn renew_loop(self: Arc<Self>, id: Uuid, attempt: u32) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let every = self.settings.lease / 3;
+            let mut failures = 0u32;
+            loop {
+                tokio::time::sleep(every).await;
+                match self
+                    .store
+                    .renew(id, attempt, &self.settings.worker_id, self.settings.lease)
+                    .await
+                {
+                    Ok(true) => failures = 0,
+                    Ok(false) => return,
+                    Err(e) => {
+                        failures += 1;
+                        tracing::warn!(task_id = %id, error = %e, "lease renewal failed");
+                        if failures >= 2 {
+                            return;
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    async fn record_failure(&self, task: &Task, err: TaskError, retryable: bool) {
+        let retry_at = (retryable && task.attempts < task.max_attempts).then(|| {
+            let delay = backoff(
+                task.attempts,
+                self.settings.backoff_base,
+                self.settings.backoff_max,
+            );
+            Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default()
+        });
+        if let Err(e) = self.store.fail(task.id, task.attempts, err, retry_at).await {
+            tracing::error!(task_id = %task.id, error = %e, "could not record failure");
+        }
+    }
+
+    /// Uploads the output files, four at a time, and builds the task's `result`.
+    async fn store_outputs(
+        &self,
+        id: Uuid,
+        output: &aihost_plugin_api::TaskOutput,
+    ) -> Result<Value, TaskError> {
+        let jobs: Vec<(String, PathBuf, String)> = output
+            .files
+            .iter()
+            .map(|f| {
+                let key = format!("outputs/{id}/{}", sanitize_name(f.name.as_str()));
+                (
+                    key,
+                    PathBuf::from(f.path.as_str()),
+                    f.content_type.to_string(),
+                )
+            })
+            .collect();
+        let storage = self.storage.clone();
+        let uploads = jobs.into_iter().map(move |(key, path, ct)| {
+            let storage = storage.clone();
+            async move {
+                let mut last = None;
+                for attempt in 0..3u32 {
+                    match storage.put_file(&key, &path, &ct).await {
+                        Ok(obj) => return Ok(obj),
+                        Err(e) => {
+                            last = Some(e);
+                            tokio::time::sleep(Duration::from_millis(200 * 4u64.pow(attempt)))
+                                .await;
+                        }
+                    }
+                }
+                let e = last.expect("at least one attempt");
+                Err(TaskError {
+                    code: e.code().into(),
+                    message: format!("storing output {key}: {e}"),
+                })
+            }
+        });
+        let stored: Vec<_> = stream::iter(uploads).buffered(4).collect().await;
+        let mut outputs = Vec::new();
+        for s in stored {
+            outputs.push(serde_json::to_value(s?).unwrap_or(Value::Null));
+        }
+        let mut result = json!({ "outputs": outputs });
+        if let Ok(Value::Object(extra)) = serde_json::from_str::<Value>(output.result_json.as_str())
+        {
+            let obj = result.as_object_mut().expect("object");
+            for (k, v) in extra {
+                if k != "outputs" {
+                    obj.insert(k, v);
+                }
+            }
+        }
+        Ok(result)
+    }
+}
+
+enum Outcome {
+    Done(Result<aihost_plugin_api::TaskOutput, PluginError>),
+    Cancelled,
+    Released,
+    LeaseLost,
+}
+
+/// Keeps only `[A-Za-z0-9._-]` of an output name (never a path), or `output` if none is left.
+fn sanitize_name(name: &str) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or("");
+    let s: String = base
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let s = s.trim_start_matches('.').to_owned();
+    if s.is_empty() { "output".into() } else { s }
+}
+
+/// Writes progress reports to the store, at most one per `interval` (the latest wins) and the
+/// last one always.
+async fn progress_writer(
+    store: Arc<dyn TaskStore>,
+    id: Uuid,
+    attempt: u32,
+    mut rx: mpsc::UnboundedReceiver<crate::plugins::services::ProgressReport>,
+    interval: Duration,
+) {
+    let mut last_write = tokio::time::Instant::now() - interval;
+    let mut pending: Option<Progress> = None;
+    loop {
+        let next = if pending.is_some() {
+            tokio::time::timeout_at(last_write + interval, rx.recv()).await
+        } else {
+            Ok(rx.recv().await)
+        };
+        match next {
+            Ok(Some(p)) => {
+                pending = Some(Progress {
+                    percent: p.percent,
+                    message: p.message,
+                })
+            }
+            Ok(None) => {
+                if let Some(p) = pending.take() {
+                    let _ = store.set_progress(id, attempt, p).await;
+                }
+                return;
+            }
+            Err(_) => {}
+        }
+        if pending.is_some() && last_write.elapsed() >= interval {
+            let p = pending.take().expect("pending");
+            let _ = store.set_progress(id, attempt, p).await;
+            last_write = tokio::time::Instant::now();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let base = Duration::from_millis(1000);
+        let max = Duration::from_secs(10);
+        let b1 = backoff(1, base, max);
+        assert!(
+            b1 >= Duration::from_millis(750) && b1 <= Duration::from_millis(1250),
+            "{b1:?}"
+        );
+        let b3 = backoff(3, base, max);
+        assert!(
+            b3 >= Duration::from_millis(3000) && b3 <= Duration::from_millis(5000),
+            "{b3:?}"
+        );
+        let b30 = backoff(30, base, max);
+        assert!(b30 <= Duration::from_millis(12500), "{b30:?}");
+    }
+
+    #[test]
+    fn output_names_never_escape() {
+        assert_eq!(sanitize_name("../../etc/passwd"), "passwd");
+        assert_eq!(sanitize_name("a b.png"), "a_b.png");
+        assert_eq!(sanitize_name(".."), "output");
+        assert_eq!(sanitize_name(""), "output");
+    }
+}

@@ -1,0 +1,250 @@
+//! Wiring: builds the store, storage, fetcher, plugins, dispatcher and HTTP server from the
+//! config, runs them, and stops them in order on SIGTERM/SIGINT.
+
+use std::{sync::Arc, time::Duration};
+
+use poem::{Server, listener::TcpListener};
+use tokio::sync::watch;
+
+use crate::{
+    api::{self, AppState},
+    config::{Config, QueueType, StorageType},
+    dispatcher::{Dispatcher, DispatcherSettings},
+    fetch::{FetchSettings, Fetcher},
+    manifest::PluginManifest,
+    plugins::Registry,
+    storage::{Storage, StorageKind, StorageSettings},
+    store::{TaskStore, sqlite::SqliteStore},
+};
+
+/// Why the service could not start. One line each.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Configuration problems (all of them).
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigErrors),
+    /// The task store could not be opened.
+    #[error("task store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// Storage could not be set up.
+    #[error("storage: {0}")]
+    Storage(#[from] crate::storage::StorageError),
+    /// The fetcher could not be set up.
+    #[error("fetcher: {0}")]
+    Fetch(#[from] crate::fetch::FetchError),
+    /// A required plugin failed.
+    #[error("{0}")]
+    Plugin(#[from] crate::plugins::registry::RequiredPluginFailed),
+    /// A backend this build does not support yet.
+    #[error("{0}")]
+    Unsupported(String),
+    /// Binding the listener failed.
+    #[error("cannot listen on {bind}: {reason}")]
+    Bind {
+        /// Address.
+        bind: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl StartError {
+    /// Stable error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StartError::Config(_) => "config_invalid",
+            StartError::Store(e) => e.code(),
+            StartError::Storage(e) => e.code(),
+            StartError::Fetch(e) => e.code(),
+            StartError::Plugin(_) => "plugin_required_failed",
+            StartError::Unsupported(_) => "unsupported_backend",
+            StartError::Bind { .. } => "bind_failed",
+        }
+    }
+}
+
+/// Which parts of the service this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    /// Serve the HTTP API.
+    pub api: bool,
+    /// Claim and run tasks.
+    pub consumer: bool,
+}
+
+/// The services built from a config.
+pub struct Services {
+    /// Task state.
+    pub store: Arc<dyn TaskStore>,
+    /// Storage.
+    pub storage: Storage,
+    /// Fetcher.
+    pub fetcher: Fetcher,
+    /// Plugins.
+    pub registry: Arc<Registry>,
+}
+
+/// Opens the task store the config names.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn TaskStore>, StartError> {
+    match config.queue.kind {
+        QueueType::Sqlite => Ok(Arc::new(SqliteStore::open(&config.queue.path).await?)),
+        QueueType::Postgres => Err(StartError::Unsupported(
+            "queue.type = \"postgres\" is not available in this build yet; use \"sqlite\"".into(),
+        )),
+    }
+}
+
+/// Builds the storage facade the config names.
+pub fn open_storage(config: &Config) -> Result<Storage, StartError> {
+    let kind = match config.storage.kind {
+        StorageType::Fs => StorageKind::Fs,
+        StorageType::Memory => StorageKind::Memory,
+        other => {
+            return Err(StartError::Unsupported(format!(
+                "storage.type = {other:?} is not available in this build yet; use \"fs\" or \"memory\""
+            )));
+        }
+    };
+    let public_base = config
+        .storage
+        .public_base_url
+        .clone()
+        .unwrap_or_else(|| format!("{}/files", config.public_url()));
+    Ok(Storage::new(StorageSettings {
+        kind,
+        root: config.storage.root.clone(),
+        prefix: config.storage.prefix.clone(),
+        public_base_url: public_base,
+    })?)
+}
+
+/// Loads the plugins of the manifest the config names (blocking work on a blocking thread).
+pub async fn load_plugins(config: &Config) -> Result<Arc<Registry>, StartError> {
+    let manifest = PluginManifest::load(&config.plugins.manifest, false)?;
+    let registry = tokio::task::spawn_blocking(move || Registry::load(manifest))
+        .await
+        .map_err(|e| StartError::Unsupported(format!("plugin loading panicked: {e}")))??;
+    Ok(Arc::new(registry))
+}
+
+/// Builds every service.
+pub async fn build(config: &Config) -> Result<Services, StartError> {
+    let store = open_store(config).await?;
+    let storage = open_storage(config)?;
+    let fetcher = Fetcher::new(
+        FetchSettings {
+            allow_hosts: config.fetch.allow_hosts.clone(),
+            max_bytes: config.fetch.max_bytes,
+            timeout: Duration::from_secs(config.fetch.timeout_secs),
+            connect_timeout: Duration::from_secs(config.fetch.connect_timeout_secs),
+            max_redirects: config.fetch.max_redirects,
+            concurrency: config.fetch.concurrency,
+        },
+        storage.clone(),
+    )?;
+    let registry = load_plugins(config).await?;
+    Ok(Services {
+        store,
+        storage,
+        fetcher,
+        registry,
+    })
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Runs the service until a signal, then stops: the API stops accepting, the consumer stops
+/// claiming, running tasks get the grace period, the rest go back to the queue.
+pub async fn run(config: Config, roles: Roles) -> Result<(), StartError> {
+    let services = build(&config).await?;
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let dispatcher = roles.consumer.then(|| {
+        Dispatcher::new(
+            services.store.clone(),
+            services.registry.clone(),
+            services.storage.clone(),
+            services.fetcher.clone(),
+            DispatcherSettings {
+                worker_id: config.worker_id(),
+                lease: Duration::from_secs(config.queue.lease_secs),
+                poll_interval: Duration::from_millis(config.queue.poll_interval_ms),
+                default_concurrency: config.dispatcher.default_concurrency,
+                progress_interval: Duration::from_millis(config.dispatcher.progress_interval_ms),
+                work_dir: config.dispatcher.work_dir.clone(),
+                backoff_base: Duration::from_millis(config.queue.backoff_base_ms),
+                backoff_max: Duration::from_millis(config.queue.backoff_max_ms),
+                shutdown_grace: grace,
+            },
+        )
+    });
+    let consumer = dispatcher
+        .clone()
+        .map(|d| tokio::spawn(d.run(stop_rx.clone())));
+    let state = Arc::new(AppState {
+        store: services.store.clone(),
+        registry: services.registry.clone(),
+        storage: services.storage.clone(),
+        dispatcher: dispatcher.clone(),
+        api_keys: config.server.api_keys.clone(),
+        max_body_bytes: config.server.max_body_bytes,
+        max_upload_bytes: config.server.max_upload_bytes,
+        max_pending: config.queue.max_pending,
+        default_max_attempts: config.queue.default_max_attempts,
+        public_url: config.public_url(),
+        started: std::time::Instant::now(),
+    });
+    let server = if roles.api {
+        let bind = config.server.bind.clone();
+        let listener = TcpListener::bind(bind.clone());
+        let acceptor = poem::listener::Listener::into_acceptor(listener)
+            .await
+            .map_err(|e| StartError::Bind {
+                bind: bind.clone(),
+                reason: e.to_string(),
+            })?;
+        let mut rx = stop_rx.clone();
+        let app = api::app(state);
+        tracing::info!(bind = %bind, public_url = %config.public_url(), "aihost listening; docs at /docs");
+        Some(tokio::spawn(async move {
+            Server::new_with_acceptor(acceptor)
+                .run_with_graceful_shutdown(
+                    app,
+                    async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    },
+                    Some(grace + Duration::from_secs(5)),
+                )
+                .await
+        }))
+    } else {
+        None
+    };
+    tracing::info!(api = roles.api, consumer = roles.consumer, "aihost ready");
+    shutdown_signal().await;
+    tracing::info!("signal received: stopping");
+    let _ = stop_tx.send(true);
+    if let Some(c) = consumer {
+        let _ = c.await;
+    }
+    if let Some(s) = server {
+        let _ = s.await;
+    }
+    services.registry.shutdown();
+    tracing::info!("stopped");
+    Ok(())
+}
