@@ -196,7 +196,10 @@ impl ConfigError {
 
 /// Every problem found while loading settings; displayed one line per problem.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
+pub struct ConfigErrors(
+    /// The problems, by file and line, then variables.
+    pub Vec<ConfigError>,
+);
 
 impl ConfigErrors {
     /// Orders the problems by file and line, then variables.
@@ -1349,10 +1352,11 @@ impl Config {
             *u = parsed.to_string();
         }
         let body = toml::to_string(&c).unwrap_or_else(|e| format!("# cannot print: {e}\n"));
-        match &self.file {
-            Some(f) => format!("# from {}\n{body}", f.display()),
-            None => format!("# no file: defaults and environment\n{body}"),
-        }
+        let from = match &self.file {
+            Some(f) => format!("# from {}", f.display()),
+            None => "# no file: defaults and environment".to_owned(),
+        };
+        format!("{from}\n# public URL: {}\n{body}", self.public_url())
     }
 }
 

@@ -4,7 +4,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use aihost_tests::{Options, Server};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 async fn upload_png(s: &Server, w: u32, h: u32) -> Value {
@@ -598,19 +598,14 @@ async fn graceful_shutdown_puts_unfinished_work_back() {
         "did not stop cleanly:\n{}",
         s.log()
     );
-    // Not started again: inspect it through a fresh process that loads no plugins.
-    let mut opts = Options::default();
-    opts.plugins.clear();
-    let _ = opts;
     s.restart().await;
     let (_, t) = s.get(&format!("/api/tasks/{id}")).await;
     assert!(
         matches!(t["status"].as_str(), Some("PENDING" | "PROCESSING")),
         "{t}"
     );
-    assert_eq!(
+    assert!(
         t["attempts"].as_u64().unwrap() <= 1,
-        true,
         "the interrupted attempt is not counted: {t}"
     );
 }

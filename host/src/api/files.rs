@@ -63,7 +63,11 @@ pub async fn upload(mut multipart: Multipart, Data(state): Data<&Arc<AppState>>)
                 );
             }
             Err(e) => {
-                return error_response(StatusCode::BAD_REQUEST, "invalid_multipart", &e.to_string());
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_multipart",
+                    &e.to_string(),
+                );
             }
         };
         if field.file_name().is_none() && field.name() != Some("file") {

@@ -202,7 +202,13 @@ async fn limit_body<E: Endpoint>(
         match body.into_bytes_limit(limit as usize).await {
             Ok(bytes) => {
                 if is_create {
-                    check_create_envelope(&bytes).map_err(poem::Error::from_response)?;
+                    check_create_envelope(&bytes).map_err(|msg| {
+                        poem::Error::from_response(error::error_response(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_body",
+                            &msg,
+                        ))
+                    })?;
                 }
                 req.set_body(bytes)
             }
@@ -221,20 +227,19 @@ pub fn openapi_document(state: Arc<AppState>) -> String {
 
 /// Checks the envelope of `POST /api/tasks` before poem-openapi parses it, so that a wrong
 /// type is reported with the field's name (poem-openapi's message omits it).
-fn check_create_envelope(bytes: &[u8]) -> Result<(), Response> {
-    let bad = |code: &str, msg: String| error::error_response(StatusCode::BAD_REQUEST, code, &msg);
-    let value: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| bad("invalid_body", format!("the body is not valid JSON: {e}")))?;
+fn check_create_envelope(bytes: &[u8]) -> Result<(), String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("the body is not valid JSON: {e}"))?;
     let Some(obj) = value.as_object() else {
-        return Err(bad("invalid_body", "the body must be a JSON object".into()));
+        return Err("the body must be a JSON object".into());
     };
-    let expect = |field: &str, what: &str, ok: bool| -> Result<(), Response> {
+    let expect = |field: &str, what: &str, ok: bool| -> Result<(), String> {
         if ok {
             Ok(())
         } else {
-            Err(bad(
-                "invalid_body",
-                format!("field `{field}` must be {what}, found {}", obj[field]),
+            Err(format!(
+                "field `{field}` must be {what}, found {}",
+                obj[field]
             ))
         }
     };
@@ -259,10 +264,7 @@ fn check_create_envelope(bytes: &[u8]) -> Result<(), Response> {
     }
     for required in ["type", "input"] {
         if !obj.contains_key(required) {
-            return Err(bad(
-                "invalid_body",
-                format!("field `{required}` is required"),
-            ));
+            return Err(format!("field `{required}` is required"));
         }
     }
     Ok(())

@@ -11,13 +11,16 @@ use serde_json::{Value, json};
 
 use crate::plugins::Registry;
 
+/// (registry generation, spec JSON, Swagger UI page).
+type Cached = (u64, Arc<String>, Arc<String>);
+
 /// The merged spec and the Swagger UI page, cached per registry generation.
 #[derive(Clone)]
 pub struct Docs {
     base_spec: Arc<String>,
     base_html: Arc<String>,
     registry: Arc<Registry>,
-    cache: Arc<Mutex<Option<(u64, Arc<String>, Arc<String>)>>>,
+    cache: Arc<Mutex<Option<Cached>>>,
 }
 
 fn error_ref() -> Value {
