@@ -340,11 +340,13 @@ impl Dispatcher {
         }
         match outcome {
             Outcome::Done(Ok(output)) => match self.store_outputs(id, &output).await {
-                Ok(result) => {
-                    if let Err(e) = self.store.complete(id, attempt, result).await {
-                        tracing::error!(task_id = %id, error = %e, "could not record completion");
+                Ok(result) => match self.store.complete(id, attempt, result).await {
+                    Ok(Some(done)) => self.notify_webhook(done),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(task_id = %id, error = %e, "could not record completion")
                     }
-                }
+                },
                 Err(err) => self.record_failure(&task, err, true).await,
             },
             Outcome::Done(Err(e)) => {
@@ -361,7 +363,9 @@ impl Dispatcher {
                     plugin.cancel_task(&id.to_string()),
                 )
                 .await;
-                let _ = self.store.finish_cancelled(id, attempt).await;
+                if let Ok(Some(done)) = self.store.finish_cancelled(id, attempt).await {
+                    self.notify_webhook(done);
+                }
             }
             Outcome::Released => {
                 let _ = tokio::time::timeout(
@@ -413,9 +417,46 @@ impl Dispatcher {
             );
             Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default()
         });
-        if let Err(e) = self.store.fail(task.id, task.attempts, err, retry_at).await {
-            tracing::error!(task_id = %task.id, error = %e, "could not record failure");
+        match self.store.fail(task.id, task.attempts, err, retry_at).await {
+            Ok(Some(t)) if t.status.is_terminal() => self.notify_webhook(t),
+            Ok(_) => {}
+            Err(e) => tracing::error!(task_id = %task.id, error = %e, "could not record failure"),
         }
+    }
+
+    /// POSTs the finished task (the `GET /api/tasks/{id}` body) to its `webhook_url`, in the
+    /// background, through the fetcher's SSRF guard; retried three times with backoff on
+    /// network errors and 5xx/429 answers.
+    fn notify_webhook(&self, task: Task) {
+        let Some(url) = task.webhook_url.clone() else {
+            return;
+        };
+        let fetcher = self.fetcher.clone();
+        let body =
+            poem_openapi::types::ToJSON::to_json(&crate::api::tasks::TaskView::from(task.clone()))
+                .unwrap_or(Value::Null);
+        tokio::spawn(async move {
+            for attempt in 0..4u32 {
+                match fetcher.post_json(&url, &body).await {
+                    Ok(status) if status < 300 => return,
+                    Ok(status) if status != 429 && status < 500 => {
+                        tracing::warn!(task_id = %task.id, status, "webhook refused the notification");
+                        return;
+                    }
+                    Ok(status) => {
+                        tracing::warn!(task_id = %task.id, status, attempt, "webhook answered an error")
+                    }
+                    Err(e) if !e.retryable() => {
+                        tracing::warn!(task_id = %task.id, error = %e, "webhook not delivered");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(task_id = %task.id, error = %e, attempt, "webhook delivery failed")
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(500 * 4u64.pow(attempt))).await;
+            }
+        });
     }
 
     /// Uploads the output files, four at a time, and builds the task's `result`.

@@ -502,6 +502,43 @@ impl Fetcher {
         Ok(())
     }
 
+    /// POSTs `body` as JSON to an http(s) URL under the same SSRF guard (used for completion
+    /// webhooks). Redirects are not followed. Answers the HTTP status.
+    pub async fn post_json(&self, url: &str, body: &serde_json::Value) -> Result<u16, FetchError> {
+        let parsed = Url::parse(url).map_err(|e| FetchError::InvalidUrl {
+            input: url.chars().take(200).collect(),
+            reason: e.to_string(),
+        })?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(FetchError::UnsupportedScheme {
+                url: shown(&parsed),
+                scheme: parsed.scheme().to_owned(),
+            });
+        }
+        self.guard(&parsed)
+            .await
+            .map_err(|b| b.into_error(&parsed))?;
+        let resp = self
+            .inner
+            .client
+            .post(parsed.clone())
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .timeout(
+                self.inner
+                    .settings
+                    .timeout
+                    .min(std::time::Duration::from_secs(30)),
+            )
+            .send()
+            .await
+            .map_err(|e| FetchError::Unreachable {
+                url: shown(&parsed),
+                detail: e.to_string(),
+            })?;
+        Ok(resp.status().as_u16())
+    }
+
     /// The SSRF check of one URL: allow-listed hosts pass; IP literals are checked as they
     /// are; names are resolved and every address checked.
     async fn guard(&self, url: &Url) -> Result<(), Blocked> {

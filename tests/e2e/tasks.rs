@@ -609,3 +609,72 @@ async fn graceful_shutdown_puts_unfinished_work_back() {
         "the interrupted attempt is not counted: {t}"
     );
 }
+
+/// Accepts one HTTP request on `listener`, answers 200, and returns its body.
+async fn receive_one_post(listener: tokio::net::TcpListener) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut sock, _) = listener.accept().await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = sock.read(&mut chunk).await.unwrap();
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(head_end) = text.find("\r\n\r\n") {
+            let len: usize = text[..head_end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if buf.len() >= head_end + 4 + len {
+                sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    .await
+                    .unwrap();
+                return text[head_end + 4..].to_string();
+            }
+        }
+        assert!(n > 0, "connection closed early");
+    }
+}
+
+#[tokio::test]
+async fn the_webhook_receives_the_finished_task() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let s = Server::start_with(Options {
+        env: vec![(
+            "AIHOST_FETCH__ALLOW_HOSTS".into(),
+            format!("127.0.0.1:{port}"),
+        )],
+        ..Options::default()
+    })
+    .await;
+    let receiver = tokio::spawn(receive_one_post(listener));
+    let (status, t) = s
+        .post(
+            "/api/tasks",
+            &json!({"type": "testkit.run", "input": {"mode": "ok"}, "webhook_url": format!("http://127.0.0.1:{port}/hook")}),
+        )
+        .await;
+    assert_eq!(status, 202, "{t}");
+    let body = tokio::time::timeout(Duration::from_secs(20), receiver)
+        .await
+        .unwrap()
+        .unwrap();
+    let got: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(got["task_id"], t["task_id"]);
+    assert_eq!(got["status"], "COMPLETED");
+
+    // A webhook URL that is not http(s) is refused at submit.
+    let (status, b) = s
+        .post("/api/tasks", &json!({"type": "testkit.run", "input": {"mode": "ok"}, "webhook_url": "file:///etc/passwd"}))
+        .await;
+    assert_eq!(
+        (status, b["error"]["code"].as_str()),
+        (422, Some("invalid_webhook_url")),
+        "{b}"
+    );
+}
