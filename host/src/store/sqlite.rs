@@ -35,7 +35,7 @@ use sqlx::{
         SqliteSynchronous,
     },
 };
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
@@ -54,6 +54,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_PAGE: u32 = 50;
 /// Largest page of [`TaskStore::list`].
 const MAX_PAGE: u32 = 1000;
+/// Most write statements committed together in one transaction (group commit).
+const MAX_BATCH: usize = 512;
 /// Completed tasks (most recent first) the processing-time percentiles are computed over.
 const PERCENTILE_SAMPLE: i64 = 10_000;
 
@@ -213,6 +215,76 @@ pub struct SqliteStore {
     reader: SqlitePool,
     /// Task events.
     events: broadcast::Sender<TaskEvent>,
+    /// Write statements waiting for the group committer.
+    writes: mpsc::UnboundedSender<WriteJob>,
+}
+
+/// A task-returning write statement, and where to send its rows once committed.
+type WriteQuery = sqlx::query::Query<'static, Sqlite, sqlx::sqlite::SqliteArguments>;
+
+struct WriteJob {
+    query: WriteQuery,
+    reply: oneshot::Sender<Result<Vec<SqliteRow>, sqlx::Error>>,
+}
+
+/// The group committer: takes every write waiting (up to [`MAX_BATCH`]), runs them in one
+/// transaction on the writer connection, and answers each after the COMMIT. With
+/// `synchronous = FULL` each COMMIT is one fsync, so under load many writes share one fsync
+/// and a 202 still means "on disk". A statement that fails is rolled back alone (SQLite
+/// statement rollback) and answers its error; the others commit.
+async fn group_commit(writer: SqlitePool, mut rx: mpsc::UnboundedReceiver<WriteJob>) {
+    let mut batch: Vec<WriteJob> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut conn = match writer.acquire().await {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = e.to_string();
+                for job in batch.drain(..) {
+                    let _ = job.reply.send(Err(sqlx::Error::Protocol(msg.clone())));
+                }
+                continue;
+            }
+        };
+        if batch.len() == 1 {
+            let job = batch.pop().expect("one job");
+            let r = job.query.fetch_all(&mut *conn).await;
+            let _ = job.reply.send(r);
+            continue;
+        }
+        if let Err(e) = sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await {
+            let msg = e.to_string();
+            for job in batch.drain(..) {
+                let _ = job.reply.send(Err(sqlx::Error::Protocol(msg.clone())));
+            }
+            continue;
+        }
+        let mut answers = Vec::with_capacity(batch.len());
+        for job in batch.drain(..) {
+            let r = job.query.fetch_all(&mut *conn).await;
+            answers.push((job.reply, r));
+        }
+        match sqlx::raw_sql("COMMIT").execute(&mut *conn).await {
+            Ok(_) => {
+                for (reply, r) in answers {
+                    let _ = reply.send(r);
+                }
+            }
+            Err(e) => {
+                let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+                let msg = e.to_string();
+                for (reply, _) in answers {
+                    let _ = reply.send(Err(sqlx::Error::Protocol(format!("commit failed: {msg}"))));
+                }
+            }
+        }
+    }
 }
 
 impl SqliteStore {
@@ -262,10 +334,13 @@ impl SqliteStore {
             .map_err(db_err)?;
 
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let (writes, rx) = mpsc::unbounded_channel();
+        tokio::spawn(group_commit(writer.clone(), rx));
         Ok(SqliteStore {
             writer,
             reader,
             events,
+            writes,
         })
     }
 
@@ -286,20 +361,20 @@ impl SqliteStore {
     }
 
     /// Runs a task-returning write statement and decodes every row.
-    async fn write_tasks(
-        &self,
-        query: sqlx::query::Query<'_, Sqlite, sqlx::sqlite::SqliteArguments>,
-    ) -> StoreResult<Vec<Task>> {
-        // `fetch_all` steps the statement to its end, so the autocommit transaction has
-        // committed when it returns.
-        let rows = query.fetch_all(&self.writer).await.map_err(db_err)?;
+    async fn write_tasks(&self, query: WriteQuery) -> StoreResult<Vec<Task>> {
+        // Answered after the COMMIT of the batch the statement ran in.
+        let (reply, answer) = oneshot::channel();
+        self.writes
+            .send(WriteJob { query, reply })
+            .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
+        let rows = answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the group committer stopped".into()))?
+            .map_err(db_err)?;
         rows.iter().map(task_from_row).collect()
     }
 
-    async fn write_task(
-        &self,
-        query: sqlx::query::Query<'_, Sqlite, sqlx::sqlite::SqliteArguments>,
-    ) -> StoreResult<Option<Task>> {
+    async fn write_task(&self, query: WriteQuery) -> StoreResult<Option<Task>> {
         Ok(self.write_tasks(query).await?.into_iter().next())
     }
 }
