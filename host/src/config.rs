@@ -489,6 +489,9 @@ pub struct QueueConfig {
     pub backoff_base_ms: u64,
     /// Longest retry delay in milliseconds. Default 300000 (5 minutes).
     pub backoff_max_ms: u64,
+    /// PostgreSQL: most connections of each process's pool (one more is held for LISTEN).
+    /// Default 10.
+    pub max_connections: u32,
 }
 
 impl Default for QueueConfig {
@@ -503,6 +506,7 @@ impl Default for QueueConfig {
             max_pending: 0,
             backoff_base_ms: 1000,
             backoff_max_ms: 300_000,
+            max_connections: 10,
         }
     }
 }
@@ -734,6 +738,7 @@ const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
             ("max_pending", Int),
             ("backoff_base_ms", Int),
             ("backoff_max_ms", Int),
+            ("max_connections", Int),
         ],
     ),
     (
@@ -1211,6 +1216,7 @@ impl Config {
             ("lease_secs", q.lease_secs),
             ("poll_interval_ms", q.poll_interval_ms),
             ("default_max_attempts", u64::from(q.default_max_attempts)),
+            ("max_connections", u64::from(q.max_connections)),
         ] {
             if v == 0 {
                 l.invalid(("queue", key), "must be at least 1");

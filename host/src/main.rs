@@ -30,6 +30,11 @@ enum Command {
     Consumer,
     /// Print the OpenAPI document (with the installed task types) and exit.
     Openapi,
+    /// Task store commands.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Configuration commands.
     Config {
         #[command(subcommand)]
@@ -39,6 +44,34 @@ enum Command {
     Plugins {
         #[command(subcommand)]
         command: PluginsCommand,
+    },
+    /// Storage commands.
+    Storage {
+        #[command(subcommand)]
+        command: StorageCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StorageCommand {
+    /// Write, read back and delete a probe object in the configured storage, fetch its public
+    /// URL without credentials, and print that URL (exit 1 if the backend refuses a step).
+    Check,
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Copy every task (every field, its state included) from a SQLite database into a
+    /// PostgreSQL database, creating the schema there if needed. Tasks already present (same
+    /// id or idempotency key) are skipped, so a second run copies only what is new. Stop the
+    /// service that writes the SQLite file first.
+    Migrate {
+        /// The SQLite database file (`queue.path`).
+        #[arg(long, value_name = "SQLITE_PATH")]
+        from: PathBuf,
+        /// The PostgreSQL URL (`postgres://user:password@host/database`).
+        #[arg(long, value_name = "POSTGRES_URL")]
+        to: String,
     },
 }
 
@@ -120,6 +153,9 @@ async fn run(command: Command, config: Config) -> ExitCode {
             consumer: true,
         },
         Command::Openapi => return print_openapi(&config).await,
+        Command::Store {
+            command: StoreCommand::Migrate { from, to },
+        } => return store_migrate(&from, &to, config.queue.max_connections).await,
         Command::Config {
             command: ConfigCommand::Check,
         } => return config_check(&config),
@@ -129,6 +165,9 @@ async fn run(command: Command, config: Config) -> ExitCode {
         Command::Plugins {
             command: PluginsCommand::Check { file },
         } => return plugins_check(&file),
+        Command::Storage {
+            command: StorageCommand::Check,
+        } => return storage_check(&config).await,
     };
     match service::run(config, roles).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -137,6 +176,119 @@ async fn run(command: Command, config: Config) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn storage_check(config: &Config) -> ExitCode {
+    let storage = match service::open_storage(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("aihost: {e} [{}]", e.code());
+            return ExitCode::FAILURE;
+        }
+    };
+    match storage.check_public().await {
+        Ok(report) => {
+            println!("backend: {}", report.backend);
+            println!("probe key: {} (written, read back, deleted)", report.key);
+            println!("public url: {}", report.url);
+            match report.public_get {
+                Ok(status) if (200..300).contains(&status) => {
+                    println!("public GET: HTTP {status}")
+                }
+                Ok(status) => println!(
+                    "public GET: HTTP {status} (clients cannot read outputs at this URL: check the bucket's public access or storage.public_base_url)"
+                ),
+                Err(e) => println!(
+                    "public GET: failed ({e}){}",
+                    if report.backend == "fs" || report.backend == "memory" {
+                        " - the /files URL is served by the running service"
+                    } else {
+                        ""
+                    }
+                ),
+            }
+            println!("# storage OK");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("aihost: storage check failed: {e} [{}]", e.code());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `aihost store migrate`: pages through the SQLite store (newest first) and imports each page
+/// into PostgreSQL in one transaction.
+async fn store_migrate(from: &std::path::Path, to: &str, max_connections: u32) -> ExitCode {
+    use aihost::store::{
+        ListFilter, TaskStore,
+        postgres::{PostgresSettings, PostgresStore},
+        sqlite::SqliteStore,
+    };
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        eprintln!("aihost: {what}: {e}");
+        ExitCode::FAILURE
+    };
+    if !from.is_file() {
+        return fail(
+            "store migrate",
+            &format!("{} is not a SQLite database file", from.display()),
+        );
+    }
+    let source = match SqliteStore::open(from).await {
+        Ok(s) => s,
+        Err(e) => return fail(&format!("cannot open {}", from.display()), &e),
+    };
+    let shown = match url::Url::parse(to) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(e) => return fail("--to is not a URL", &e),
+    };
+    let target = match PostgresStore::open(&PostgresSettings {
+        max_connections: max_connections.clamp(1, 4),
+        ..PostgresSettings::new(to)
+    })
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => return fail(&format!("cannot open {shown}"), &e),
+    };
+    let (mut read, mut copied) = (0u64, 0u64);
+    let mut cursor = None;
+    loop {
+        let page = match source
+            .list(ListFilter {
+                limit: 1000,
+                cursor: cursor.take(),
+                ..ListFilter::default()
+            })
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => return fail("reading the SQLite store", &e),
+        };
+        read += page.tasks.len() as u64;
+        match target.import(&page.tasks).await {
+            Ok(n) => copied += n,
+            Err(e) => return fail("writing to PostgreSQL", &e),
+        }
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    source.close().await;
+    target.close().await;
+    println!(
+        "copied {copied} of {read} tasks from {} to {shown} ({} were already there)",
+        from.display(),
+        read - copied
+    );
+    ExitCode::SUCCESS
 }
 
 fn config_check(config: &Config) -> ExitCode {

@@ -14,8 +14,16 @@ use crate::{
     manifest::PluginManifest,
     plugins::Registry,
     storage::{Storage, StorageKind, StorageSettings},
-    store::{TaskStore, sqlite::SqliteStore},
+    store::{
+        ConsumerInfo, TaskStore,
+        postgres::{PostgresSettings, PostgresStore},
+        sqlite::SqliteStore,
+    },
 };
+
+/// How often a consumer refreshes its row in the consumers table (PostgreSQL); `GET
+/// /api/status` lists consumers heard from within three of these.
+pub const CONSUMER_HEARTBEAT: Duration = Duration::from_secs(10);
 
 /// Why the service could not start. One line each.
 #[derive(Debug, thiserror::Error)]
@@ -88,32 +96,117 @@ pub struct Services {
 pub async fn open_store(config: &Config) -> Result<Arc<dyn TaskStore>, StartError> {
     match config.queue.kind {
         QueueType::Sqlite => Ok(Arc::new(SqliteStore::open(&config.queue.path).await?)),
-        QueueType::Postgres => Err(StartError::Unsupported(
-            "queue.type = \"postgres\" is not available in this build yet; use \"sqlite\"".into(),
-        )),
+        QueueType::Postgres => {
+            let url = config.queue.url.clone().ok_or_else(|| {
+                StartError::Unsupported("queue.type = \"postgres\" needs queue.url".into())
+            })?;
+            let settings = PostgresSettings {
+                max_connections: config.queue.max_connections,
+                ..PostgresSettings::new(url)
+            };
+            Ok(Arc::new(PostgresStore::open(&settings).await?))
+        }
     }
 }
 
-/// Builds the storage facade the config names.
-pub fn open_storage(config: &Config) -> Result<Storage, StartError> {
-    let kind = match config.storage.kind {
-        StorageType::Fs => StorageKind::Fs,
-        StorageType::Memory => StorageKind::Memory,
-        other => {
-            return Err(StartError::Unsupported(format!(
-                "storage.type = {other:?} is not available in this build yet; use \"fs\" or \"memory\""
-            )));
+/// This consumer as it announces itself: worker id, machine, and the task types of its loaded
+/// plugins (read again at every heartbeat: plugins can be added at run time).
+fn consumer_info(worker: &str, registry: &Registry) -> ConsumerInfo {
+    let hostname = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned());
+    let now = chrono::Utc::now();
+    ConsumerInfo {
+        worker: worker.to_owned(),
+        hostname,
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        task_types: registry
+            .task_types()
+            .iter()
+            .map(|t| t.desc.name.clone())
+            .collect(),
+        started_at: now,
+        heartbeat_at: now,
+    }
+}
+
+/// Logs which task types this consumer serves and keeps its row in the store fresh.
+async fn announce_loop(store: Arc<dyn TaskStore>, registry: Arc<Registry>, worker: String) {
+    let info = consumer_info(&worker, &registry);
+    tracing::info!(
+        worker = %worker,
+        task_types = %info.task_types.join(","),
+        "consumer serving task types"
+    );
+    loop {
+        let info = consumer_info(&worker, &registry);
+        if let Err(e) = store.announce_consumer(&info).await {
+            tracing::warn!(error = %e, "consumer heartbeat failed");
         }
+        tokio::time::sleep(CONSUMER_HEARTBEAT).await;
+    }
+}
+
+/// Builds the storage facade the config names (`storage.*`; DESIGN.md §7).
+pub fn open_storage(config: &Config) -> Result<Storage, StartError> {
+    use crate::storage::{CfImagesSettings, GcsSettings, S3Settings, Secret};
+    let c = &config.storage;
+    let files_base = format!("{}/files", config.public_url());
+    let nonempty = |v: &Option<String>| {
+        v.as_deref()
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
     };
-    let public_base = config
-        .storage
-        .public_base_url
-        .clone()
-        .unwrap_or_else(|| format!("{}/files", config.public_url()));
+    let s3 = || S3Settings {
+        bucket: nonempty(&c.bucket).unwrap_or_default(),
+        endpoint: nonempty(&c.endpoint),
+        region: nonempty(&c.region),
+        access_key_id: nonempty(&c.access_key_id),
+        secret_access_key: nonempty(&c.secret_access_key).map(Secret),
+        account_id: nonempty(&c.account_id),
+        public_base_url: nonempty(&c.public_base_url),
+        presign_secs: c.presign_secs,
+    };
+    let (kind, public_base) = match c.kind {
+        StorageType::Fs => (
+            StorageKind::Fs,
+            nonempty(&c.public_base_url).unwrap_or(files_base),
+        ),
+        StorageType::Memory => (
+            StorageKind::Memory,
+            nonempty(&c.public_base_url).unwrap_or(files_base),
+        ),
+        StorageType::S3 => (StorageKind::S3(s3()), files_base),
+        StorageType::R2 => (StorageKind::R2(s3()), files_base),
+        StorageType::Gcs => (
+            StorageKind::Gcs(GcsSettings {
+                bucket: nonempty(&c.bucket).unwrap_or_default(),
+                endpoint: nonempty(&c.endpoint),
+                credential_path: c.credential_path.clone(),
+                public_base_url: nonempty(&c.public_base_url),
+                presign_secs: c.presign_secs,
+            }),
+            files_base,
+        ),
+        StorageType::CfImages => (
+            StorageKind::CfImages(CfImagesSettings {
+                account_id: nonempty(&c.account_id).unwrap_or_default(),
+                api_token: Secret(nonempty(&c.api_token).unwrap_or_default()),
+                api_base: nonempty(&c.endpoint),
+                delivery_domain: nonempty(&c.delivery_domain),
+            }),
+            files_base,
+        ),
+    };
     Ok(Storage::new(StorageSettings {
         kind,
-        root: config.storage.root.clone(),
-        prefix: config.storage.prefix.clone(),
+        root: c.root.clone(),
+        prefix: c.prefix.clone(),
         public_base_url: public_base,
     })?)
 }
@@ -195,6 +288,14 @@ pub async fn run(config: Config, roles: Roles) -> Result<(), StartError> {
     let consumer = dispatcher
         .clone()
         .map(|d| tokio::spawn(d.run(stop_rx.clone())));
+    let worker_id = config.worker_id();
+    let announcer = dispatcher.is_some().then(|| {
+        tokio::spawn(announce_loop(
+            services.store.clone(),
+            services.registry.clone(),
+            worker_id.clone(),
+        ))
+    });
     let state = Arc::new(AppState {
         store: services.store.clone(),
         registry: services.registry.clone(),
@@ -243,6 +344,10 @@ pub async fn run(config: Config, roles: Roles) -> Result<(), StartError> {
     }
     if let Some(s) = server {
         let _ = s.await;
+    }
+    if let Some(a) = announcer {
+        a.abort();
+        let _ = services.store.retire_consumer(&worker_id).await;
     }
     services.registry.shutdown();
     tracing::info!("stopped");

@@ -251,17 +251,23 @@ async fn post_ok(h: reqwest::Client, url: String, body: Vec<u8>) -> bool {
         .is_ok_and(|r| r.status().as_u16() == 202)
 }
 
-async fn completed_count(b: &Bench, base: &str) -> u64 {
-    let s: Value = b
-        .http
-        .get(format!("{base}/api/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    s["by_status"]["COMPLETED"].as_u64().unwrap_or(0)
+/// True when no task is PENDING or PROCESSING (two cheap index reads, unlike /api/stats).
+async fn queue_idle(b: &Bench, base: &str) -> bool {
+    for status in ["PENDING", "PROCESSING"] {
+        let page: Value = b
+            .http
+            .get(format!("{base}/api/tasks?status={status}&limit=1"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if page["tasks"].as_array().is_some_and(|t| !t.is_empty()) {
+            return false;
+        }
+    }
+    true
 }
 
 async fn end_to_end(b: &Bench, results: &mut Vec<(String, String, Value)>) {
@@ -322,7 +328,6 @@ async fn end_to_end(b: &Bench, results: &mut Vec<(String, String, Value)>) {
     let mut rates = Vec::new();
     let mut overhead_full = Vec::new();
     for _ in 0..b.runs() {
-        let before = completed_count(b, &base).await;
         let t0 = Instant::now();
         let url = format!("{base}/api/tasks");
         let body = serde_json::to_vec(&noop_task()).unwrap();
@@ -348,8 +353,8 @@ async fn end_to_end(b: &Bench, results: &mut Vec<(String, String, Value)>) {
             .buffer_unordered(64)
             .collect()
             .await;
-        while completed_count(b, &base).await < before + n as u64 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        while !queue_idle(b, &base).await {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         rates.push(n as f64 / t0.elapsed().as_secs_f64());
         for id in ids.iter().step_by(50) {

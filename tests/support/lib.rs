@@ -14,6 +14,8 @@ use std::{
 
 use serde_json::{Value, json};
 
+pub mod fake_comfyui;
+
 /// `target/<profile>`, found from the test executable's path (`target/<profile>/deps/x`).
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
@@ -95,6 +97,7 @@ pub struct Server {
     child: Option<Child>,
     port: u16,
     options: Options,
+    role: String,
 }
 
 impl Server {
@@ -117,10 +120,49 @@ impl Server {
             child: None,
             port,
             options,
+            role: "serve".to_owned(),
         };
         s.write_config();
         s.spawn().await;
         s
+    }
+
+    /// Starts the binary with another role: `api` (waits for `/api/health`) or `consumer`
+    /// (serves no HTTP: waits for its `aihost ready` log line).
+    pub async fn start_role(options: Options, role: &str) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let mut s = Server {
+            dir,
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+            child: None,
+            port,
+            options,
+            role: role.to_owned(),
+        };
+        s.write_config();
+        s.spawn().await;
+        s
+    }
+
+    /// Starts the binary again on the same folder and port, in another role (see
+    /// [`Server::start_role`]).
+    pub async fn restart_as(&mut self, role: &str) {
+        assert!(self.child.is_none(), "stop it first");
+        self.role = role.to_owned();
+        self.spawn().await;
+    }
+
+    /// Whether the process is still running (the same process: never restarted by this).
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().unwrap().is_none(),
+            None => false,
+        }
     }
 
     fn write_config(&self) {
@@ -165,7 +207,7 @@ impl Server {
         let mut cmd = Command::new(aihost_bin());
         cmd.arg("--config")
             .arg(self.dir.path().join("aihost.toml"))
-            .arg("serve")
+            .arg(&self.role)
             .current_dir(self.dir.path())
             .env("LOG_LEVEL", "info")
             .env_remove("RUST_LOG")
@@ -180,7 +222,11 @@ impl Server {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("aihost exited early with {status}; log:\n{}", self.log());
             }
-            if let Ok(r) = self.http.get(self.url("/api/health")).send().await
+            if self.role == "consumer" {
+                if self.log().contains("aihost ready") {
+                    return;
+                }
+            } else if let Ok(r) = self.http.get(self.url("/api/health")).send().await
                 && r.status().is_success()
             {
                 return;
@@ -345,4 +391,110 @@ pub fn run_cli(args: &[&str], cwd: &Path) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A database of its own on the machine's PostgreSQL (`AIHOST_TEST_POSTGRES_URL`, default
+/// `postgres://postgres@127.0.0.1:5432/postgres`, names the server and its maintenance
+/// database), dropped (with its connections) when this is dropped.
+pub struct TestDatabase {
+    /// Its name, `aihost_test_<pid>_<n>`.
+    pub name: String,
+    /// URL of the database.
+    pub url: String,
+}
+
+fn postgres_admin_url() -> String {
+    std::env::var("AIHOST_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+impl TestDatabase {
+    /// Creates it.
+    pub async fn create() -> TestDatabase {
+        use sqlx::Connection as _;
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let name = format!(
+            "aihost_test_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let admin = postgres_admin_url();
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {admin}: {e}"));
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            format!("CREATE DATABASE {name}"),
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&mut conn)
+                .await
+                .expect("create test database");
+        }
+        let _ = conn.close().await;
+        let (base, _) = admin.rsplit_once('/').expect("admin URL has a database");
+        TestDatabase {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+
+    /// Environment that points a server at this database.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AIHOST_QUEUE__TYPE".into(), "postgres".into()),
+            ("AIHOST_QUEUE__URL".into(), self.url.clone()),
+            ("AIHOST_QUEUE__MAX_CONNECTIONS".into(), "4".into()),
+        ]
+    }
+
+    /// Runs one statement on a fresh connection to this database and answers its rows.
+    pub async fn query(&self, sql: &str) -> Vec<sqlx::postgres::PgRow> {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_all(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let _ = conn.close().await;
+        rows
+    }
+
+    /// Terminates every other connection to this database (as a failover or a network cut
+    /// would); answers how many were terminated.
+    pub async fn terminate_connections(&self) -> usize {
+        use sqlx::Row as _;
+        self.query(
+            "SELECT pg_terminate_backend(pid) AS t FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .await
+        .iter()
+        .filter(|r| r.get::<bool, _>("t"))
+        .count()
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                use sqlx::Connection as _;
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut conn)
+                    .await;
+                    let _ = conn.close().await;
+                }
+            });
+        })
+        .join();
+    }
 }

@@ -14,8 +14,10 @@ use poem_openapi::{OpenApiService, Tags};
 
 use crate::{dispatcher::Dispatcher, plugins::Registry, storage::Storage, store::TaskStore};
 
+pub mod comfy;
 pub mod error;
 pub mod events;
+pub mod faceswap;
 pub mod files;
 pub mod spec;
 pub mod system;
@@ -57,13 +59,18 @@ pub struct AppState {
 }
 
 /// The OpenAPI service (operations documented by poem-openapi).
-pub fn openapi(state: Arc<AppState>) -> OpenApiService<(tasks::TasksApi, system::SystemApi), ()> {
+pub fn openapi(
+    state: Arc<AppState>,
+) -> OpenApiService<(tasks::TasksApi, system::SystemApi, faceswap::FaceswapApi), ()> {
     OpenApiService::new(
         (
             tasks::TasksApi {
                 state: state.clone(),
             },
             system::SystemApi {
+                state: state.clone(),
+            },
+            faceswap::FaceswapApi {
                 state: state.clone(),
             },
         ),
@@ -87,8 +94,7 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint {
     let docs_json = docs.clone();
     let auth_state = state.clone();
     let limit_state = state.clone();
-    Route::new()
-        .nest("/", service)
+    comfy::mount(Route::new().nest("/", service))
         .at("/api/uploads", post(files::upload))
         .at("/api/tasks/:task_id/ws", get(events::task_ws))
         .at("/files/*key", get(files::get_file))

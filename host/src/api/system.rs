@@ -98,6 +98,28 @@ pub struct StatusView {
     pub plugins: BTreeMap<String, Value>,
     /// Libraries that failed to load.
     pub plugin_failures: Vec<PluginFailureView>,
+    /// Consumer processes heard from recently, with the task types each serves (PostgreSQL
+    /// deployments; empty on SQLite).
+    pub consumers: Vec<ConsumerView>,
+}
+
+/// A consumer process of the deployment.
+#[derive(Debug, Clone, Object)]
+pub struct ConsumerView {
+    /// Worker id (the `worker` recorded on the tasks it runs).
+    pub worker: String,
+    /// Its machine.
+    pub hostname: String,
+    /// Its process id.
+    pub pid: u32,
+    /// aihost version.
+    pub version: String,
+    /// Task types it serves.
+    pub task_types: Vec<String>,
+    /// First announcement.
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// Last heartbeat.
+    pub heartbeat_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Figures for dashboards.
@@ -208,6 +230,14 @@ impl SystemApi {
             };
             plugins.insert(p.desc.name.clone(), v);
         }
+        let consumers = if store_ok {
+            st.store
+                .consumers(crate::service::CONSUMER_HEARTBEAT * 3)
+                .await
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         let ok = store_ok && storage_ok && engines_ok;
         Ok(Json(StatusView {
             status: if ok { "ok" } else { "degraded" }.into(),
@@ -223,6 +253,18 @@ impl SystemApi {
                 .failures()
                 .into_iter()
                 .map(failure_view)
+                .collect(),
+            consumers: consumers
+                .into_iter()
+                .map(|c| ConsumerView {
+                    worker: c.worker,
+                    hostname: c.hostname,
+                    pid: c.pid,
+                    version: c.version,
+                    task_types: c.task_types,
+                    started_at: c.started_at,
+                    heartbeat_at: c.heartbeat_at,
+                })
                 .collect(),
         }))
     }

@@ -252,6 +252,15 @@ impl Registry {
         }
         let config = entry.map_or(Value::Null, |e| e.config.clone());
         lib.init(host_services(&name), &config)?;
+        // The description after init may refine a schema (e.g. the comfyui plugin adds the
+        // parameters of the templates it found): validate against that one.
+        let validators: Vec<_> = lib
+            .desc
+            .task_types
+            .iter()
+            .zip(validators)
+            .map(|(t, pre)| jsonschema::validator_for(&t.input_schema).map_or(pre, Arc::new))
+            .collect();
         let stamp = stamp(&lib.path);
         let lib = Arc::new(lib);
         let mut st = self.state.write().expect("registry lock");

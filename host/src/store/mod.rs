@@ -1,8 +1,8 @@
 //! Task state: the [`TaskStore`] trait and its implementations.
 //!
 //! Every read and write of task state goes through this trait (DESIGN §2). Implementations:
-//! [`sqlite::SqliteStore`] (embedded default). PostgreSQL comes later and must pass the same
-//! conformance suite (`conformance.rs`).
+//! [`sqlite::SqliteStore`] (embedded default) and [`postgres::PostgresStore`] (scale-out: many
+//! processes on many machines); both pass the same conformance suite (`conformance.rs`).
 //!
 //! Invariants every implementation keeps:
 //! - a task accepted by [`TaskStore::insert`] is durable when the call returns;
@@ -20,6 +20,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
+pub mod postgres;
 pub mod sqlite;
 
 #[cfg(test)]
@@ -241,6 +242,26 @@ pub struct Stats {
     pub queue_depth: u64,
 }
 
+/// A consumer process as it announced itself (PostgreSQL deployments; see
+/// [`TaskStore::announce_consumer`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsumerInfo {
+    /// Its worker id (recorded on the tasks it claims).
+    pub worker: String,
+    /// Host name of its machine.
+    pub hostname: String,
+    /// Its process id.
+    pub pid: u32,
+    /// aihost version it runs.
+    pub version: String,
+    /// Task types it serves (from its loaded plugins).
+    pub task_types: Vec<String>,
+    /// When it first announced itself.
+    pub started_at: DateTime<Utc>,
+    /// Its last heartbeat.
+    pub heartbeat_at: DateTime<Utc>,
+}
+
 /// Errors of a task store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -351,4 +372,24 @@ pub trait TaskStore: Send + Sync + 'static {
 
     /// Subscribes to every task event from now on.
     fn subscribe(&self) -> broadcast::Receiver<TaskEvent>;
+
+    /// Records (or refreshes: a heartbeat) a consumer and the task types it serves; the store
+    /// keeps `started_at` of the first announcement and stamps `heartbeat_at` itself. Stores
+    /// that serve one machine keep nothing (the default).
+    async fn announce_consumer(&self, consumer: &ConsumerInfo) -> StoreResult<()> {
+        let _ = consumer;
+        Ok(())
+    }
+
+    /// Forgets a consumer that stops cleanly.
+    async fn retire_consumer(&self, worker: &str) -> StoreResult<()> {
+        let _ = worker;
+        Ok(())
+    }
+
+    /// Consumers heard from within `max_age`, by worker id.
+    async fn consumers(&self, max_age: Duration) -> StoreResult<Vec<ConsumerInfo>> {
+        let _ = max_age;
+        Ok(Vec::new())
+    }
 }

@@ -224,6 +224,10 @@ type WriteQuery = sqlx::query::Query<'static, Sqlite, sqlx::sqlite::SqliteArgume
 
 struct WriteJob {
     query: WriteQuery,
+    /// Whether the commit must reach the disk before the answer (inserts and terminal
+    /// states). Claims, progress and rescues may ride on the next durable commit: losing one
+    /// in a power cut leaves the task PENDING or its lease to expire, never a wrong state.
+    durable: bool,
     reply: oneshot::Sender<Result<Vec<SqliteRow>, sqlx::Error>>,
 }
 
@@ -234,6 +238,8 @@ struct WriteJob {
 /// statement rollback) and answers its error; the others commit.
 async fn group_commit(writer: SqlitePool, mut rx: mpsc::UnboundedReceiver<WriteJob>) {
     let mut batch: Vec<WriteJob> = Vec::with_capacity(MAX_BATCH);
+    // The connection opens with synchronous = FULL.
+    let mut synced = true;
     while let Some(first) = rx.recv().await {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -252,6 +258,17 @@ async fn group_commit(writer: SqlitePool, mut rx: mpsc::UnboundedReceiver<WriteJ
                 continue;
             }
         };
+        let durable = batch.iter().any(|j| j.durable);
+        if durable != synced {
+            let pragma = if durable {
+                "PRAGMA synchronous = FULL"
+            } else {
+                "PRAGMA synchronous = NORMAL"
+            };
+            if sqlx::raw_sql(pragma).execute(&mut *conn).await.is_ok() {
+                synced = durable;
+            }
+        }
         if batch.len() == 1 {
             let job = batch.pop().expect("one job");
             let r = job.query.fetch_all(&mut *conn).await;
@@ -362,10 +379,23 @@ impl SqliteStore {
 
     /// Runs a task-returning write statement and decodes every row.
     async fn write_tasks(&self, query: WriteQuery) -> StoreResult<Vec<Task>> {
+        self.write_rows(query, true).await
+    }
+
+    /// A write that need not be on disk before it answers (see [`WriteJob::durable`]).
+    async fn write_tasks_lazy(&self, query: WriteQuery) -> StoreResult<Vec<Task>> {
+        self.write_rows(query, false).await
+    }
+
+    async fn write_rows(&self, query: WriteQuery, durable: bool) -> StoreResult<Vec<Task>> {
         // Answered after the COMMIT of the batch the statement ran in.
         let (reply, answer) = oneshot::channel();
         self.writes
-            .send(WriteJob { query, reply })
+            .send(WriteJob {
+                query,
+                durable,
+                reply,
+            })
             .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
         let rows = answer
             .await
@@ -488,7 +518,7 @@ impl TaskStore for SqliteStore {
             .bind(now.saturating_add(duration_ms(lease)))
             .bind(task_type)
             .bind(i64::from(limit));
-        let mut tasks = self.write_tasks(query).await?;
+        let mut tasks = self.write_tasks_lazy(query).await?;
         // RETURNING gives no order; hand them out in claim order.
         tasks.sort_by_key(|t| (Reverse(t.priority), t.id));
         for task in &tasks {
@@ -527,7 +557,7 @@ impl TaskStore for SqliteStore {
             .bind(progress.message)
             .bind(id.to_string())
             .bind(i64::from(attempt));
-        match self.write_task(query).await? {
+        match self.write_tasks_lazy(query).await?.into_iter().next() {
             Some(task) => {
                 self.publish(EventKind::Progress, &task);
                 Ok(true)
@@ -627,7 +657,7 @@ impl TaskStore for SqliteStore {
 
     async fn rescue_expired(&self) -> StoreResult<u64> {
         let mut tasks = self
-            .write_tasks(sqlx::query(SQL_RESCUE).bind(now_ms()))
+            .write_tasks_lazy(sqlx::query(SQL_RESCUE).bind(now_ms()))
             .await?;
         tasks.sort_by_key(|t| t.id);
         for task in &tasks {

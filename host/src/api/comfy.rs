@@ -1,0 +1,383 @@
+//! The seed's ComfyUI routes and the workflow-template routes.
+//!
+//! The host knows nothing of ComfyUI here beyond the task type `comfyui.workflow` and the ops
+//! the `comfyui` plugin registers (`queue_status`, `system_stats`, `interrupt`,
+//! `list_workflows`): every route maps to a task or an op call.
+//!
+//! - `POST /api/tasks/create`: both seed bodies,
+//!   `{"workflow_name", "params": {"input_data": {"wf_json": {...}}}}` and
+//!   `{"workflow", "inputs"}`, become a `comfyui.workflow` task `{"workflow", "params"}`.
+//! - `GET /api/comfyui-queue-status`, `GET /api/comfyui-system-stats`,
+//!   `POST /api/comfyui-interrupt`: the plugin's ops (503 `comfyui_not_loaded` without the
+//!   plugin, 503 `engine_unavailable` when no ComfyUI answers).
+//! - `GET /api/workflows` and `POST /api/workflows/{name}` (body: the template's parameters).
+//!
+//! These are plain poem handlers; [`spec_paths`] documents them in `/openapi.json`, with one
+//! operation per installed template.
+
+use std::sync::Arc;
+
+use poem::{
+    Body, IntoResponse, Request, Response, handler,
+    http::StatusCode,
+    web::{Data, Path},
+};
+use serde_json::{Map, Value, json};
+
+use super::{
+    AppState,
+    error::error_response,
+    tasks::{CreateTaskRequest, create_task},
+};
+use crate::plugins::Registry;
+
+/// The plugin behind these routes.
+pub const PLUGIN: &str = "comfyui";
+/// Its task type.
+pub const TASK_TYPE: &str = "comfyui.workflow";
+
+/// Why a ComfyUI route failed (before reaching a task or an op).
+#[derive(Debug)]
+pub enum ComfyRouteError {
+    /// The `comfyui` plugin is not loaded.
+    NotLoaded,
+    /// The body is not one of the accepted shapes.
+    BadBody(String),
+    /// No template of that name.
+    UnknownWorkflow(String),
+    /// The op failed: (plugin error code, message, retryable).
+    Op(String, String),
+}
+
+impl ComfyRouteError {
+    /// Stable code.
+    pub fn code(&self) -> &str {
+        match self {
+            ComfyRouteError::NotLoaded => "comfyui_not_loaded",
+            ComfyRouteError::BadBody(_) => "invalid_body",
+            ComfyRouteError::UnknownWorkflow(_) => "workflow_not_found",
+            ComfyRouteError::Op(code, _) => code,
+        }
+    }
+
+    fn into_response(self) -> Response {
+        let (status, message) = match &self {
+            ComfyRouteError::NotLoaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the comfyui plugin is not loaded (see GET /api/plugins and plugins.toml)"
+                    .to_owned(),
+            ),
+            ComfyRouteError::BadBody(m) => (StatusCode::BAD_REQUEST, m.clone()),
+            ComfyRouteError::UnknownWorkflow(n) => (
+                StatusCode::NOT_FOUND,
+                format!("no workflow template named {n:?} (see GET /api/workflows)"),
+            ),
+            ComfyRouteError::Op(code, m) => {
+                let status = match code.as_str() {
+                    "invalid_input" => StatusCode::UNPROCESSABLE_ENTITY,
+                    "unknown_op" | "internal" | "plugin_panic" => StatusCode::INTERNAL_SERVER_ERROR,
+                    _ => StatusCode::SERVICE_UNAVAILABLE,
+                };
+                (status, m.clone())
+            }
+        };
+        error_response(status, self.code(), &message)
+    }
+}
+
+async fn op(state: &AppState, name: &str, args: Value) -> Result<Value, ComfyRouteError> {
+    let plugin = state
+        .registry
+        .plugin(PLUGIN)
+        .ok_or(ComfyRouteError::NotLoaded)?;
+    plugin
+        .call_op(name, &args)
+        .await
+        .map_err(|e| ComfyRouteError::Op(e.code.to_string(), e.message.to_string()))
+}
+
+fn json_response(v: &Value) -> Response {
+    Response::builder()
+        .content_type("application/json")
+        .body(v.to_string())
+}
+
+fn answer(r: Result<Value, ComfyRouteError>) -> Response {
+    match r {
+        Ok(v) => json_response(&v),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn query_wait(req: &Request) -> Result<Option<u64>, ComfyRouteError> {
+    for pair in req.uri().query().unwrap_or("").split('&') {
+        if let Some(v) = pair.strip_prefix("wait=") {
+            return v.parse().map(Some).map_err(|_| {
+                ComfyRouteError::BadBody(format!("wait must be a number of seconds, not {v:?}"))
+            });
+        }
+    }
+    Ok(None)
+}
+
+async fn read_json(body: Body) -> Result<Value, ComfyRouteError> {
+    let bytes = body
+        .into_vec()
+        .await
+        .map_err(|e| ComfyRouteError::BadBody(format!("cannot read the body: {e}")))?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ComfyRouteError::BadBody(format!("the body is not valid JSON: {e}")))
+}
+
+/// Maps a seed body to `(workflow, params, envelope)`.
+pub fn seed_to_input(body: &Value) -> Result<(String, Value), String> {
+    let obj = body.as_object().ok_or("the body must be a JSON object")?;
+    let name = obj
+        .get("workflow_name")
+        .or_else(|| obj.get("workflow"))
+        .ok_or(
+            "give `workflow_name` (with `params.input_data.wf_json`) or `workflow` (with `inputs`)",
+        )?
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .ok_or("the workflow name must be a non-empty string")?
+        .to_owned();
+    let params = if obj.contains_key("workflow_name") {
+        match obj.get("params") {
+            None | Some(Value::Null) => json!({}),
+            Some(p) => match p.pointer("/input_data/wf_json") {
+                Some(w) => w.clone(),
+                None if p.get("input_data").is_none() && p.is_object() => p.clone(),
+                None => return Err("`params.input_data.wf_json` must hold the parameters".into()),
+            },
+        }
+    } else {
+        obj.get("inputs")
+            .or_else(|| obj.get("params"))
+            .cloned()
+            .unwrap_or_else(|| json!({}))
+    };
+    if !params.is_object() {
+        return Err("the workflow parameters must be a JSON object".into());
+    }
+    Ok((name, params))
+}
+
+async fn create(
+    state: &AppState,
+    req: &Request,
+    name: String,
+    params: Value,
+    envelope: &Map<String, Value>,
+) -> Response {
+    if state.registry.task_type(TASK_TYPE).is_none() {
+        return ComfyRouteError::NotLoaded.into_response();
+    }
+    let wait = match query_wait(req) {
+        Ok(w) => w,
+        Err(e) => return e.into_response(),
+    };
+    let header_key = req
+        .headers()
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let request = CreateTaskRequest {
+        task_type: TASK_TYPE.into(),
+        input: json!({"workflow": name, "params": params}),
+        priority: envelope
+            .get("priority")
+            .and_then(Value::as_i64)
+            .and_then(|p| i32::try_from(p).ok())
+            .unwrap_or(0),
+        max_attempts: envelope
+            .get("max_attempts")
+            .and_then(Value::as_u64)
+            .map(|n| n.clamp(1, 100) as u32),
+        webhook_url: envelope
+            .get("webhook_url")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        idempotency_key: envelope
+            .get("idempotency_key")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+    };
+    match create_task(state, request, header_key, wait).await {
+        Ok(r) => r.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /api/tasks/create`: the seed's two bodies.
+#[handler]
+pub async fn seed_create(req: &Request, body: Body, Data(state): Data<&Arc<AppState>>) -> Response {
+    let body = match read_json(body).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let (name, params) = match seed_to_input(&body) {
+        Ok(x) => x,
+        Err(m) => return ComfyRouteError::BadBody(m).into_response(),
+    };
+    let envelope = body.as_object().cloned().unwrap_or_default();
+    create(state, req, name, params, &envelope).await
+}
+
+/// `GET /api/comfyui-queue-status`.
+#[handler]
+pub async fn queue_status(Data(state): Data<&Arc<AppState>>) -> Response {
+    answer(op(state, "queue_status", json!({})).await)
+}
+
+/// `GET /api/comfyui-system-stats`.
+#[handler]
+pub async fn system_stats(Data(state): Data<&Arc<AppState>>) -> Response {
+    answer(op(state, "system_stats", json!({})).await)
+}
+
+/// `POST /api/comfyui-interrupt` (optional body `{"prompt_id"}`).
+#[handler]
+pub async fn interrupt(body: Body, Data(state): Data<&Arc<AppState>>) -> Response {
+    let args = match read_json(body).await {
+        Ok(v) if v.is_object() => v,
+        Ok(_) => {
+            return ComfyRouteError::BadBody("the body must be a JSON object".into())
+                .into_response();
+        }
+        Err(e) => return e.into_response(),
+    };
+    answer(op(state, "interrupt", args).await)
+}
+
+/// `GET /api/workflows`.
+#[handler]
+pub async fn list_workflows(Data(state): Data<&Arc<AppState>>) -> Response {
+    answer(op(state, "list_workflows", json!({})).await)
+}
+
+/// `POST /api/workflows/{name}`: the body is the template's parameters.
+#[handler]
+pub async fn run_workflow(
+    req: &Request,
+    Path(name): Path<String>,
+    body: Body,
+    Data(state): Data<&Arc<AppState>>,
+) -> Response {
+    let list = match op(state, "list_workflows", json!({})).await {
+        Ok(l) => l,
+        Err(e) => return e.into_response(),
+    };
+    let known = list["workflows"]
+        .as_array()
+        .is_some_and(|w| w.iter().any(|w| w["name"] == name.as_str()));
+    if !known {
+        return ComfyRouteError::UnknownWorkflow(name).into_response();
+    }
+    let params = match read_json(body).await {
+        Ok(v) if v.is_object() => v,
+        Ok(_) => {
+            return ComfyRouteError::BadBody("the body must be a JSON object of parameters".into())
+                .into_response();
+        }
+        Err(e) => return e.into_response(),
+    };
+    create(state, req, name, params, &Map::new()).await
+}
+
+/// Mounts the routes on `route`.
+pub fn mount(route: poem::Route) -> poem::Route {
+    use poem::{get, post};
+    route
+        .at("/api/tasks/create", post(seed_create))
+        .at("/api/comfyui-queue-status", get(queue_status))
+        .at("/api/comfyui-system-stats", get(system_stats))
+        .at("/api/comfyui-interrupt", post(interrupt))
+        .at("/api/workflows", get(list_workflows))
+        .at("/api/workflows/:name", post(run_workflow))
+}
+
+fn err(desc: &str) -> Value {
+    json!({"description": desc, "content": {"application/json; charset=utf-8": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}})
+}
+
+fn task_answers() -> Value {
+    let task = json!({"application/json; charset=utf-8": {"schema": {"$ref": "#/components/schemas/TaskView"}}});
+    json!({
+        "202": {"description": "Accepted: the task is queued", "content": task},
+        "200": {"description": "Finished within `wait`, or the idempotency key named a finished task", "content": task},
+        "400": err("Malformed body"),
+        "401": err("Missing or wrong API key"),
+        "404": err("Unknown workflow template"),
+        "422": err("Unknown or out-of-range parameters"),
+        "429": err("Queue full"),
+        "503": err("The comfyui plugin is not loaded, or the store is unavailable")
+    })
+}
+
+fn op_answers(what: &str) -> Value {
+    json!({
+        "200": {"description": what, "content": {"application/json": {"schema": {"type": "object"}}}},
+        "401": err("Missing or wrong API key"),
+        "503": err("`comfyui_not_loaded`, or `engine_unavailable` when no ComfyUI answers")
+    })
+}
+
+/// The documented paths of this module, with one `POST /api/workflows/{name}` operation per
+/// template the `comfyui.workflow` task type declares (its schema's `x-workflows`).
+pub fn spec_paths(registry: &Registry) -> Map<String, Value> {
+    let wait = json!({"name": "wait", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "maximum": 600}, "description": "Seconds to wait for the task to finish"});
+    let key = json!({"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string"}});
+    let mut paths = Map::new();
+    paths.insert("/api/tasks/create".into(), json!({"post": {
+        "tags": ["ComfyUI"],
+        "summary": "Create a ComfyUI task from a template (seed-compatible)",
+        "description": "Accepts `{\"workflow_name\": NAME, \"params\": {\"input_data\": {\"wf_json\": {...}}}}` or `{\"workflow\": NAME, \"inputs\": {...}}`; both become a `comfyui.workflow` task `{\"workflow\": NAME, \"params\": {...}}`. Optional `priority`, `max_attempts`, `webhook_url`, `idempotency_key`.",
+        "operationId": "seed_create_task",
+        "parameters": [wait, key],
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {"oneOf": [
+            {"type": "object", "required": ["workflow_name"], "properties": {"workflow_name": {"type": "string"}, "params": {"type": "object", "properties": {"input_data": {"type": "object", "properties": {"wf_json": {"type": "object"}}}}}}},
+            {"type": "object", "required": ["workflow"], "properties": {"workflow": {"type": "string"}, "inputs": {"type": "object"}}}
+        ]}}}},
+        "responses": task_answers()
+    }}));
+    paths.insert("/api/comfyui-queue-status".into(), json!({"get": {
+        "tags": ["ComfyUI"], "summary": "ComfyUI's queue (every instance; pending sorted by number)",
+        "operationId": "comfyui_queue_status", "responses": op_answers("`queue_running`, `queue_pending`, `instances`")}}));
+    paths.insert("/api/comfyui-system-stats".into(), json!({"get": {
+        "tags": ["ComfyUI"], "summary": "ComfyUI's system_stats (first reachable instance, plus `instances`)",
+        "operationId": "comfyui_system_stats", "responses": op_answers("system_stats")}}));
+    paths.insert("/api/comfyui-interrupt".into(), json!({"post": {
+        "tags": ["ComfyUI"], "summary": "Interrupt the running ComfyUI prompt",
+        "operationId": "comfyui_interrupt",
+        "requestBody": {"required": false, "content": {"application/json": {"schema": {"type": "object", "properties": {"prompt_id": {"type": "string"}}}}}},
+        "responses": op_answers("`{interrupted: [urls]}`")}}));
+    paths.insert("/api/workflows".into(), json!({"get": {
+        "tags": ["ComfyUI"], "summary": "Installed workflow templates with their parameter schemas",
+        "operationId": "list_workflows", "responses": op_answers("`{workflows: [{name, description, params_schema, media_params}]}`")}}));
+    let schema = registry.task_type(TASK_TYPE).map(|t| t.desc.input_schema);
+    let templates = schema
+        .as_ref()
+        .and_then(|s| s.get("x-workflows"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for t in templates {
+        let Some(name) = t["name"].as_str() else {
+            continue;
+        };
+        paths.insert(format!("/api/workflows/{name}"), json!({"post": {
+            "tags": ["ComfyUI"],
+            "summary": format!("Run the `{name}` workflow"),
+            "description": t["description"],
+            "operationId": format!("workflow_{name}"),
+            "parameters": [wait, key],
+            "requestBody": {"required": false, "content": {"application/json": {"schema": t["params_schema"]}}},
+            "responses": task_answers()
+        }}));
+    }
+    paths
+}

@@ -1,0 +1,512 @@
+//! The FaceFusion plugin through the real binary and the real plugin library, against the
+//! stand-in `tests/standins/facefusion.py` (the CLI contract of research/facefusion.md).
+//!
+//! Needs `python3`, `ffmpeg` and `ffprobe` on PATH (the stand-in, like FaceFusion, refuses to
+//! run without ffmpeg/ffprobe; the tests make their videos with ffmpeg).
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use aihost_tests::{Options, Server, plugin_lib};
+use serde_json::{Value, json};
+
+/// A folder that looks like a FaceFusion checkout: the stand-in as `facefusion.py` plus the
+/// processors folder FaceFusion reads relative to its working directory.
+fn checkout() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let standin = Path::new(env!("CARGO_MANIFEST_DIR")).join("standins/facefusion.py");
+    std::fs::copy(&standin, dir.path().join("facefusion.py")).unwrap();
+    std::fs::create_dir_all(
+        dir.path()
+            .join("facefusion/processors/modules/face_swapper"),
+    )
+    .unwrap();
+    dir
+}
+
+/// A server with only the facefusion plugin, configured with `config` lines and the stand-in
+/// found through `FACEFUSION_DIR` / `FACEFUSION_PYTHON`; `env` adds stand-in switches.
+async fn server(checkout: &Path, config: &str, env: &[(&str, &str)]) -> Server {
+    let mut e = vec![
+        ("FACEFUSION_DIR".to_owned(), checkout.display().to_string()),
+        ("FACEFUSION_PYTHON".to_owned(), "python3".to_owned()),
+    ];
+    e.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    Server::start_with(Options {
+        plugins: vec![(
+            "facefusion".into(),
+            plugin_lib("aihost_facefusion"),
+            config.to_owned(),
+        )],
+        extra_toml: String::new(),
+        env: e,
+    })
+    .await
+}
+
+async fn upload_file(s: &Server, path: &Path, name: &str, mime: &str) -> Value {
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(std::fs::read(path).unwrap())
+            .file_name(name.to_owned())
+            .mime_str(mime)
+            .unwrap(),
+    );
+    let r = s
+        .http
+        .post(s.url("/api/uploads"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    r.json().await.unwrap()
+}
+
+async fn upload_png(s: &Server, w: u32, h: u32, name: &str) -> (Value, PathBuf) {
+    let path = s.dir.path().join(format!("{w}x{h}-{name}"));
+    aihost_tests::write_png(&path, w, h);
+    (upload_file(s, &path, name, "image/png").await, path)
+}
+
+/// A real video made with ffmpeg: `seconds` at 10 fps, `w`×`h`, test pattern `pattern`.
+fn make_video(dir: &Path, file: &str, seconds: u32, pattern: &str) -> PathBuf {
+    let path = dir.join(file);
+    let st = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!("{pattern}=size=64x48:rate=10"))
+        .args(["-t", &seconds.to_string(), "-pix_fmt", "yuv420p"])
+        .arg(&path)
+        .status()
+        .expect("ffmpeg is needed by these tests");
+    assert!(st.success());
+    path
+}
+
+async fn upload_video(s: &Server, seconds: u32, pattern: &str, name: &str) -> (Value, PathBuf) {
+    let sub = s.dir.path().join(format!("v-{pattern}-{seconds}"));
+    std::fs::create_dir_all(&sub).unwrap();
+    let path = make_video(&sub, name, seconds, pattern);
+    (upload_file(s, &path, name, "video/mp4").await, path)
+}
+
+async fn download(s: &Server, url: &str) -> Vec<u8> {
+    let r = s.http.get(url).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{url}");
+    r.bytes().await.unwrap().to_vec()
+}
+
+fn faceswap(source: &Value, target: &Value) -> Value {
+    json!({"source_url": source["key"], "target_url": target["url"]})
+}
+
+/// Processes whose command line mentions `needle` (zombies have none, so they never match).
+fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        if let Ok(raw) = std::fs::read(entry.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
+            if cmd.contains(needle) {
+                found.push((pid, cmd));
+            }
+        }
+    }
+    found
+}
+
+/// Waits (bounded) until no process mentions `needle`; answers the ones left.
+async fn wait_no_processes(needle: &str) -> Vec<(u32, String)> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = processes_mentioning(needle);
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The engine's processes of this server: they all name files under the server's folder.
+fn engine_needle(s: &Server) -> String {
+    s.dir.path().join("data/work").display().to_string()
+}
+
+/// Seconds since the start of the month of an RFC 3339 UTC timestamp (enough to order times
+/// within one test).
+fn secs(v: &Value) -> f64 {
+    let s = v.as_str().expect("a timestamp");
+    let (date, time) = s.split_once('T').expect("RFC 3339");
+    let day: f64 = date[8..10].parse().unwrap();
+    let time = time.trim_end_matches('Z');
+    let time = time.split(['+']).next().unwrap();
+    let mut parts = time.split(':').map(|p| p.parse::<f64>().unwrap());
+    let (h, m, sec) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
+    day * 86400.0 + h * 3600.0 + m * 60.0 + sec
+}
+
+/// Waits (bounded) until the host removed the attempts' work folders (it does so right after
+/// recording the outcome); answers what is left.
+async fn work_dir_left(s: &Server) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = work_dir_entries(s);
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn work_dir_entries(s: &Server) -> Vec<String> {
+    std::fs::read_dir(s.dir.path().join("data/work"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn image_swap_in_the_seed_form_lands_in_storage() {
+    let ck = checkout();
+    let s = server(ck.path(), "", &[]).await;
+    let (source, _) = upload_png(&s, 32, 32, "face.png").await;
+    let (target, target_path) = upload_png(&s, 40, 30, "photo.png").await;
+    // The seed's exact body; the URL form of the target and the key form of the source.
+    let (status, t) = s
+        .post(
+            "/api/faceswap/create?wait=60",
+            &json!({
+                "source_url": source["key"],
+                "target_url": target["url"],
+                "resolution": "1024x1024",
+                "media_type": "image",
+            }),
+        )
+        .await;
+    assert_eq!(status, 200, "{t}\n{}", s.log());
+    assert_eq!(t["status"], "COMPLETED", "{t}");
+    assert_eq!(t["type"], "facefusion.faceswap");
+    let result = &t["result"];
+    // 40x30 into 1024x1024: the largest grid scale that fits is above 8, so 8.
+    assert_eq!(result["scale"], 8.0);
+    assert_eq!(result["media_type"], "image");
+    let out = &result["outputs"][0];
+    assert_eq!(out["content_type"], "image/png");
+    assert!(
+        out["key"].as_str().unwrap().ends_with("/result.png"),
+        "{out}"
+    );
+    // The stand-in's output is a copy of the target.
+    let bytes = download(&s, out["url"].as_str().unwrap()).await;
+    assert_eq!(bytes, std::fs::read(&target_path).unwrap());
+    // Nothing of the run is left behind.
+    let left = work_dir_left(&s).await;
+    assert!(left.is_empty(), "{left:?}");
+
+    // The route's own errors: the schema (422) and a bad media type (400 from the body).
+    let (status, e) = s
+        .post(
+            "/api/faceswap/create",
+            &json!({"source_url": "a", "target_url": "b", "resolution": "huge"}),
+        )
+        .await;
+    assert_eq!(status, 422, "{e}");
+    assert_eq!(e["error"]["code"], "invalid_input");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("resolution")
+    );
+    let (status, e) = s
+        .post(
+            "/api/faceswap/create",
+            &json!({"source_url": "a", "target_url": "b", "media_type": "audio"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{e}");
+    // Pixel boost choices depend on the model, checked at submit.
+    let (status, e) = s
+        .post(
+            "/api/tasks",
+            &json!({"type": "facefusion.faceswap", "input": {
+                "source_url": "a", "target_url": "b",
+                "face_swapper_model": "simswap_unofficial_512", "face_swapper_pixel_boost": "256x256"}}),
+        )
+        .await;
+    assert_eq!(status, 422, "{e}");
+}
+
+#[tokio::test]
+async fn video_swap_reports_progress_in_order() {
+    let ck = checkout();
+    let s = server(ck.path(), "", &[("FACEFUSION_STANDIN_FRAME_DELAY", "0.1")]).await;
+    let (source, _) = upload_png(&s, 32, 32, "face.png").await;
+    let (target, target_path) = upload_video(&s, 3, "testsrc", "clip.mp4").await;
+    let t = s
+        .create(
+            "facefusion.faceswap",
+            json!({"source_url": source["url"], "target_url": target["key"], "resolution": "128x96"}),
+        )
+        .await;
+    let id = t["task_id"].as_str().unwrap();
+    let text = s
+        .http
+        .get(s.url(&format!("/api/tasks/{id}/events")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let events: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let last = events.last().expect("events");
+    assert_eq!(last["status"], "COMPLETED", "{last}\n{}", s.log());
+    let progress: Vec<(f64, String)> = events
+        .iter()
+        .filter(|e| e["event"] == "progress")
+        .map(|e| {
+            (
+                e["progress"]["percent"].as_f64().unwrap(),
+                e["progress"]["message"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        progress.windows(2).all(|w| w[0].0 <= w[1].0),
+        "{progress:?}"
+    );
+    assert!(
+        progress
+            .iter()
+            .any(|(p, m)| m.starts_with("processing ") && m.ends_with("/30 frames") && *p > 30.0),
+        "{progress:?}"
+    );
+    let result = &last["task"]["result"];
+    assert_eq!(result["scale"], 2.0, "{result}");
+    assert_eq!(result["media_type"], "video");
+    let out = &result["outputs"][0];
+    assert_eq!(out["content_type"], "video/mp4");
+    let bytes = download(&s, out["url"].as_str().unwrap()).await;
+    assert_eq!(bytes, std::fs::read(&target_path).unwrap());
+}
+
+#[tokio::test]
+async fn each_failure_class_has_its_code() {
+    let ck = checkout();
+    // (scenario, video target?, expected code)
+    let cases = [
+        ("models_missing", false, "model_unavailable"),
+        ("model_corrupt", false, "model_unavailable"),
+        ("model_load_failed", true, "model_unavailable"),
+        ("no_source_face", false, "no_source_face"),
+        ("content_declined", false, "content_rejected"),
+        ("content_declined", true, "content_rejected"),
+        ("interrupted", true, "content_rejected"),
+        ("ffmpeg_missing", false, "engine_misconfigured"),
+        ("traceback", false, "engine_error"),
+    ];
+    for (scenario, video, code) in cases {
+        let s = server(ck.path(), "", &[("FACEFUSION_STANDIN_SCENARIO", scenario)]).await;
+        let (source, _) = upload_png(&s, 32, 32, "face.png").await;
+        let (target, _) = if video {
+            upload_video(&s, 1, "testsrc", "clip.mp4").await
+        } else {
+            upload_png(&s, 40, 30, "photo.png").await
+        };
+        let (status, t) = s
+            .post(
+                "/api/tasks?wait=60",
+                &json!({"type": "facefusion.faceswap", "input": faceswap(&source, &target), "max_attempts": 1}),
+            )
+            .await;
+        assert_eq!(status, 200, "{scenario}: {t}");
+        assert_eq!(t["status"], "FAILED", "{scenario}: {t}");
+        assert_eq!(t["error"]["code"], code, "{scenario}: {t}");
+        assert!(!t["error"]["message"].as_str().unwrap().is_empty());
+        let left = work_dir_left(&s).await;
+        assert!(left.is_empty(), "{scenario}: {left:?}");
+    }
+
+    // Failures found before FaceFusion runs: a target that is neither image nor video, and a
+    // media_type that disagrees with the target.
+    let s = server(ck.path(), "", &[]).await;
+    let (source, _) = upload_png(&s, 32, 32, "face.png").await;
+    let junk = s.dir.path().join("notes.txt");
+    std::fs::write(&junk, "not a picture").unwrap();
+    let junk = upload_file(&s, &junk, "notes.txt", "text/plain").await;
+    let (_, t) = s
+        .post(
+            "/api/tasks?wait=60",
+            &json!({"type": "facefusion.faceswap", "input": faceswap(&source, &junk)}),
+        )
+        .await;
+    assert_eq!(t["error"]["code"], "invalid_target", "{t}");
+    let (target, _) = upload_png(&s, 40, 30, "photo.png").await;
+    let (_, t) = s
+        .post(
+            "/api/faceswap/create?wait=60",
+            &json!({"source_url": source["key"], "target_url": target["key"], "media_type": "video"}),
+        )
+        .await;
+    assert_eq!(t["error"]["code"], "invalid_input", "{t}");
+    assert!(
+        t["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("media_type")
+    );
+}
+
+#[tokio::test]
+async fn loads_without_facefusion_and_health_says_what_is_missing() {
+    let empty = tempfile::tempdir().unwrap();
+    let s = server(empty.path(), "", &[]).await;
+    let (status, plugins) = s.get("/api/plugins").await;
+    assert_eq!(status, 200);
+    assert!(
+        plugins.to_string().contains("facefusion.faceswap"),
+        "{plugins}"
+    );
+    let (_, st) = s.get("/api/status").await;
+    let text = st.to_string();
+    assert!(text.contains("FaceFusion is not installed"), "{st}");
+    assert!(text.contains("FACEFUSION_DIR"), "{st}");
+    let (source, _) = upload_png(&s, 32, 32, "face.png").await;
+    let (target, _) = upload_png(&s, 40, 30, "photo.png").await;
+    let (_, t) = s
+        .post(
+            "/api/faceswap/create?wait=30",
+            &json!({"source_url": source["key"], "target_url": target["key"]}),
+        )
+        .await;
+    assert_eq!(t["status"], "FAILED", "{t}");
+    assert_eq!(t["error"]["code"], "engine_unavailable", "{t}");
+}
+
+#[tokio::test]
+async fn cancel_mid_run_stops_the_whole_process_group() {
+    let ck = checkout();
+    let s = server(ck.path(), "", &[("FACEFUSION_STANDIN_FRAME_DELAY", "0.5")]).await;
+    let (source, _) = upload_png(&s, 32, 32, "face.png").await;
+    let (target, _) = upload_video(&s, 6, "testsrc", "clip.mp4").await;
+    let t = s
+        .create("facefusion.faceswap", faceswap(&source, &target))
+        .await;
+    let id = t["task_id"].as_str().unwrap().to_owned();
+    // Wait until FaceFusion is processing frames.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, t) = s.get(&format!("/api/tasks/{id}")).await;
+        if t["progress"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("processing "))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never processing: {t}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let needle = engine_needle(&s);
+    let running = processes_mentioning(&needle);
+    // The stand-in and its helper child (standing for ffmpeg) are both there.
+    assert!(running.len() >= 2, "{running:?}");
+    assert!(
+        running
+            .iter()
+            .any(|(_, c)| c.contains("facefusion-standin-helper")),
+        "{running:?}"
+    );
+    let (status, _) = s.post(&format!("/api/tasks/{id}/cancel"), &json!({})).await;
+    assert_eq!(status, 202);
+    let t = s.wait_done(&id, Duration::from_secs(30)).await;
+    assert_eq!(t["status"], "CANCELLED", "{t}");
+    let left = wait_no_processes(&needle).await;
+    assert!(left.is_empty(), "processes left: {left:?}");
+    let left = work_dir_left(&s).await;
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test]
+async fn timeout_stops_the_run_and_fails_with_timeout() {
+    let ck = checkout();
+    let s = server(
+        ck.path(),
+        "timeout_secs = 2\nkill_grace_secs = 1",
+        &[("FACEFUSION_STANDIN_FRAME_DELAY", "0.5")],
+    )
+    .await;
+    let (source, _) = upload_png(&s, 32, 32, "face.png").await;
+    let (target, _) = upload_video(&s, 6, "testsrc", "clip.mp4").await;
+    let t = s
+        .create("facefusion.faceswap", faceswap(&source, &target))
+        .await;
+    let id = t["task_id"].as_str().unwrap();
+    let t = s.wait_done(id, Duration::from_secs(60)).await;
+    assert_eq!(t["status"], "FAILED", "{t}");
+    assert_eq!(t["error"]["code"], "timeout", "{t}");
+    assert_eq!(t["attempts"], 1, "a timeout is not retried: {t}");
+    let left = wait_no_processes(&engine_needle(&s)).await;
+    assert!(left.is_empty(), "processes left: {left:?}");
+}
+
+#[tokio::test]
+async fn concurrent_jobs_with_the_same_target_name_do_not_collide() {
+    let ck = checkout();
+    let s = server(
+        ck.path(),
+        "concurrency = 2",
+        &[("FACEFUSION_STANDIN_FRAME_DELAY", "0.05")],
+    )
+    .await;
+    let (source, _) = upload_png(&s, 32, 32, "face.png").await;
+    // Two different videos, both called clip.mp4.
+    let (a, a_path) = upload_video(&s, 3, "testsrc", "clip.mp4").await;
+    let (b, b_path) = upload_video(&s, 3, "smptebars", "clip.mp4").await;
+    assert_ne!(
+        std::fs::read(&a_path).unwrap(),
+        std::fs::read(&b_path).unwrap()
+    );
+    let ta = s.create("facefusion.faceswap", faceswap(&source, &a)).await;
+    let tb = s.create("facefusion.faceswap", faceswap(&source, &b)).await;
+    let ta = s
+        .wait_done(ta["task_id"].as_str().unwrap(), Duration::from_secs(60))
+        .await;
+    let tb = s
+        .wait_done(tb["task_id"].as_str().unwrap(), Duration::from_secs(60))
+        .await;
+    assert_eq!(ta["status"], "COMPLETED", "{ta}\n{}", s.log());
+    assert_eq!(tb["status"], "COMPLETED", "{tb}");
+    // They ran at the same time (each started before the other finished).
+    assert!(
+        secs(&ta["started_at"]) < secs(&tb["finished_at"]),
+        "{ta}\n{tb}"
+    );
+    assert!(
+        secs(&tb["started_at"]) < secs(&ta["finished_at"]),
+        "{ta}\n{tb}"
+    );
+    for (t, path) in [(&ta, &a_path), (&tb, &b_path)] {
+        let url = t["result"]["outputs"][0]["url"].as_str().unwrap();
+        assert_eq!(download(&s, url).await, std::fs::read(path).unwrap());
+    }
+}
