@@ -485,6 +485,10 @@ impl Dispatcher {
                 for attempt in 0..3u32 {
                     match storage.put_file(&key, &path, &ct).await {
                         Ok(obj) => return Ok(obj),
+                        Err(e) if !e.retryable() => {
+                            last = Some(e);
+                            break;
+                        }
                         Err(e) => {
                             last = Some(e);
                             tokio::time::sleep(Duration::from_millis(200 * 4u64.pow(attempt)))

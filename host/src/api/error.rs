@@ -112,15 +112,24 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// The HTTP status of a storage error (the one place this mapping lives).
+pub fn storage_status(e: &StorageError) -> StatusCode {
+    match e.code() {
+        "storage_not_found" => StatusCode::NOT_FOUND,
+        "storage_invalid_key" => StatusCode::BAD_REQUEST,
+        "storage_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+        "storage_range_not_satisfiable" => StatusCode::RANGE_NOT_SATISFIABLE,
+        "storage_rejected" => StatusCode::UNPROCESSABLE_ENTITY,
+        "storage_denied" | "storage_misconfigured" | "storage_unsupported" => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
 impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
-        let status = match e.code() {
-            "storage_not_found" => StatusCode::NOT_FOUND,
-            "storage_invalid_key" => StatusCode::BAD_REQUEST,
-            "storage_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
-            _ => StatusCode::SERVICE_UNAVAILABLE,
-        };
-        ApiError::new(status, e.code(), e.to_string())
+        ApiError::new(storage_status(&e), e.code(), e.to_string())
     }
 }
 

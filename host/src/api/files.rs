@@ -18,14 +18,7 @@ use super::{AppState, error::error_response};
 use crate::storage::StorageError;
 
 fn storage_error(e: &StorageError) -> Response {
-    let status = match e.code() {
-        "storage_not_found" => StatusCode::NOT_FOUND,
-        "storage_invalid_key" => StatusCode::BAD_REQUEST,
-        "storage_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
-        "storage_range_not_satisfiable" => StatusCode::RANGE_NOT_SATISFIABLE,
-        _ => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    error_response(status, e.code(), &e.to_string())
+    error_response(super::error::storage_status(e), e.code(), &e.to_string())
 }
 
 /// Keeps `[A-Za-z0-9._-]` of a client's file name.
