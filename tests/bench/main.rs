@@ -182,7 +182,7 @@ impl Bench {
 }
 
 fn noop_task() -> Value {
-    json!({"type": "testkit.run", "input": {"mode": "ok"}})
+    json!({"type": "testkit.run", "input": {"mode": "noop"}})
 }
 
 async fn submit_and_reads(b: &Bench, results: &mut Vec<(String, String, Value)>) {

@@ -205,7 +205,7 @@ pub fn validate_input(state: &AppState, task_type: &str, input: &Value) -> Resul
             .registry
             .task_types()
             .into_iter()
-            .map(|t| t.desc.name)
+            .map(|t| t.desc.name.clone())
             .collect();
         return Err(ApiError::unprocessable(
             "unknown_task_type",

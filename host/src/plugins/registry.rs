@@ -28,7 +28,7 @@ pub struct TaskTypeEntry {
     /// The plugin that runs it.
     pub plugin: Arc<Library>,
     /// Name, description, schema, concurrency.
-    pub desc: TaskTypeDesc,
+    pub desc: Arc<TaskTypeDesc>,
     /// The compiled input schema.
     pub validator: Arc<jsonschema::Validator>,
 }
@@ -269,7 +269,7 @@ impl Registry {
                 t.name.clone(),
                 TaskTypeEntry {
                     plugin: lib.clone(),
-                    desc: t.clone(),
+                    desc: Arc::new(t.clone()),
                     validator,
                 },
             );

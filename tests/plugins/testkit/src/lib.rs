@@ -32,6 +32,9 @@ pub enum Mode {
     /// id), then succeed with `{"ok":true,"attempt":N}` and an output file `out.txt` holding the
     /// task id. A test that drops the task before `ms` elapse can check the marker is absent.
     Ok,
+    /// Succeed at once with `{"ok":true}` and no file: the processor of the benchmarks, so they
+    /// measure the host alone.
+    Noop,
     /// Report `steps` (default 5) progress events, percent `i*100/steps`, message `step i`,
     /// for i in 1..=steps, sleeping 5 ms before each, then succeed with
     /// `{"ok":true,"steps":steps}`.
@@ -83,7 +86,7 @@ fn input_schema() -> Value {
         "properties": {
             "mode": {"type": "string", "enum": [
                 "ok", "progress", "panic_entry", "panic_poll", "panic_runtime",
-                "fail", "log", "fetch", "count"
+                "fail", "log", "fetch", "count", "noop"
             ]},
             "ms": {"type": "integer", "minimum": 0},
             "marker": {"type": "string"},
@@ -113,6 +116,7 @@ async fn sleep_ms(ms: u64) {
 
 async fn run(input: Input, task: Task, ctx: Context) -> Result<Output, PluginError> {
     match input.mode {
+        Mode::Noop => Ok(Output::result(json!({"ok": true}))),
         Mode::Ok => {
             sleep_ms(input.ms).await;
             if let Some(marker) = &input.marker {
