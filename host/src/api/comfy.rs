@@ -358,7 +358,7 @@ pub fn spec_paths(registry: &Registry) -> Map<String, Value> {
     paths.insert("/api/workflows".into(), json!({"get": {
         "tags": ["ComfyUI"], "summary": "Installed workflow templates with their parameter schemas",
         "operationId": "list_workflows", "responses": op_answers("`{workflows: [{name, description, params_schema, media_params}]}`")}}));
-    let schema = registry.task_type(TASK_TYPE).map(|t| t.desc.input_schema);
+    let schema = registry.task_type(TASK_TYPE).map(|t| t.desc.input_schema.clone());
     let templates = schema
         .as_ref()
         .and_then(|s| s.get("x-workflows"))
