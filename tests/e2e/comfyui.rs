@@ -724,3 +724,33 @@ async fn the_fake_drops_a_client_id_shared_by_two_sockets_like_comfyui() {
     assert!(got.is_err(), "b received {got:?}");
     let _ = b.send(Message::Close(None)).await;
 }
+
+#[tokio::test]
+async fn a_stalled_socket_is_detected_and_replaced_and_the_task_completes() {
+    let fake = FakeComfy::start().await;
+    let s = start(
+        std::slice::from_ref(&fake.url),
+        "ws_idle_secs = 1\nhistory_check_secs = 600\n",
+    )
+    .await;
+    fake.wait_until("has a socket", T, |f| f.ws_connections() == 1)
+        .await;
+    fake.hold(true);
+    let t = s
+        .create(
+            "comfyui.workflow",
+            json!({"workflow": "solid_color", "params": {"color": 4}}),
+        )
+        .await;
+    fake.wait_until("runs the prompt", T, |f| f.running().is_some())
+        .await;
+    fake.stall_sockets();
+    // Silent through a ping: the plugin drops the socket and connects a new one.
+    fake.wait_until("sees a second socket", T, |f| f.ws_connections() == 2)
+        .await;
+    fake.hold(false);
+    let t = s.wait_done(t["task_id"].as_str().unwrap(), T).await;
+    assert_eq!(t["status"], "COMPLETED", "{t}");
+    assert_eq!(t["attempts"], 1, "{t}");
+    assert!(s.log().contains("stalled"), "{}", s.log());
+}

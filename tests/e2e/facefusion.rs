@@ -347,6 +347,29 @@ async fn each_failure_class_has_its_code() {
         assert!(left.is_empty(), "{scenario}: {left:?}");
     }
 
+    // A flag FaceFusion 3.8 no longer knows (removed in 3.1): argparse error, exit 2.
+    let s = server(ck.path(), r#"extra_args = ["--skip-download"]"#, &[]).await;
+    let (source, _) = upload_png(&s, 32, 32, "face.png").await;
+    let (target, _) = upload_png(&s, 40, 30, "photo.png").await;
+    let (_, t) = s
+        .post(
+            "/api/tasks?wait=60",
+            &json!({"type": "facefusion.faceswap", "input": faceswap(&source, &target)}),
+        )
+        .await;
+    assert_eq!(t["error"]["code"], "engine_misconfigured", "{t}");
+    assert_eq!(
+        t["attempts"], 1,
+        "a configuration error is not retried: {t}"
+    );
+    assert!(
+        t["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unrecognized arguments: --skip-download"),
+        "{t}"
+    );
+
     // Failures found before FaceFusion runs: a target that is neither image nor video, and a
     // media_type that disagrees with the target.
     let s = server(ck.path(), "", &[]).await;
@@ -509,4 +532,58 @@ async fn concurrent_jobs_with_the_same_target_name_do_not_collide() {
         let url = t["result"]["outputs"][0]["url"].as_str().unwrap();
         assert_eq!(download(&s, url).await, std::fs::read(path).unwrap());
     }
+}
+
+#[tokio::test]
+async fn a_killed_host_takes_the_engine_with_it() {
+    let ck = checkout();
+    // Quiet (`--log-level warn` hides the bars): an engine that writes nothing would not
+    // notice its closed stderr pipe, so only the parent-death signal can stop it.
+    let mut s = server(
+        ck.path(),
+        r#"extra_args = ["--log-level", "warn"]"#,
+        &[("FACEFUSION_STANDIN_FRAME_DELAY", "0.5")],
+    )
+    .await;
+    let (source, _) = upload_png(&s, 32, 32, "face.png").await;
+    let (target, _) = upload_video(&s, 6, "testsrc", "clip.mp4").await;
+    let t = s
+        .create("facefusion.faceswap", faceswap(&source, &target))
+        .await;
+    let id = t["task_id"].as_str().unwrap().to_owned();
+    s.wait_status(&id, "PROCESSING", Duration::from_secs(30))
+        .await;
+    let needle = engine_needle(&s);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !processes_mentioning(&needle)
+        .iter()
+        .any(|(_, c)| c.contains("facefusion.py"))
+    {
+        assert!(Instant::now() < deadline, "FaceFusion never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.kill9();
+    // The engine itself goes with the host (parent-death signal). A grandchild that ignores
+    // its closed pipes (the stand-in's helper sleeps on purpose) is out of reach once the host
+    // is gone; real ffmpeg exits when its input pipe closes. Remove the helper here.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let engine_left = loop {
+        let left: Vec<_> = processes_mentioning(&needle)
+            .into_iter()
+            .filter(|(_, c)| c.contains("facefusion.py"))
+            .collect();
+        if left.is_empty() || Instant::now() > deadline {
+            break left;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for (pid, cmd) in processes_mentioning(&needle) {
+        if cmd.contains("facefusion-standin-helper") {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+    assert!(engine_left.is_empty(), "left: {engine_left:?}");
 }

@@ -308,3 +308,108 @@ async fn fifty_slow_tasks_run_at_once_on_a_two_thread_host() {
         "last start {last_start} is after first finish {first_finish}"
     );
 }
+
+#[tokio::test]
+async fn a_library_dropped_in_loads_without_restart_and_a_replaced_one_asks_for_one() {
+    let plugdir = tempfile::tempdir().unwrap();
+    let imageops = plugdir.path().join("libaihost_imageops.so");
+    std::fs::copy(plugin_lib("aihost_imageops"), &imageops).unwrap();
+    let manifest = plugdir.path().join("plugins.toml");
+    std::fs::write(&manifest, "dir = \".\"\nautoload = true\n").unwrap();
+    let s = Server::start_with(Options {
+        plugins: Vec::new(),
+        extra_toml: format!(
+            "[plugins]\nmanifest = {:?}\n",
+            manifest.display().to_string()
+        ),
+        env: Vec::new(),
+    })
+    .await;
+    let (_, list) = s.get("/api/plugins").await;
+    let names: Vec<&str> = list["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["imageops"], "{list}");
+    let (st, _) = s
+        .post(
+            "/api/tasks",
+            &json!({"type": "testkit.run", "input": {"mode": "ok"}}),
+        )
+        .await;
+    assert_eq!(st, 422, "testkit is not loaded yet");
+
+    std::fs::copy(
+        plugin_lib("aihost_test_testkit"),
+        plugdir.path().join("libaihost_test_testkit.so"),
+    )
+    .unwrap();
+    let (st, report) = s.post("/api/plugins/reload", &json!({})).await;
+    assert_eq!(st, 200, "{report}");
+    assert_eq!(report["loaded"], json!(["testkit"]), "{report}");
+    let t = s.create("testkit.run", json!({"mode": "ok"})).await;
+    let done = s
+        .wait_done(t["task_id"].as_str().unwrap(), Duration::from_secs(20))
+        .await;
+    assert_eq!(done["status"], "COMPLETED");
+    // The spec follows: the new task type's schema is documented without a restart.
+    let (_, spec) = s.get("/openapi.json").await;
+    assert!(
+        spec["components"]["schemas"]
+            .get("TaskInput.testkit.run")
+            .is_some()
+    );
+
+    // Replace the loaded imageops library (a new file renamed over it, as installers do).
+    let staged = plugdir.path().join("staged.tmp");
+    let mut bytes = std::fs::read(plugin_lib("aihost_imageops")).unwrap();
+    bytes.extend_from_slice(b"changed");
+    std::fs::write(&staged, bytes).unwrap();
+    std::fs::rename(&staged, &imageops).unwrap();
+    let (_, report) = s.post("/api/plugins/reload", &json!({})).await;
+    assert_eq!(report["loaded"], json!([]), "{report}");
+    let failed = &report["failed"][0];
+    assert_eq!(failed["code"], "plugin_needs_restart", "{report}");
+    assert!(
+        failed["message"].as_str().unwrap().contains("restart"),
+        "{report}"
+    );
+    // The loaded version keeps working.
+    let (st, _) = s.get("/api/health").await;
+    assert_eq!(st, 200);
+}
+
+#[test]
+fn plugins_list_shows_the_task_types_of_plugins_toml() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("plugins.toml"),
+        format!(
+            "[[plugin]]\nname = \"imageops\"\nlibrary = {:?}\n",
+            plugin_lib("aihost_imageops").display().to_string()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = run_cli(&["plugins", "list"], dir.path());
+    assert_eq!(code, 0, "{out}{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("imageops"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains("imageops.transform") && line.contains("libaihost_imageops.so"),
+        "{line}"
+    );
+
+    // A broken entry is reported with its one-line reason and a failing exit code.
+    std::fs::write(
+        dir.path().join("plugins.toml"),
+        "[[plugin]]\nname = \"ghost\"\nlibrary = \"libghost.so\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = run_cli(&["plugins", "list"], dir.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("libghost.so: no such file"), "{err}");
+}

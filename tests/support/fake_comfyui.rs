@@ -85,6 +85,8 @@ struct Inner {
     wake: Notify,
     hold: watch::Sender<bool>,
     ws_connections: AtomicU64,
+    /// Connections with an id up to this one are stalled (silent, unread).
+    stalled_upto: AtomicU64,
     next_conn: AtomicU64,
     log: Mutex<Vec<Logged>>,
     dir: PathBuf,
@@ -134,6 +136,7 @@ impl FakeComfy {
             wake: Notify::new(),
             hold: watch::channel(false).0,
             ws_connections: AtomicU64::new(0),
+            stalled_upto: AtomicU64::new(0),
             next_conn: AtomicU64::new(1),
             log: Mutex::default(),
             dir: self.dir.path().to_path_buf(),
@@ -178,6 +181,13 @@ impl FakeComfy {
     /// Pauses (true) or resumes (false) execution at node boundaries.
     pub fn hold(&self, on: bool) {
         self.inner().hold.send_replace(on);
+    }
+
+    /// Stalls every WebSocket open now: it stays open but the server neither sends nor
+    /// reads anything on it (a hung proxy or server thread). Later connections work.
+    pub fn stall_sockets(&self) {
+        let last = self.inner().next_conn.load(Ordering::SeqCst) - 1;
+        self.inner().stalled_upto.store(last, Ordering::SeqCst);
     }
 
     /// WebSocket handshakes accepted since the last (re)start.
@@ -363,6 +373,19 @@ async fn connection(inner: Arc<Inner>, mut stream: TcpStream) {
         path: req.path.clone(),
         body: body_json.clone(),
     });
+    // ComfyUI's origin check: with an Origin header and a loopback Host, the host names must
+    // match literally (HTTP and the WebSocket handshake alike).
+    let host_name = |v: &str| {
+        let v = v.split("://").last().unwrap_or(v);
+        v.rsplit_once(':').map_or(v, |(h, _)| h).to_owned()
+    };
+    if let (Some(origin), Some(host)) = (req.headers.get("origin"), req.headers.get("host")) {
+        let h = host_name(host);
+        if matches!(h.as_str(), "127.0.0.1" | "localhost" | "::1") && host_name(origin) != h {
+            respond(&mut stream, 403, "text/plain; charset=utf-8", b"", "").await;
+            return;
+        }
+    }
     if req.path == "/ws" {
         return websocket(inner, stream, req).await;
     }
@@ -687,6 +710,12 @@ async fn websocket(inner: Arc<Inner>, mut stream: TcpStream, req: Req) {
     }
     let mut first = true;
     loop {
+        if inner.stalled_upto.load(Ordering::SeqCst) >= conn {
+            // A stalled socket: open, but nothing is sent or read (no pongs either).
+            while rx.try_recv().is_ok() {}
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
         tokio::select! {
             out = rx.recv() => match out {
                 Some(m) => if ws.send(m).await.is_err() { break },

@@ -170,6 +170,12 @@ impl Instance {
                         this.broadcast(Event::Connected);
                         tracing::info!(url = %this.url, "ComfyUI socket connected");
                         let reason = this.read_socket(ws, idle).await;
+                        if reason.contains("stalled") {
+                            // We closed a socket the server may not have processed yet; a
+                            // new one with the same client id must not register before the
+                            // server drops the old one (ComfyUI would then drop both).
+                            backoff = backoff.max(Duration::from_secs(2));
+                        }
                         // The socket is dropped by now: no second registration can overlap.
                         this.connected.store(false, Ordering::Release);
                         this.mark(false, Some(reason.clone()));

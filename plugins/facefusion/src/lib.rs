@@ -128,8 +128,18 @@ impl Config {
 
 /// A running task, for `cancel_task`.
 struct Running {
-    stop: watch::Sender<runner::Stop>,
+    stop: Arc<watch::Sender<runner::Stop>>,
     done: watch::Receiver<bool>,
+}
+
+/// Asks the supervisor to stop the run when the task's future is dropped (the host drops it to
+/// cancel, when its lease is lost, or at shutdown). Harmless once the run has ended.
+struct StopOnDrop(Arc<watch::Sender<runner::Stop>>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send(runner::Stop::Cancel);
+    }
 }
 
 /// The plugin.
@@ -421,6 +431,8 @@ impl FaceFusion {
         ctx.progress(10.0, &format!("swapping faces ({})", kind.name()));
 
         let (stop_tx, stop_rx) = watch::channel(runner::Stop::No);
+        let stop_tx = Arc::new(stop_tx);
+        let _stop_on_drop = StopOnDrop(stop_tx.clone());
         let (done_tx, done_rx) = watch::channel(false);
         self.running.lock().expect("running lock").insert(
             task.id.clone(),
@@ -579,6 +591,20 @@ mod tests {
         assert_eq!(env.dir, "/opt/ff");
         assert_eq!(env.python, "/opt/ff/venv/bin/python");
         assert!(c.missing().unwrap().contains(ENV_DIR));
+    }
+
+    #[test]
+    fn the_shipped_plugins_toml_entry_is_the_default_config() {
+        let text = include_str!("../../../plugins.toml");
+        let manifest: toml::Value = toml::from_str(text).unwrap();
+        let entry = manifest["plugin"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"].as_str() == Some("facefusion"))
+            .expect("plugins.toml lists facefusion");
+        let config: Config = entry["config"].clone().try_into().unwrap();
+        assert_eq!(config, Config::default());
     }
 
     #[test]

@@ -103,6 +103,18 @@ pub async fn run(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(false);
+    // If the host dies (kill -9, crash), the kernel kills the engine too: being in its own
+    // process group, it would otherwise run on as an orphan. The spawning thread is a worker of
+    // the plugin's runtime, which lives as long as the process.
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -325,6 +337,60 @@ mod tests {
             tail: tail.into(),
             analysis_rate: None,
         }
+    }
+
+    fn processes_with(needle: &str) -> usize {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .contains(needle)
+                })
+            })
+            .count()
+    }
+
+    /// Dropping the stop sender (what dropping the task's future does) stops the whole group,
+    /// then runs `on_exit` and sets `done`.
+    #[tokio::test]
+    async fn a_dropped_run_stops_its_process_group() {
+        let marker = format!("sleep 4{}", std::process::id() % 1000);
+        let inv = Invocation {
+            python: "sh".into(),
+            args: vec![
+                "-c".into(),
+                format!("{marker}1 & {marker}2; echo never >&2"),
+            ],
+            cwd: std::env::temp_dir(),
+            output: std::env::temp_dir().join("never-written"),
+            timeout: Duration::from_secs(60),
+            grace: Duration::from_millis(500),
+        };
+        let (stop_tx, stop_rx) = watch::channel(Stop::No);
+        let (done_tx, mut done_rx) = watch::channel(false);
+        let exited = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = exited.clone();
+        let on_exit = Box::new(move || flag.store(true, std::sync::atomic::Ordering::SeqCst));
+        let run = tokio::spawn(run(inv, |_| {}, stop_rx, done_tx, on_exit));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while processes_with(&marker) < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the group never started"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        run.abort();
+        drop(stop_tx);
+        tokio::time::timeout(Duration::from_secs(10), done_rx.wait_for(|d| *d))
+            .await
+            .expect("done in time")
+            .unwrap();
+        assert!(exited.load(std::sync::atomic::Ordering::SeqCst));
+        assert_eq!(processes_with(&marker), 0);
     }
 
     #[test]

@@ -1,0 +1,223 @@
+//! The comfyui scenarios against a REAL ComfyUI, run only when `AIHOST_TEST_COMFYUI_URL` names
+//! one (e.g. `http://127.0.0.1:8188`, a bare CPU ComfyUI from Comfy-Org/ComfyUI started with
+//! `main.py --cpu`). Model-free workflows only. Without the variable the test says it is
+//! skipped and checks nothing.
+
+use std::{path::PathBuf, time::Duration};
+
+use aihost_tests::{Options, Server, plugin_lib};
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(300);
+
+async fn run(s: &Server, input: Value) -> Value {
+    let t = s.create("comfyui.workflow", input).await;
+    s.wait_done(t["task_id"].as_str().unwrap(), T).await
+}
+
+fn png(w: u32, h: u32, rgb: [u8; 3]) -> Vec<u8> {
+    let img = image::RgbImage::from_pixel(w, h, image::Rgb(rgb));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+async fn upload(s: &Server, name: &str, bytes: Vec<u8>) -> Value {
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(bytes).file_name(name.to_owned()),
+    );
+    let r = s
+        .http
+        .post(s.url("/api/uploads"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    r.json().await.unwrap()
+}
+
+async fn get_bytes(s: &Server, url: &str) -> Vec<u8> {
+    s.http
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec()
+}
+
+/// A graph that takes a few seconds on CPU (blur and sharpen of a 1024² image).
+fn slow(color: u32) -> Value {
+    let mut g = json!({
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 1024, "height": 1024, "batch_size": 1, "color": color}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["104", 0], "filename_prefix": "aihost_slow"}}
+    });
+    for (i, prev) in [
+        (100, "1"),
+        (101, "100"),
+        (102, "101"),
+        (103, "102"),
+        (104, "103"),
+    ] {
+        let class = if i % 2 == 0 {
+            "ImageBlur"
+        } else {
+            "ImageSharpen"
+        };
+        let inputs = if class == "ImageBlur" {
+            json!({"image": [prev, 0], "blur_radius": 31, "sigma": 10.0})
+        } else {
+            json!({"image": [prev, 0], "sharpen_radius": 31, "sigma": 10.0, "alpha": 1.0})
+        };
+        g[i.to_string()] = json!({"class_type": class, "inputs": inputs});
+    }
+    g
+}
+
+#[tokio::test]
+async fn real_comfyui_model_free_scenarios() {
+    let Ok(url) = std::env::var("AIHOST_TEST_COMFYUI_URL") else {
+        eprintln!("skipped: set AIHOST_TEST_COMFYUI_URL to run against a real ComfyUI");
+        return;
+    };
+    let workflows = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../workflows");
+    let cfg = format!(
+        "urls = [{url:?}]\nworkflows_dir = {:?}\nhistory_poll_ms = 300\n",
+        workflows.canonicalize().unwrap().display().to_string()
+    );
+    let s = Server::start_with(Options {
+        plugins: vec![("comfyui".into(), plugin_lib("aihost_comfyui"), cfg)],
+        ..Options::default()
+    })
+    .await;
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        % 16_000_000;
+
+    // Fresh run, then the identical prompt served from ComfyUI's cache.
+    let input =
+        json!({"workflow": "solid_color", "params": {"width": 32, "height": 24, "color": nonce}});
+    let a = run(&s, input.clone()).await;
+    assert_eq!(a["status"], "COMPLETED", "{a}");
+    let b = run(&s, input).await;
+    assert_eq!(b["status"], "COMPLETED", "{b}");
+    assert_eq!(
+        b["result"]["files"][0]["filename"],
+        a["result"]["files"][0]["filename"]
+    );
+    let img = image::load_from_memory(
+        &get_bytes(&s, a["result"]["outputs"][0]["url"].as_str().unwrap()).await,
+    )
+    .unwrap()
+    .to_rgb8();
+    assert_eq!(img.dimensions(), (32, 24));
+    eprintln!(
+        "real: fresh + cached run ok ({})",
+        a["result"]["files"][0]["filename"]
+    );
+
+    // Upload + LoadImage.
+    let up = upload(&s, "real.png", png(40, 30, [10, 20, 30])).await;
+    let t = run(&s, json!({"workflow": "invert_scale", "params": {"image": up["url"], "width": 20, "height": 15}})).await;
+    assert_eq!(t["status"], "COMPLETED", "{t}");
+    let img = image::load_from_memory(
+        &get_bytes(&s, t["result"]["outputs"][0]["url"].as_str().unwrap()).await,
+    )
+    .unwrap()
+    .to_rgb8();
+    assert_eq!(img.dimensions(), (20, 15));
+    assert_eq!(img.get_pixel(1, 1).0, [245, 235, 225]);
+    eprintln!("real: upload + invert + scale ok");
+
+    // Validation errors.
+    for (graph, expect) in [
+        (
+            json!({"1": {"class_type": "NoSuchNode", "inputs": {}}, "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "e"}}}),
+            "invalid_prompt",
+        ),
+        (
+            json!({"1": {"class_type": "EmptyImage", "inputs": {"width": 0, "height": 8, "batch_size": 1, "color": 0}}, "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "e"}}}),
+            "node 1 (EmptyImage) input \"width\"",
+        ),
+        (
+            json!({"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}}, "2": {"class_type": "SaveImage", "inputs": {"images": ["99", 0], "filename_prefix": "e"}}}),
+            "[KeyError]",
+        ),
+    ] {
+        let t = run(&s, json!({"workflow_json": graph})).await;
+        assert_eq!(t["error"]["code"], "invalid_workflow", "{t}");
+        let m = t["error"]["message"].as_str().unwrap();
+        assert!(m.contains(expect), "{m}");
+        eprintln!("real: {m}");
+    }
+
+    // Execution error.
+    let bad = upload(&s, "broken.png", b"not an image".to_vec()).await;
+    let t = run(
+        &s,
+        json!({"workflow": "invert_scale", "params": {"image": bad["key"]}}),
+    )
+    .await;
+    assert_eq!(t["error"]["code"], "engine_error", "{t}");
+    eprintln!("real: {}", t["error"]["message"]);
+
+    // Video and text outputs.
+    let graph = json!({
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 48, "batch_size": 3, "color": nonce}},
+        "2": {"class_type": "GetImageSize", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "SaveWEBM", "inputs": {"images": ["1", 0], "filename_prefix": "aihost_clip", "codec": "vp9", "fps": 6.0, "crf": 32.0}},
+        "4": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}}
+    });
+    let t = run(&s, json!({"workflow_json": graph})).await;
+    assert_eq!(t["status"], "COMPLETED", "{t}");
+    assert_eq!(
+        t["result"]["outputs"][0]["content_type"], "video/webm",
+        "{t}"
+    );
+    assert_eq!(t["result"]["text"]["4"], json!(["64"]), "{t}");
+    eprintln!("real: video + text ok: {}", t["result"]);
+
+    // Cancel while running and while queued in ComfyUI.
+    let running = s
+        .create(
+            "comfyui.workflow",
+            json!({"workflow_json": slow(nonce as u32 + 1)}),
+        )
+        .await;
+    let queued = s
+        .create(
+            "comfyui.workflow",
+            json!({"workflow_json": slow(nonce as u32 + 2)}),
+        )
+        .await;
+    let (r, q) = (
+        running["task_id"].as_str().unwrap(),
+        queued["task_id"].as_str().unwrap(),
+    );
+    s.wait_status(r, "PROCESSING", T).await;
+    s.wait_status(q, "PROCESSING", T).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for id in [q, r] {
+        let (st, _) = s.post(&format!("/api/tasks/{id}/cancel"), &json!({})).await;
+        assert!(st == 200 || st == 202);
+        let t = s.wait_done(id, T).await;
+        assert_eq!(t["status"], "CANCELLED", "{t}");
+    }
+    let (_, q) = s.get("/api/comfyui-queue-status").await;
+    eprintln!(
+        "real: cancel ok; queue now {}",
+        json!({"running": q["queue_running"].as_array().map(Vec::len), "pending": q["queue_pending"].as_array().map(Vec::len)})
+    );
+    let (st, stats) = s.get("/api/comfyui-system-stats").await;
+    assert_eq!(st, 200);
+    eprintln!(
+        "real: system_stats comfyui_version {}",
+        stats["system"]["comfyui_version"]
+    );
+}
