@@ -181,6 +181,51 @@ impl Bench {
     }
 }
 
+/// Runs `wrk` (when installed) against `url` for `secs` with 64 connections; answers requests
+/// per second counting only 2xx answers, or `None` without wrk.
+fn wrk(url: &str, secs: f64, post_body: Option<&str>) -> Option<f64> {
+    let which = Command::new("wrk").arg("--version").output().ok()?;
+    let _ = which;
+    let dir = tempfile::tempdir().ok()?;
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t2", "-c64", &format!("-d{}s", secs.ceil() as u64)]);
+    if let Some(body) = post_body {
+        let script = dir.path().join("post.lua");
+        std::fs::write(
+            &script,
+            format!(
+                "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.body = [[{body}]]\n"
+            ),
+        )
+        .ok()?;
+        cmd.arg("-s").arg(script);
+    }
+    let out = cmd.arg(url).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let total: f64 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())?;
+    let duration: f64 = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split("requests in").nth(1))
+        .and_then(|r| r.trim().split(',').next())
+        .map(|d| {
+            d.trim()
+                .trim_end_matches('s')
+                .parse::<f64>()
+                .unwrap_or(secs)
+        })
+        .unwrap_or(secs);
+    let errors: f64 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    Some(total - errors / duration)
+}
+
 fn noop_task() -> Value {
     json!({"type": "testkit.run", "input": {"mode": "noop"}})
 }
@@ -196,18 +241,25 @@ async fn submit_and_reads(b: &Bench, results: &mut Vec<(String, String, Value)>)
     let bd = body.clone();
     b.load(64, 1.0, move |h| post_ok(h, u.clone(), bd.clone()))
         .await;
+    let body_text = String::from_utf8(body.clone()).unwrap();
+    let via_wrk = wrk(&url, 1.0, Some(&body_text)).is_some();
+    let client = if via_wrk { "wrk" } else { "built-in client" };
     let mut rates = Vec::new();
     for _ in 0..b.runs() {
         let u = url.clone();
         let bd = body.clone();
-        rates.push(
-            b.load(64, b.secs(), move |h| post_ok(h, u.clone(), bd.clone()))
-                .await,
-        );
+        let rate = match wrk(&url, b.secs(), Some(&body_text)) {
+            Some(r) => r,
+            None => {
+                b.load(64, b.secs(), move |h| post_ok(h, u.clone(), bd.clone()))
+                    .await
+            }
+        };
+        rates.push(rate);
     }
     let submit = median(rates);
     results.push((
-        "submit, durable (64 conns)".into(),
+        format!("submit, durable (64 conns, {client})"),
         format!("{submit:.0} tasks/s"),
         json!(submit),
     ));
@@ -226,17 +278,21 @@ async fn submit_and_reads(b: &Bench, results: &mut Vec<(String, String, Value)>)
     let mut rates = Vec::new();
     for _ in 0..b.runs() {
         let g = get_url.clone();
-        rates.push(
-            b.load(64, b.secs(), move |h| {
-                let g = g.clone();
-                async move { h.get(g).send().await.is_ok_and(|r| r.status().is_success()) }
-            })
-            .await,
-        );
+        let rate = match wrk(&get_url, b.secs(), None) {
+            Some(r) => r,
+            None => {
+                b.load(64, b.secs(), move |h| {
+                    let g = g.clone();
+                    async move { h.get(g).send().await.is_ok_and(|r| r.status().is_success()) }
+                })
+                .await
+            }
+        };
+        rates.push(rate);
     }
     let reads = median(rates);
     results.push((
-        "status reads (64 conns)".into(),
+        format!("status reads (64 conns, {client})"),
         format!("{reads:.0} req/s"),
         json!(reads),
     ));
