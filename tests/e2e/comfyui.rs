@@ -685,6 +685,14 @@ async fn the_fake_drops_a_client_id_shared_by_two_sockets_like_comfyui() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let fake = FakeComfy::start().await;
+    // Like ComfyUI, it refuses an Origin whose host differs from a loopback Host.
+    let r = reqwest::Client::new()
+        .get(format!("{}/system_stats", fake.url))
+        .header("origin", format!("http://localhost:{}", fake.port))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
     let ws = |path: &str| format!("ws://127.0.0.1:{}{path}?clientId=shared", fake.port);
     let (mut a, _) = tokio_tungstenite::connect_async(ws("/ws")).await.unwrap();
     let (mut b, _) = tokio_tungstenite::connect_async(ws("/api/ws"))

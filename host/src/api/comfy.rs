@@ -45,7 +45,7 @@ pub enum ComfyRouteError {
     BadBody(String),
     /// No template of that name.
     UnknownWorkflow(String),
-    /// The op failed: (plugin error code, message, retryable).
+    /// The op failed: (plugin error code, message).
     Op(String, String),
 }
 
@@ -132,7 +132,7 @@ async fn read_json(body: Body) -> Result<Value, ComfyRouteError> {
         .map_err(|e| ComfyRouteError::BadBody(format!("the body is not valid JSON: {e}")))
 }
 
-/// Maps a seed body to `(workflow, params, envelope)`.
+/// Maps a seed body to `(workflow, params)`.
 pub fn seed_to_input(body: &Value) -> Result<(String, Value), String> {
     let obj = body.as_object().ok_or("the body must be a JSON object")?;
     let name = obj
@@ -358,7 +358,9 @@ pub fn spec_paths(registry: &Registry) -> Map<String, Value> {
     paths.insert("/api/workflows".into(), json!({"get": {
         "tags": ["ComfyUI"], "summary": "Installed workflow templates with their parameter schemas",
         "operationId": "list_workflows", "responses": op_answers("`{workflows: [{name, description, params_schema, media_params}]}`")}}));
-    let schema = registry.task_type(TASK_TYPE).map(|t| t.desc.input_schema.clone());
+    let schema = registry
+        .task_type(TASK_TYPE)
+        .map(|t| t.desc.input_schema.clone());
     let templates = schema
         .as_ref()
         .and_then(|s| s.get("x-workflows"))
@@ -380,4 +382,47 @@ pub fn spec_paths(registry: &Registry) -> Map<String, Value> {
         }}));
     }
     paths
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_seed_bodies_map_to_a_template_and_its_params() {
+        let (n, p) = seed_to_input(&json!({"workflow_name": "basic_generation",
+            "params": {"input_data": {"wf_json": {"prompt": "a fox", "steps": 4}}}}))
+        .unwrap();
+        assert_eq!(n, "basic_generation");
+        assert_eq!(p, json!({"prompt": "a fox", "steps": 4}));
+        let (n, p) =
+            seed_to_input(&json!({"workflow": "solid_color", "inputs": {"color": 5}})).unwrap();
+        assert_eq!((n.as_str(), p), ("solid_color", json!({"color": 5})));
+        let (_, p) = seed_to_input(&json!({"workflow_name": "x"})).unwrap();
+        assert_eq!(p, json!({}));
+        for bad in [
+            json!({}),
+            json!([]),
+            json!({"workflow": ""}),
+            json!({"workflow": 3}),
+            json!({"workflow": "x", "inputs": [1]}),
+            json!({"workflow_name": "x", "params": {"input_data": {}}}),
+        ] {
+            assert!(seed_to_input(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn route_errors_have_stable_codes() {
+        assert_eq!(ComfyRouteError::NotLoaded.code(), "comfyui_not_loaded");
+        assert_eq!(
+            ComfyRouteError::UnknownWorkflow("x".into()).code(),
+            "workflow_not_found"
+        );
+        assert_eq!(ComfyRouteError::BadBody("x".into()).code(), "invalid_body");
+        let r = ComfyRouteError::Op("engine_unavailable".into(), "down".into()).into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let r = ComfyRouteError::NotLoaded.into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
 }
