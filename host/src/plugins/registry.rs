@@ -134,11 +134,9 @@ fn uses_beyond_draft7(v: &Value) -> bool {
 /// and the process never builds jsonschema's draft 2020-12 meta-schema validator, which costs
 /// about 40 MiB of resident memory and a few hundred milliseconds at start. Any other schema is
 /// compiled under the draft it declares.
-pub fn compile_schema(
-    schema: &Value,
-) -> Result<jsonschema::Validator, jsonschema::ValidationError<'static>> {
+pub fn compile_schema(schema: &Value) -> Result<jsonschema::Validator, String> {
     if uses_beyond_draft7(schema) {
-        return jsonschema::validator_for(schema);
+        return jsonschema::validator_for(schema).map_err(|e| e.to_string());
     }
     let mut plain = schema.clone();
     if let Some(obj) = plain.as_object_mut() {
@@ -147,6 +145,7 @@ pub fn compile_schema(
     jsonschema::options()
         .with_draft(jsonschema::Draft::Draft7)
         .build(&plain)
+        .map_err(|e| e.to_string())
 }
 
 fn is_library_file(p: &Path) -> bool {
