@@ -390,6 +390,12 @@ mod tests {
             .expect("done in time")
             .unwrap();
         assert!(exited.load(std::sync::atomic::Ordering::SeqCst));
+        // A killed process can stay visible in /proc for a moment while the kernel tears it
+        // down; wait for that, bounded.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while processes_with(&marker) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         assert_eq!(processes_with(&marker), 0);
     }
 
