@@ -21,6 +21,11 @@ use std::{
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
+thread_local! {
+    /// A whole plugins.toml for the next start (set by `start_configured`).
+    static MANIFEST: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
 struct Bench {
     target: PathBuf,
     quick: bool,
@@ -85,6 +90,20 @@ impl Bench {
         self.start_with(role, plugins, extra, "").await
     }
 
+    /// Starts `aihost serve` with one plugin and its `[plugin.config]` lines.
+    async fn start_configured(&self, plugin: (&str, &str), config: &str) -> (Proc, Duration) {
+        let path = self.lib(plugin.1).expect("plugin built");
+        let manifest = format!(
+            "[[plugin]]\nname = \"{}\"\nlibrary = {:?}\n\n[plugin.config]\n{config}\n",
+            plugin.0,
+            path.display().to_string()
+        );
+        MANIFEST.with(|m| *m.borrow_mut() = Some(manifest));
+        let r = self.start_with("serve", &[], "", "").await;
+        MANIFEST.with(|m| *m.borrow_mut() = None);
+        r
+    }
+
     /// Like `start`, with extra lines in the `[server]` table.
     async fn start_with(
         &self,
@@ -112,6 +131,9 @@ impl Bench {
                 "[[plugin]]\nname = \"{name}\"\nlibrary = {:?}\n\n",
                 path.display().to_string()
             ));
+        }
+        if let Some(m) = MANIFEST.with(|m| m.borrow().clone()) {
+            manifest = m;
         }
         std::fs::write(dir.path().join("plugins.toml"), manifest).unwrap();
         let started = Instant::now();
@@ -578,6 +600,81 @@ fn tokio_util_stream(
     })
 }
 
+/// The ComfyUI path against the test suite's fake ComfyUI (which replays the recorded
+/// protocol and encodes a real PNG): light-load latency per task and throughput of one
+/// instance whose execution takes no time.
+async fn comfyui_path(b: &Bench, results: &mut Vec<(String, String, Value)>) {
+    if b.lib("aihost_comfyui").is_none() {
+        return;
+    }
+    let fake = aihost_tests::fake_comfyui::FakeComfy::start().await;
+    let workflows = std::env::current_dir().unwrap().join("workflows");
+    let config = format!(
+        "urls = [{:?}]\nworkflows_dir = {:?}\nqueue_depth = 2\n",
+        fake.url,
+        workflows.display().to_string()
+    );
+    let (p, _) = b
+        .start_configured(("comfyui", "aihost_comfyui"), &config)
+        .await;
+    let task = |seed: u64| json!({"type": "comfyui.workflow", "input": {"workflow": "solid_color", "params": {"width": 512, "height": 512, "color": seed % 16_777_215}}});
+    let mut lat = Vec::new();
+    let n_light = if b.quick { 50 } else { 200 };
+    for i in 0..n_light {
+        let t0 = Instant::now();
+        let r: Value = b
+            .http
+            .post(format!("{}/api/tasks?wait=30", p.base))
+            .json(&task(i))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if r["status"] != "COMPLETED" {
+            results.push((
+                "ComfyUI path".into(),
+                format!("task failed: {r}"),
+                Value::Null,
+            ));
+            return;
+        }
+        if i >= 10 {
+            lat.push(t0.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    results.push((
+        "ComfyUI path, light load: submit → finished answer, 512×512 PNG into fs storage (includes the fake's own PNG encode)".into(),
+        format!("p50 {:.2} ms, p99 {:.2} ms", percentile(lat.clone(), 50.0), percentile(lat.clone(), 99.0)),
+        json!({"p50_ms": percentile(lat.clone(), 50.0), "p99_ms": percentile(lat, 99.0)}),
+    ));
+    let n = if b.quick { 300 } else { 1000 };
+    let t0 = Instant::now();
+    let url = format!("{}/api/tasks", p.base);
+    let _: Vec<()> = futures_util::stream::iter(0..n)
+        .map(|i| {
+            let h = b.http.clone();
+            let url = url.clone();
+            let body = task(10_000 + i);
+            async move {
+                let _ = h.post(url).json(&body).send().await;
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    while !queue_idle(b, &p.base).await {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rate = n as f64 / t0.elapsed().as_secs_f64();
+    results.push((
+        "one ComfyUI instance (fake, zero execution time), queue_depth 2".into(),
+        format!("{rate:.0} tasks/s"),
+        json!(rate),
+    ));
+}
+
 fn target_dir() -> PathBuf {
     std::env::current_exe()
         .unwrap()
@@ -620,6 +717,9 @@ fn main() {
         }
         if want("e2e") {
             end_to_end(&b, &mut results).await;
+        }
+        if want("comfyui") {
+            comfyui_path(&b, &mut results).await;
         }
         if want("stream") {
             stream_1gib(&b, &mut results).await;
