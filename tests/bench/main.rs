@@ -24,6 +24,8 @@ use serde_json::{Value, json};
 thread_local! {
     /// A whole plugins.toml for the next start (set by `start_configured`).
     static MANIFEST: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+    /// Environment for every started service (the PostgreSQL runs set the queue here).
+    static ENV: std::cell::RefCell<Vec<(String, String)>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 struct Bench {
@@ -142,6 +144,7 @@ impl Bench {
             .arg(dir.path().join("aihost.toml"))
             .arg(role)
             .current_dir(dir.path())
+            .envs(ENV.with(|e| e.borrow().clone()))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -675,6 +678,40 @@ async fn comfyui_path(b: &Bench, results: &mut Vec<(String, String, Value)>) {
     ));
 }
 
+/// The submit, read and end-to-end figures again with the queue on the machine's PostgreSQL
+/// (a database of its own, dropped afterwards).
+async fn postgres_runs(b: &Bench, results: &mut Vec<(String, String, Value)>) {
+    let admin = std::env::var("AIHOST_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let reachable = {
+        use sqlx::Connection as _;
+        sqlx::PgConnection::connect(&admin).await.is_ok()
+    };
+    if !reachable {
+        results.push((
+            "PostgreSQL figures".into(),
+            format!("skipped: no PostgreSQL at {admin}"),
+            Value::Null,
+        ));
+        return;
+    }
+    let mut rows = Vec::new();
+    for run in [0, 1] {
+        let db = aihost_tests::TestDatabase::create().await;
+        ENV.with(|e| *e.borrow_mut() = db.env());
+        if run == 0 {
+            submit_and_reads(b, &mut rows).await;
+        } else {
+            end_to_end(b, &mut rows).await;
+        }
+        ENV.with(|e| e.borrow_mut().clear());
+        drop(db);
+    }
+    for (name, shown, v) in rows {
+        results.push((format!("{name} [PostgreSQL]"), shown, v));
+    }
+}
+
 fn target_dir() -> PathBuf {
     std::env::current_exe()
         .unwrap()
@@ -717,6 +754,9 @@ fn main() {
         }
         if want("e2e") {
             end_to_end(&b, &mut results).await;
+        }
+        if want("postgres") {
+            postgres_runs(&b, &mut results).await;
         }
         if want("comfyui") {
             comfyui_path(&b, &mut results).await;
