@@ -199,6 +199,7 @@ async fn limit_body<E: Endpoint>(
         return Err(too_large());
     }
     let is_create = req.uri().path() == "/api/tasks" && *req.method() == Method::POST;
+    let mut create_body = None;
     if is_create
         || (declared.is_none()
             && !is_upload
@@ -208,13 +209,7 @@ async fn limit_body<E: Endpoint>(
         match body.into_bytes_limit(limit as usize).await {
             Ok(bytes) => {
                 if is_create {
-                    check_create_envelope(&bytes).map_err(|msg| {
-                        poem::Error::from_response(error::error_response(
-                            StatusCode::BAD_REQUEST,
-                            "invalid_body",
-                            &msg,
-                        ))
-                    })?;
+                    create_body = Some(bytes.clone());
                 }
                 req.set_body(bytes)
             }
@@ -222,7 +217,22 @@ async fn limit_body<E: Endpoint>(
             Err(e) => return Err(e.into()),
         }
     }
-    ep.call(req).await.map(IntoResponse::into_response)
+    match ep.call(req).await {
+        Ok(r) => Ok(r.into_response()),
+        // poem-openapi's message does not name the field: look at the body again (only on
+        // this error path, so a good request is parsed once).
+        Err(e) if e.is::<poem_openapi::error::ParseRequestPayloadError>() => {
+            match create_body.as_deref().map(check_create_envelope) {
+                Some(Err(msg)) => Err(poem::Error::from_response(error::error_response(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_body",
+                    &msg,
+                ))),
+                _ => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The merged OpenAPI document as pretty JSON (what `/openapi.json` serves).
@@ -231,8 +241,8 @@ pub fn openapi_document(state: Arc<AppState>) -> String {
     serde_json::to_string_pretty(&spec::merge(&base, &state.registry)).unwrap_or_default()
 }
 
-/// Checks the envelope of `POST /api/tasks` before poem-openapi parses it, so that a wrong
-/// type is reported with the field's name (poem-openapi's message omits it).
+/// Checks the envelope of `POST /api/tasks` after poem-openapi refused it, so that a wrong type
+/// is reported with the field's name (poem-openapi's message omits it).
 fn check_create_envelope(bytes: &[u8]) -> Result<(), String> {
     let value: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| format!("the body is not valid JSON: {e}"))?;
