@@ -120,13 +120,13 @@ fn parse_range(h: Option<&str>) -> RangeSpec {
 #[handler]
 pub async fn get_file(req: &Request, Data(state): Data<&Arc<AppState>>) -> Response {
     let key = req.uri().path().trim_start_matches("/files/");
-    let key = match percent_decode(key) {
+    let key = match crate::storage::percent_decode(key) {
         Some(k) => k,
         None => {
             return error_response(
                 StatusCode::BAD_REQUEST,
                 "invalid_key",
-                "the key is not valid UTF-8",
+                "the key has a malformed %-escape or is not UTF-8",
             );
         }
     };
@@ -191,23 +191,6 @@ pub async fn get_file(req: &Request, Data(state): Data<&Arc<AppState>>) -> Respo
     .into_response()
 }
 
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 3 <= bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,9 +219,10 @@ mod tests {
 
     #[test]
     fn decode() {
+        use crate::storage::percent_decode;
         assert_eq!(percent_decode("a%20b.png").as_deref(), Some("a b.png"));
         assert_eq!(percent_decode("%zz"), None);
-        assert_eq!(percent_decode("%2"), Some("%2".into()));
+        assert_eq!(percent_decode("%2"), None);
     }
 
     #[test]
