@@ -529,21 +529,9 @@ enum Outcome {
     LeaseLost,
 }
 
-/// Keeps only `[A-Za-z0-9._-]` of an output name (never a path), or `output` if none is left.
+/// An output name as stored: its last path segment under the one file-name rule.
 fn sanitize_name(name: &str) -> String {
-    let base = name.rsplit(['/', '\\']).next().unwrap_or("");
-    let s: String = base
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let s = s.trim_start_matches('.').to_owned();
-    if s.is_empty() { "output".into() } else { s }
+    crate::names::sanitize(crate::names::base_name(name), "output")
 }
 
 /// Writes progress reports to the store, at most one per `interval` (the latest wins) and the

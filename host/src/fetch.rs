@@ -33,7 +33,6 @@ use crate::storage::{Storage, StorageError, validate_key};
 const BACKOFF: [Duration; 2] = [Duration::from_millis(200), Duration::from_millis(800)];
 
 /// Longest file name produced, in bytes.
-const MAX_NAME_LEN: usize = 150;
 
 /// Settings of the fetcher.
 #[derive(Debug, Clone)]
@@ -913,37 +912,9 @@ fn shorten(text: &str) -> String {
     }
 }
 
-/// Reduces a file name to `[A-Za-z0-9._-]`, without leading dots, at most [`MAX_NAME_LEN`]
-/// bytes (keeping a short extension); `input` when nothing usable is left.
+/// The one file-name rule ([`crate::names::sanitize`]), `input` when nothing is left.
 fn sanitize(name: &str) -> String {
-    let mapped: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let mut name = mapped.trim_start_matches('.').to_owned();
-    if name.len() > MAX_NAME_LEN {
-        let (stem, ext) = split_ext(&name);
-        let ext = if ext.len() <= 16 { ext } else { "" };
-        name = format!("{}{ext}", &stem[..MAX_NAME_LEN - ext.len()]);
-    }
-    if name.chars().all(|c| c == '_' || c == '.' || c == '-') {
-        return "input".to_owned();
-    }
-    name
-}
-
-/// Splits `name` into stem and extension (with its dot; empty when there is none).
-fn split_ext(name: &str) -> (&str, &str) {
-    match name.rfind('.') {
-        Some(i) if i > 0 => name.split_at(i),
-        _ => (name, ""),
-    }
+    crate::names::sanitize(name, "input")
 }
 
 /// The sanitised, percent-decoded last path segment of the URL, or `input`.
@@ -957,7 +928,7 @@ fn name_from_url(url: &Url) -> String {
 
 /// Adds an extension from the content type when `name` has none.
 fn with_extension(name: String, content_type: Option<&str>) -> String {
-    if !split_ext(&name).1.is_empty() {
+    if !crate::names::split_ext(&name).1.is_empty() {
         return name;
     }
     let Some(mime) = content_type
@@ -1010,7 +981,7 @@ fn percent_decode_lossy(text: &str) -> String {
 
 /// Creates a new file named `name` in `dir`, or `stem-N.ext` when that exists.
 async fn reserve(dir: &Path, name: &str) -> Result<(PathBuf, tokio::fs::File), FetchError> {
-    let (stem, ext) = split_ext(name);
+    let (stem, ext) = crate::names::split_ext(name);
     for n in 0..10_000u32 {
         let candidate = if n == 0 {
             name.to_owned()
@@ -1576,7 +1547,7 @@ mod tests {
         assert_eq!(sanitize(""), "input");
         let long = format!("{}.png", "x".repeat(300));
         let short = sanitize(&long);
-        assert_eq!(short.len(), MAX_NAME_LEN);
+        assert_eq!(short.len(), crate::names::MAX_NAME_LEN);
         assert!(short.ends_with(".png"));
         let url = Url::parse("https://example.com/dir/my%20pic.jpeg?x=1").unwrap();
         assert_eq!(name_from_url(&url), "my_pic.jpeg");

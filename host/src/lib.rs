@@ -7,6 +7,7 @@ pub mod config;
 pub mod dispatcher;
 pub mod fetch;
 pub mod manifest;
+pub mod names;
 pub mod plugins;
 pub mod service;
 pub mod storage;

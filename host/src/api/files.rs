@@ -21,23 +21,9 @@ fn storage_error(e: &StorageError) -> Response {
     error_response(super::error::storage_status(e), e.code(), &e.to_string())
 }
 
-/// Keeps `[A-Za-z0-9._-]` of a client's file name.
+/// A client's file name under the one file-name rule, `upload` when nothing is left.
 fn clean_name(name: Option<&str>) -> String {
-    let base = name.unwrap_or("").rsplit(['/', '\\']).next().unwrap_or("");
-    let s: String = base
-        .chars()
-        .filter(|c| !c.is_control())
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(120)
-        .collect();
-    let s = s.trim_start_matches('.').to_owned();
-    if s.is_empty() { "upload".into() } else { s }
+    crate::names::sanitize(crate::names::base_name(name.unwrap_or("")), "upload")
 }
 
 /// `POST /api/uploads`: the first file field of a multipart body is streamed into storage
