@@ -32,8 +32,6 @@ use crate::storage::{Storage, StorageError, validate_key};
 /// Waits before the first and second retry of a retryable failure.
 const BACKOFF: [Duration; 2] = [Duration::from_millis(200), Duration::from_millis(800)];
 
-/// Longest file name produced, in bytes.
-
 /// Settings of the fetcher.
 #[derive(Debug, Clone)]
 pub struct FetchSettings {
