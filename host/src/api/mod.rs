@@ -187,7 +187,14 @@ async fn limit_body<E: Endpoint>(
         poem::Error::from_response(error::error_response(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
-            &format!("the body is over the limit of {limit} bytes"),
+            &if is_upload {
+                format!(
+                    "the upload is over the limit of {} bytes",
+                    state.max_upload_bytes
+                )
+            } else {
+                format!("the body is over the limit of {limit} bytes")
+            },
         ))
     };
     let declared = req
