@@ -4,15 +4,21 @@
 //! Layout and choices:
 //! - one `tasks` table (schema in `host/migrations/postgres/`), the same columns as the SQLite
 //!   store in native types (uuid, timestamptz, boolean); JSON values stay TEXT so they come
-//!   back byte for byte. Every timestamp is the database's `now()`, never a machine's clock:
-//!   leases written by one machine are judged by another;
+//!   back byte for byte. Every timestamp is the database's clock (`statement_timestamp()`,
+//!   the start of the statement), never a machine's: leases written by one machine are judged
+//!   by another;
 //! - every write is one statement: claims lock their rows with `FOR UPDATE SKIP LOCKED`, so
 //!   concurrent consumers never wait for each other nor take the same attempt; conditional
 //!   transitions (retry or fail, rescue) decide with `CASE` on the row's old values;
+//! - group commit (as in the SQLite store): write statements go to `group_commit` tasks that
+//!   run every statement waiting in one transaction and answer each after the COMMIT, so
+//!   concurrent writes share one WAL flush. Claims, progress, renewals and rescues need no
+//!   flush of their own (`synchronous_commit = off` when a batch holds only those);
 //! - rows are read as `row_to_json(...)` text and decoded by one function, the same that
 //!   decodes the events other processes send;
 //! - events: each write statement also calls `pg_notify` on the channel [`CHANNEL`] in the same
-//!   statement, so the notification is sent exactly when the change commits. The payload is
+//!   statement, so the notification is sent exactly when the change commits (a batch's
+//!   notifications all at its COMMIT, in statement order). The payload is
 //!   `{"o": origin, "k": kind, "t": row}`, or `{"o", "k", "id"}` when the row would pass
 //!   PostgreSQL's 8000-byte limit (receivers then re-read the task). A store publishes its own
 //!   changes on its broadcast channel directly (in call order) and ignores its own
@@ -37,11 +43,11 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
 use sqlx::{
-    AssertSqlSafe, Postgres, Row, SqlSafeStr,
+    AssertSqlSafe, Connection, Execute, Postgres, Row, SqlSafeStr, SqlStr,
     migrate::{Migration, MigrationType, Migrator},
-    postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow},
+    postgres::{PgArguments, PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow},
 };
-use tokio::sync::broadcast;
+use tokio::sync::{Mutex, broadcast, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
@@ -65,6 +71,11 @@ const RESYNC_MARGIN: Duration = Duration::from_secs(30);
 const RESYNC_LIMIT: i64 = 10_000;
 /// Consumers not heard from for this long are forgotten at the next announcement.
 const CONSUMER_FORGET: Duration = Duration::from_secs(24 * 3600);
+/// Most write statements one group commit runs in one transaction.
+const MAX_BATCH: usize = 256;
+/// Group committers per store (each holds a pool connection while it runs a batch): one runs
+/// its batch while the other gathers the next.
+const WRITERS: u32 = 2;
 
 /// Embedded migrations: (version, description, SQL). Versions match the file prefixes.
 const MIGRATIONS: &[(i64, &str, &str)] = &[(
@@ -86,12 +97,12 @@ macro_rules! notifying {
             $kind,
             ")::text AS k, t.id FROM t) \
              SELECT e.j, e.k, pg_notify('aihost_events', \
-                 CASE WHEN octet_length(p.full) < 7900 THEN p.full ELSE p.short END) AS n \
+                 CASE WHEN octet_length(p.full) < 7900 THEN p.full \
+                 ELSE json_build_object('o', current_setting('aihost.origin'), 'k', e.k, \
+                                        'id', e.id)::text END) AS n \
              FROM e, LATERAL (SELECT \
                  json_build_object('o', current_setting('aihost.origin'), 'k', e.k, \
-                                   't', e.j::json)::text AS full, \
-                 json_build_object('o', current_setting('aihost.origin'), 'k', e.k, \
-                                   'id', e.id)::text AS short) p"
+                                   't', e.j::json)::text AS full) p"
         )
     };
 }
@@ -99,7 +110,8 @@ macro_rules! notifying {
 const SQL_INSERT: &str = notifying!(
     "INSERT INTO tasks (id, task_type, status, input, priority, attempts, max_attempts, \
      created_at, run_at, idempotency_key, webhook_url, cancel_requested, updated_at) \
-     VALUES ($1, $2, 'PENDING', $3, $4, 0, $5, now(), now(), $6, $7, false, now()) \
+     VALUES ($1, $2, 'PENDING', $3, $4, 0, $5, statement_timestamp(), statement_timestamp(), \
+             $6, $7, false, statement_timestamp()) \
      ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
     "'created'"
 );
@@ -111,28 +123,34 @@ const SQL_GET_BY_KEY: &str =
 
 /// `$2` is the lease in microseconds.
 const SQL_CLAIM: &str = notifying!(
-    "UPDATE tasks SET status = 'PROCESSING', attempts = attempts + 1, started_at = now(), \
-     worker = $1, lease_until = now() + $2::bigint * interval '1 microsecond', \
-     progress_percent = NULL, progress_message = NULL, updated_at = now() \
+    "UPDATE tasks SET status = 'PROCESSING', attempts = attempts + 1, \
+     started_at = statement_timestamp(), \
+     worker = $1, lease_until = statement_timestamp() + $2::bigint * interval '1 microsecond', \
+     progress_percent = NULL, progress_message = NULL, updated_at = statement_timestamp() \
      WHERE id IN (SELECT id FROM tasks \
-                  WHERE status = 'PENDING' AND task_type = $3 AND run_at <= now() \
+                  WHERE status = 'PENDING' AND task_type = $3 \
+                    AND run_at <= statement_timestamp() \
                   ORDER BY priority DESC, id LIMIT $4 \
                   FOR UPDATE SKIP LOCKED)",
     "'started'"
 );
 
-const SQL_RENEW: &str = "UPDATE tasks SET lease_until = now() + $1::bigint * interval '1 microsecond' \
-     WHERE id = $2 AND status = 'PROCESSING' AND attempts = $3 AND worker = $4";
+/// Answers the id of the renewed row (none when the lease is no longer this worker's).
+const SQL_RENEW: &str = "UPDATE tasks \
+     SET lease_until = statement_timestamp() + $1::bigint * interval '1 microsecond' \
+     WHERE id = $2 AND status = 'PROCESSING' AND attempts = $3 AND worker = $4 RETURNING id";
 
 const SQL_PROGRESS: &str = notifying!(
-    "UPDATE tasks SET progress_percent = $1, progress_message = $2, updated_at = now() \
+    "UPDATE tasks SET progress_percent = $1, progress_message = $2, \
+     updated_at = statement_timestamp() \
      WHERE id = $3 AND status = 'PROCESSING' AND attempts = $4",
     "'progress'"
 );
 
 const SQL_COMPLETE: &str = notifying!(
-    "UPDATE tasks SET status = 'COMPLETED', result = $1, finished_at = now(), lease_until = NULL, \
-     error_code = NULL, error_message = NULL, updated_at = now() \
+    "UPDATE tasks SET status = 'COMPLETED', result = $1, finished_at = statement_timestamp(), \
+     lease_until = NULL, \
+     error_code = NULL, error_message = NULL, updated_at = statement_timestamp() \
      WHERE id = $2 AND status = 'PROCESSING' AND attempts = $3",
     "'completed'"
 );
@@ -146,10 +164,11 @@ const SQL_FAIL: &str = notifying!(
        run_at = CASE WHEN ($3::timestamptz IS NOT NULL AND attempts < max_attempts \
                            AND NOT cancel_requested) THEN $3::timestamptz ELSE run_at END, \
        finished_at = CASE WHEN ($3::timestamptz IS NOT NULL AND attempts < max_attempts \
-                                AND NOT cancel_requested) THEN NULL ELSE now() END, \
+                                AND NOT cancel_requested) THEN NULL \
+                          ELSE statement_timestamp() END, \
        worker = CASE WHEN ($3::timestamptz IS NOT NULL AND attempts < max_attempts \
                            AND NOT cancel_requested) THEN NULL ELSE worker END, \
-       lease_until = NULL, error_code = $4, error_message = $5, updated_at = now() \
+       lease_until = NULL, error_code = $4, error_message = $5, updated_at = statement_timestamp() \
      WHERE id = $1 AND status = 'PROCESSING' AND attempts = $2",
     "CASE WHEN status = 'PENDING' THEN 'retrying' ELSE 'failed' END"
 );
@@ -159,10 +178,10 @@ const SQL_RELEASE: &str = notifying!(
     "UPDATE tasks SET \
        status = CASE WHEN cancel_requested THEN 'CANCELLED' ELSE 'PENDING' END, \
        attempts = CASE WHEN cancel_requested THEN attempts ELSE attempts - 1 END, \
-       run_at = CASE WHEN cancel_requested THEN run_at ELSE now() END, \
-       finished_at = CASE WHEN cancel_requested THEN now() ELSE NULL END, \
+       run_at = CASE WHEN cancel_requested THEN run_at ELSE statement_timestamp() END, \
+       finished_at = CASE WHEN cancel_requested THEN statement_timestamp() ELSE NULL END, \
        worker = CASE WHEN cancel_requested THEN worker ELSE NULL END, \
-       lease_until = NULL, updated_at = now() \
+       lease_until = NULL, updated_at = statement_timestamp() \
      WHERE id = $1 AND status = 'PROCESSING' AND attempts = $2",
     "CASE WHEN status = 'CANCELLED' THEN 'cancelled' ELSE 'retrying' END"
 );
@@ -170,16 +189,17 @@ const SQL_RELEASE: &str = notifying!(
 const SQL_CANCEL: &str = notifying!(
     "UPDATE tasks SET \
        status = CASE WHEN status = 'PENDING' THEN 'CANCELLED' ELSE status END, \
-       finished_at = CASE WHEN status = 'PENDING' THEN now() ELSE finished_at END, \
+       finished_at = CASE WHEN status = 'PENDING' THEN statement_timestamp() ELSE finished_at END, \
        cancel_requested = CASE WHEN status = 'PROCESSING' THEN true ELSE cancel_requested END, \
-       updated_at = now() \
+       updated_at = statement_timestamp() \
      WHERE id = $1 AND status IN ('PENDING', 'PROCESSING')",
     "CASE WHEN status = 'CANCELLED' THEN 'cancelled' ELSE 'cancel_requested' END"
 );
 
 const SQL_FINISH_CANCELLED: &str = notifying!(
-    "UPDATE tasks SET status = 'CANCELLED', finished_at = now(), lease_until = NULL, \
-     updated_at = now() \
+    "UPDATE tasks SET status = 'CANCELLED', finished_at = statement_timestamp(), \
+     lease_until = NULL, \
+     updated_at = statement_timestamp() \
      WHERE id = $1 AND status = 'PROCESSING' AND attempts = $2",
     "'cancelled'"
 );
@@ -192,19 +212,20 @@ const SQL_RESCUE: &str = notifying!(
        status = CASE WHEN cancel_requested THEN 'CANCELLED' \
                      WHEN attempts >= max_attempts THEN 'FAILED' \
                      ELSE 'PENDING' END, \
-       finished_at = CASE WHEN cancel_requested OR attempts >= max_attempts THEN now() \
+       finished_at = CASE WHEN cancel_requested OR attempts >= max_attempts \
+                          THEN statement_timestamp() \
                           ELSE NULL END, \
        run_at = CASE WHEN cancel_requested OR attempts >= max_attempts THEN run_at \
-                     ELSE now() END, \
+                     ELSE statement_timestamp() END, \
        worker = CASE WHEN cancel_requested OR attempts >= max_attempts THEN worker \
                      ELSE NULL END, \
        error_code = CASE WHEN cancel_requested THEN error_code ELSE 'lease_expired' END, \
        error_message = CASE WHEN cancel_requested THEN error_message \
                             ELSE 'the worker running attempt ' || attempts || \
                                  ' stopped renewing its lease' END, \
-       lease_until = NULL, updated_at = now() \
+       lease_until = NULL, updated_at = statement_timestamp() \
      WHERE id IN (SELECT id FROM tasks \
-                  WHERE status = 'PROCESSING' AND lease_until < now() \
+                  WHERE status = 'PROCESSING' AND lease_until < statement_timestamp() \
                   FOR UPDATE SKIP LOCKED)",
     "CASE status WHEN 'CANCELLED' THEN 'cancelled' WHEN 'FAILED' THEN 'failed' \
      ELSE 'retrying' END"
@@ -254,6 +275,9 @@ const SQL_CONSUMERS: &str = "SELECT worker, hostname, pid, version, task_types, 
        heartbeat_at FROM consumers \
      WHERE heartbeat_at >= now() - $1::bigint * interval '1 microsecond' ORDER BY worker";
 
+/// A write statement with its parameters bound.
+type WriteQuery = sqlx::query::Query<'static, Postgres, PgArguments>;
+
 /// Connection settings of [`PostgresStore::open`].
 #[derive(Debug, Clone)]
 pub struct PostgresSettings {
@@ -288,6 +312,130 @@ struct Inner {
     listen_pool: PgPool,
     events: broadcast::Sender<TaskEvent>,
     listener: tokio::task::JoinHandle<()>,
+    /// Write statements waiting for a group committer.
+    writes: mpsc::UnboundedSender<WriteJob>,
+}
+
+/// A write statement, and where to send its rows once committed.
+struct WriteJob {
+    sql: SqlStr,
+    args: PgArguments,
+    /// Whether the commit must be flushed to disk before the answer (inserts and state changes
+    /// a client is told about). Claims, progress, renewals and rescues commit with
+    /// `synchronous_commit = off` when a batch holds only those: losing one in a crash leaves
+    /// the task PENDING or its lease to expire, never a wrong state (as in the SQLite store).
+    durable: bool,
+    reply: oneshot::Sender<Result<Vec<PgRow>, sqlx::Error>>,
+}
+
+/// A group committer: takes every write waiting (up to [`MAX_BATCH`]) and runs them in one
+/// transaction on one connection, answering each after the COMMIT, so under load many writes
+/// share one WAL flush while an answer still means "committed". Notifications sent inside the
+/// transaction are delivered at the COMMIT. Statements use `statement_timestamp()`, so each
+/// keeps the timestamps it would have had alone. A statement that fails aborts the
+/// transaction: the batch is then run again statement by statement (each its own
+/// transaction, as without batching), so one failure fails only its own caller. A failed
+/// COMMIT fails the whole batch (whether it took effect is unknown, as for a lone statement).
+async fn group_commit(pool: PgPool, jobs: Arc<Mutex<mpsc::UnboundedReceiver<WriteJob>>>) {
+    let mut batch: Vec<WriteJob> = Vec::with_capacity(MAX_BATCH);
+    loop {
+        {
+            let mut rx = jobs.lock().await;
+            match rx.recv().await {
+                Some(job) => batch.push(job),
+                None => return,
+            }
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
+        let durable = batch.iter().any(|j| j.durable);
+        if batch.len() == 1 {
+            let job = batch.pop().expect("one job");
+            let r = run_alone(&pool, job.sql, job.args, job.durable).await;
+            let _ = job.reply.send(r);
+            continue;
+        }
+        match run_together(&pool, &batch, durable).await {
+            Ok(answers) => {
+                for (job, rows) in batch.drain(..).zip(answers) {
+                    let _ = job.reply.send(Ok(rows));
+                }
+            }
+            Err(BatchError::Commit(msg)) => {
+                for job in batch.drain(..) {
+                    let msg = format!("commit failed: {msg}");
+                    let _ = job.reply.send(Err(sqlx::Error::Protocol(msg)));
+                }
+            }
+            Err(BatchError::Statement) => {
+                for job in batch.drain(..) {
+                    let r = run_alone(&pool, job.sql, job.args, job.durable).await;
+                    let _ = job.reply.send(r);
+                }
+            }
+        }
+    }
+}
+
+/// Why a batch did not commit.
+enum BatchError {
+    /// A statement (or BEGIN) failed: nothing was committed.
+    Statement,
+    /// The COMMIT failed: the outcome is unknown.
+    Commit(String),
+}
+
+/// Runs one statement in a transaction of its own.
+async fn run_alone(
+    pool: &PgPool,
+    sql: SqlStr,
+    args: PgArguments,
+    durable: bool,
+) -> Result<Vec<PgRow>, sqlx::Error> {
+    if durable {
+        return sqlx::query_with(sql, args).fetch_all(pool).await;
+    }
+    let mut conn = pool.acquire().await?;
+    let mut tx = conn
+        .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+        .await?;
+    let rows = sqlx::query_with(sql, args).fetch_all(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
+/// Runs a batch in one transaction; answers the rows of each statement, in order.
+async fn run_together(
+    pool: &PgPool,
+    batch: &[WriteJob],
+    durable: bool,
+) -> Result<Vec<Vec<PgRow>>, BatchError> {
+    let begin = if durable {
+        "BEGIN"
+    } else {
+        "BEGIN; SET LOCAL synchronous_commit = off"
+    };
+    let mut conn = pool.acquire().await.map_err(|_| BatchError::Statement)?;
+    let mut tx = conn
+        .begin_with(begin)
+        .await
+        .map_err(|_| BatchError::Statement)?;
+    let mut answers = Vec::with_capacity(batch.len());
+    for job in batch {
+        let rows = sqlx::query_with(job.sql.clone(), job.args.clone())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|_| BatchError::Statement)?;
+        answers.push(rows);
+    }
+    tx.commit()
+        .await
+        .map_err(|e| BatchError::Commit(e.to_string()))?;
+    Ok(answers)
 }
 
 impl Drop for Inner {
@@ -344,6 +492,12 @@ impl PostgresStore {
             .connect_lazy_with(options);
         let listener = connect_listener(&listen_pool).await.map_err(db_err)?;
 
+        let (writes, jobs) = mpsc::unbounded_channel();
+        let jobs = Arc::new(Mutex::new(jobs));
+        for _ in 0..WRITERS.min(settings.max_connections.max(1)) {
+            tokio::spawn(group_commit(pool.clone(), jobs.clone()));
+        }
+
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let task = tokio::spawn(listen_loop(
             listener,
@@ -358,6 +512,7 @@ impl PostgresStore {
                 listen_pool,
                 events,
                 listener: task,
+                writes,
             }),
         })
     }
@@ -421,12 +576,32 @@ impl PostgresStore {
         }
     }
 
+    /// Runs a write statement through the group committer; answers its rows once committed.
+    async fn write_rows(&self, query: WriteQuery, durable: bool) -> StoreResult<Vec<PgRow>> {
+        let mut query = query;
+        let args = query
+            .take_arguments()
+            .map_err(|e| StoreError::Unavailable(format!("cannot encode a parameter: {e}")))?
+            .unwrap_or_default();
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .writes
+            .send(WriteJob {
+                sql: query.sql(),
+                args,
+                durable,
+                reply,
+            })
+            .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the group committer stopped".into()))?
+            .map_err(db_err)
+    }
+
     /// Runs a [`notifying!`] statement; answers each changed task with its event kind.
-    async fn write(
-        &self,
-        query: sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
-    ) -> StoreResult<Vec<(EventKind, Task)>> {
-        let rows = query.fetch_all(&self.inner.pool).await.map_err(db_err)?;
+    async fn write(&self, query: WriteQuery, durable: bool) -> StoreResult<Vec<(EventKind, Task)>> {
+        let rows = self.write_rows(query, durable).await?;
         rows.iter()
             .map(|row| {
                 let kind: String = column(row, "k")?;
@@ -438,9 +613,10 @@ impl PostgresStore {
     /// [`Self::write`] for statements that change at most one row, publishing its event.
     async fn write_one(
         &self,
-        query: sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
+        query: WriteQuery,
+        durable: bool,
     ) -> StoreResult<Option<(EventKind, Task)>> {
-        let changed = self.write(query).await?.into_iter().next();
+        let changed = self.write(query, durable).await?.into_iter().next();
         if let Some((kind, task)) = &changed {
             self.publish(*kind, task);
         }
@@ -460,7 +636,7 @@ impl TaskStore for PostgresStore {
             .bind(i64::from(task.max_attempts.max(1)))
             .bind(key.clone())
             .bind(task.webhook_url.as_deref().map(clean_text));
-        if let Some((_, created)) = self.write_one(query).await? {
+        if let Some((_, created)) = self.write_one(query, true).await? {
             return Ok((created, true));
         }
         // Only the idempotency key can conflict without an error: the task with that key
@@ -553,7 +729,7 @@ impl TaskStore for PostgresStore {
             .bind(task_type)
             .bind(i64::from(limit));
         let mut tasks: Vec<Task> = self
-            .write(query)
+            .write(query, false)
             .await?
             .into_iter()
             .map(|(_, t)| t)
@@ -573,15 +749,12 @@ impl TaskStore for PostgresStore {
         worker: &str,
         lease: Duration,
     ) -> StoreResult<bool> {
-        let done = sqlx::query(SQL_RENEW)
+        let query = sqlx::query(SQL_RENEW)
             .bind(micros(lease))
             .bind(id)
             .bind(i64::from(attempt))
-            .bind(clean_text(worker))
-            .execute(&self.inner.pool)
-            .await
-            .map_err(db_err)?;
-        Ok(done.rows_affected() == 1)
+            .bind(clean_text(worker));
+        Ok(self.write_rows(query, false).await?.len() == 1)
     }
 
     async fn set_progress(&self, id: Uuid, attempt: u32, progress: Progress) -> StoreResult<bool> {
@@ -590,7 +763,7 @@ impl TaskStore for PostgresStore {
             .bind(clean_text(&progress.message))
             .bind(id)
             .bind(i64::from(attempt));
-        Ok(self.write_one(query).await?.is_some())
+        Ok(self.write_one(query, false).await?.is_some())
     }
 
     async fn complete(&self, id: Uuid, attempt: u32, result: Value) -> StoreResult<Option<Task>> {
@@ -598,7 +771,7 @@ impl TaskStore for PostgresStore {
             .bind(to_json(&result)?)
             .bind(id)
             .bind(i64::from(attempt));
-        Ok(self.write_one(query).await?.map(|(_, t)| t))
+        Ok(self.write_one(query, true).await?.map(|(_, t)| t))
     }
 
     async fn fail(
@@ -614,16 +787,19 @@ impl TaskStore for PostgresStore {
             .bind(retry_at)
             .bind(clean_text(&error.code))
             .bind(clean_text(&error.message));
-        Ok(self.write_one(query).await?.map(|(_, t)| t))
+        Ok(self.write_one(query, true).await?.map(|(_, t)| t))
     }
 
     async fn release(&self, id: Uuid, attempt: u32) -> StoreResult<bool> {
         let query = sqlx::query(SQL_RELEASE).bind(id).bind(i64::from(attempt));
-        Ok(self.write_one(query).await?.is_some())
+        Ok(self.write_one(query, true).await?.is_some())
     }
 
     async fn cancel(&self, id: Uuid) -> StoreResult<CancelOutcome> {
-        if let Some((_, task)) = self.write_one(sqlx::query(SQL_CANCEL).bind(id)).await? {
+        if let Some((_, task)) = self
+            .write_one(sqlx::query(SQL_CANCEL).bind(id), true)
+            .await?
+        {
             return Ok(if task.status == Status::Cancelled {
                 CancelOutcome::Cancelled(task)
             } else {
@@ -642,11 +818,11 @@ impl TaskStore for PostgresStore {
         let query = sqlx::query(SQL_FINISH_CANCELLED)
             .bind(id)
             .bind(i64::from(attempt));
-        Ok(self.write_one(query).await?.map(|(_, t)| t))
+        Ok(self.write_one(query, true).await?.map(|(_, t)| t))
     }
 
     async fn rescue_expired(&self) -> StoreResult<u64> {
-        let mut changed = self.write(sqlx::query(SQL_RESCUE)).await?;
+        let mut changed = self.write(sqlx::query(SQL_RESCUE), false).await?;
         changed.sort_by_key(|(_, t)| t.id);
         for (kind, task) in &changed {
             self.publish(*kind, task);
@@ -798,6 +974,14 @@ struct Notice {
     id: Option<Uuid>,
 }
 
+/// Just the origin of a notification: a store's own notifications (most of them, on one
+/// machine) are recognised without decoding their rows.
+#[derive(Deserialize)]
+struct NoticeOrigin<'a> {
+    #[serde(borrow)]
+    o: Cow<'a, str>,
+}
+
 /// Receives other processes' events until aborted, reconnecting as needed.
 async fn listen_loop(
     mut listener: PgListener,
@@ -846,6 +1030,9 @@ async fn handle_notice(
     pool: &PgPool,
     events: &broadcast::Sender<TaskEvent>,
 ) {
+    if serde_json::from_str::<NoticeOrigin>(payload).is_ok_and(|n| n.o == origin) {
+        return;
+    }
     let notice: Notice = match serde_json::from_str(payload) {
         Ok(n) => n,
         Err(e) => {
@@ -1220,6 +1407,58 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(claimed[0].id, task.id);
+    }
+
+    /// Writes sent together share a group commit; one that fails (a duplicate id) fails alone
+    /// and every other write of its batch commits.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_write_fails_alone() {
+        let h = PgHarness::new().await;
+        let store = h.store().await;
+        let (first, _) = store.insert(new_task("group")).await.unwrap();
+        let mut duplicate = new_task("group");
+        duplicate.id = first.id;
+        let mut tasks: Vec<NewTask> = (0..40).map(|_| new_task("group")).collect();
+        tasks.insert(20, duplicate);
+        let answers = futures_util::future::join_all(tasks.into_iter().map(|t| {
+            let store = store.clone();
+            async move { (t.id, store.insert(t).await) }
+        }))
+        .await;
+        let mut inserted = 0;
+        for (i, (id, answer)) in answers.into_iter().enumerate() {
+            if i == 20 {
+                assert!(
+                    matches!(answer, Err(StoreError::Unavailable(_))),
+                    "{answer:?}"
+                );
+                continue;
+            }
+            let (task, created) = answer.unwrap();
+            assert!(created);
+            assert_eq!(store.get(id).await.unwrap(), Some(task));
+            inserted += 1;
+        }
+        assert_eq!(inserted, 40);
+        assert_eq!(store.get(first.id).await.unwrap(), Some(first));
+
+        // Claims and completions in flight together: each task completes once.
+        let claimed = store
+            .claim("group", "w", Duration::from_secs(60), 100)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 41);
+        let done = futures_util::future::join_all(
+            claimed
+                .iter()
+                .map(|t| store.complete(t.id, 1, json!({ "ok": true }))),
+        )
+        .await;
+        for (task, answer) in claimed.iter().zip(done) {
+            let done = answer.unwrap().expect("completed");
+            assert_eq!((done.id, done.status), (task.id, Status::Completed));
+            assert!(done.finished_at.unwrap() >= task.started_at.unwrap());
+        }
     }
 
     /// `import` copies tasks of every state as they are, and a second run copies nothing.
