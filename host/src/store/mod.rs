@@ -262,6 +262,42 @@ pub struct ConsumerInfo {
     pub heartbeat_at: DateTime<Utc>,
 }
 
+fn zero_counts() -> BTreeMap<String, u64> {
+    Status::ALL
+        .iter()
+        .map(|s| (s.as_str().to_owned(), 0))
+        .collect()
+}
+
+impl Stats {
+    /// Figures from `(task_type, status, count)` rows: every status present (zero included),
+    /// per type too, with the success rate and queue depth derived. Percentiles are left to
+    /// the caller.
+    pub fn from_counts(rows: impl IntoIterator<Item = (String, Status, u64)>) -> Stats {
+        let mut stats = Stats {
+            by_status: zero_counts(),
+            ..Stats::default()
+        };
+        for (task_type, status, n) in rows {
+            let status = status.as_str().to_owned();
+            *stats.by_status.entry(status.clone()).or_default() += n;
+            *stats
+                .by_type
+                .entry(task_type)
+                .or_insert_with(zero_counts)
+                .entry(status)
+                .or_default() += n;
+        }
+        let completed = stats.by_status[Status::Completed.as_str()];
+        let failed = stats.by_status[Status::Failed.as_str()];
+        if completed + failed > 0 {
+            stats.success_rate = Some(completed as f64 / (completed + failed) as f64);
+        }
+        stats.queue_depth = stats.by_status[Status::Pending.as_str()];
+        stats
+    }
+}
+
 /// Errors of a task store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

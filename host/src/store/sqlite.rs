@@ -672,41 +672,22 @@ impl TaskStore for SqliteStore {
     }
 
     async fn stats(&self) -> StoreResult<Stats> {
-        let zeros = || -> BTreeMap<String, u64> {
-            Status::ALL
-                .iter()
-                .map(|s| (s.as_str().to_owned(), 0))
-                .collect()
-        };
-        let mut stats = Stats {
-            by_status: zeros(),
-            ..Stats::default()
-        };
-
         let rows = sqlx::query(SQL_COUNTS)
             .fetch_all(&self.reader)
             .await
             .map_err(db_err)?;
-        for row in &rows {
-            let task_type: String = column(row, "task_type")?;
-            let status: String = column(row, "status")?;
-            let n = count(row)?;
-            let status = parse_status(&status)?.as_str().to_owned();
-            *stats.by_status.entry(status.clone()).or_default() += n;
-            *stats
-                .by_type
-                .entry(task_type)
-                .or_insert_with(zeros)
-                .entry(status)
-                .or_default() += n;
-        }
-
-        let completed = stats.by_status[Status::Completed.as_str()];
-        let failed = stats.by_status[Status::Failed.as_str()];
-        if completed + failed > 0 {
-            stats.success_rate = Some(completed as f64 / (completed + failed) as f64);
-        }
-        stats.queue_depth = stats.by_status[Status::Pending.as_str()];
+        let counts = rows
+            .iter()
+            .map(|row| {
+                let status: String = column(row, "status")?;
+                Ok((
+                    column(row, "task_type")?,
+                    parse_status(&status)?,
+                    count(row)?,
+                ))
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        let mut stats = Stats::from_counts(counts);
 
         let rows = sqlx::query(SQL_DURATIONS)
             .bind(PERCENTILE_SAMPLE)
