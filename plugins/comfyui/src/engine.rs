@@ -24,6 +24,9 @@ use serde_json::{Value, json};
 use tokio::{io::AsyncWriteExt, sync::mpsc};
 use tokio_tungstenite::tungstenite::Message;
 
+/// Outputs up to this size (by `Content-Length`) are downloaded whole, larger ones streamed.
+const SMALL_OUTPUT: u64 = 8 << 20;
+
 /// What the socket tells a waiting task.
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -422,6 +425,13 @@ impl Instance {
                 format!("cannot write {}: {e}", dest.display()),
             )
         };
+        if r.content_length().is_some_and(|n| n <= SMALL_OUTPUT) {
+            // A small file: read it whole and write it in one blocking call instead of a
+            // blocking-pool round trip per chunk.
+            let body = r.bytes().await.map_err(|e| unavailable(&self.url, e))?;
+            tokio::fs::write(dest, &body).await.map_err(io)?;
+            return Ok(body.len() as u64);
+        }
         let mut out = tokio::fs::File::create(dest).await.map_err(io)?;
         let mut stream = r.bytes_stream();
         let mut size = 0u64;

@@ -7,7 +7,9 @@
 //!
 //! How a task runs:
 //! 1. take a slot on a reachable instance of the pool (`queue_depth` prompts per instance,
-//!    so the next prompt already waits in ComfyUI when one finishes);
+//!    so the next prompt already waits in ComfyUI when one finishes); the host runs twice as
+//!    many tasks as there are slots, so finished tasks download their outputs while the next
+//!    ones already hold the slots;
 //! 2. upload media, then `POST /prompt` with our `client_id` and a prompt id we choose, so the
 //!    socket's messages can be routed before the answer arrives;
 //! 3. follow the instance's one shared WebSocket (every message filtered by `prompt_id`) until
@@ -499,6 +501,7 @@ impl ComfyUi {
         task_id: &str,
         pid: &str,
         rx: &mut tokio::sync::mpsc::UnboundedReceiver<Event>,
+        slot: &mut Option<Slot>,
         ctx: &Context,
         graph: &Value,
         timeout: Duration,
@@ -542,6 +545,9 @@ impl ComfyUi {
                         }
                         "executing" => match data["node"].as_str() {
                             None => {
+                                // Out of ComfyUI's queue: the next prompt may take the slot
+                                // while this one's history is read.
+                                drop(slot.take());
                                 if let Some(entry) = inst.history(pid).await.ok().flatten()
                                     && let Some(r) = self.interpret(task_id, entry)
                                 {
@@ -870,6 +876,8 @@ impl Plugin for ComfyUi {
         ctx.progress(1.0, "waiting for a ComfyUI instance");
         let slot = self.acquire().await?;
         let inst = slot.inst.clone();
+        // Freed as soon as ComfyUI reports the prompt finished (see `follow`).
+        let mut slot = Some(slot);
         let subfolder = format!("{}/{}", self.config.upload_subfolder, task.id);
         for (n, m) in media.iter().enumerate() {
             let local = ctx.fetch(&m.url).await?;
@@ -930,7 +938,9 @@ impl Plugin for ComfyUi {
                 .max(1),
         );
         let result = self
-            .follow(&inst, &task.id, &pid, &mut rx, &ctx, &graph, timeout)
+            .follow(
+                &inst, &task.id, &pid, &mut rx, &mut slot, &ctx, &graph, timeout,
+            )
             .await;
         // Finished in ComfyUI (either way): nothing to stop any more.
         self.running.lock().unwrap().remove(&task.id);
@@ -1010,7 +1020,10 @@ impl Plugin for ComfyUi {
 
     fn max_concurrency(&self, task_type: &str) -> u32 {
         if task_type == TASK_TYPE {
-            (self.instances.len() * self.depth()) as u32
+            // Twice the slots: while `queue_depth` prompts per instance are in ComfyUI, as many
+            // tasks can download their outputs or wait ready for the next free slot (the
+            // slots alone bound what is queued in ComfyUI).
+            (self.instances.len() * self.depth() * 2) as u32
         } else {
             0
         }
