@@ -21,6 +21,7 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 pub mod postgres;
+mod sql;
 pub mod sqlite;
 
 #[cfg(test)]

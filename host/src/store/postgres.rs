@@ -43,8 +43,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
 use sqlx::{
-    AssertSqlSafe, Connection, Execute, Postgres, Row, SqlSafeStr, SqlStr,
-    migrate::{Migration, MigrationType, Migrator},
+    AssertSqlSafe, Connection, Execute, Postgres, Row, SqlStr,
     postgres::{PgArguments, PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow},
 };
 use tokio::sync::{Mutex, broadcast, mpsc, oneshot};
@@ -53,6 +52,7 @@ use uuid::Uuid;
 use super::{
     CancelOutcome, ConsumerInfo, EventKind, ListFilter, NewTask, Page, Progress, Stats, Status,
     StoreError, StoreResult, Task, TaskError, TaskEvent, TaskStore,
+    sql::{self, db_err, decode_cursor, json, parse_status, to_json},
 };
 
 /// The NOTIFY channel of task events.
@@ -476,7 +476,7 @@ impl PostgresStore {
             .await
             .map_err(db_err)?;
 
-        migrator()
+        sql::migrator(MIGRATIONS)
             .run(&pool)
             .await
             .map_err(|e| StoreError::Migration(e.to_string()))?;
@@ -1090,34 +1090,6 @@ async fn get_task(pool: &PgPool, id: Uuid) -> StoreResult<Option<Task>> {
     row.as_ref().map(task_from_row).transpose()
 }
 
-/// The embedded migrations as a sqlx migrator.
-fn migrator() -> Migrator {
-    Migrator::with_migrations(
-        MIGRATIONS
-            .iter()
-            .map(|&(version, description, sql)| {
-                Migration::new(
-                    version,
-                    Cow::Borrowed(description),
-                    MigrationType::Simple,
-                    sql.into_sql_str(),
-                    false,
-                )
-            })
-            .collect(),
-    )
-}
-
-/// Database errors: decoding problems are corruption, the rest unavailability.
-fn db_err(e: sqlx::Error) -> StoreError {
-    match e {
-        sqlx::Error::ColumnDecode { .. }
-        | sqlx::Error::Decode(_)
-        | sqlx::Error::ColumnNotFound(_) => StoreError::Corrupt(e.to_string()),
-        e => StoreError::Unavailable(e.to_string()),
-    }
-}
-
 fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
@@ -1136,14 +1108,6 @@ fn clean_percent(p: f32) -> f32 {
     if p.is_nan() { 0.0 } else { p.clamp(0.0, 100.0) }
 }
 
-fn to_json(value: &Value) -> StoreResult<String> {
-    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(format!("unencodable JSON: {e}")))
-}
-
-fn decode_cursor(cursor: &str) -> StoreResult<Uuid> {
-    Uuid::try_parse(cursor).map_err(|_| StoreError::InvalidCursor)
-}
-
 fn column<'r, T>(row: &'r PgRow, name: &str) -> StoreResult<T>
 where
     T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
@@ -1155,10 +1119,6 @@ where
 fn count(row: &PgRow) -> StoreResult<u64> {
     let n: i64 = column(row, "n")?;
     u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("negative count {n}")))
-}
-
-fn parse_status(s: &str) -> StoreResult<Status> {
-    Status::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown status {s:?}")))
 }
 
 fn parse_kind(s: &str) -> StoreResult<EventKind> {
@@ -1190,10 +1150,6 @@ struct TaskRow {
     worker: Option<String>,
     lease_until: Option<DateTime<Utc>>,
     cancel_requested: bool,
-}
-
-fn json(text: &str, name: &str) -> StoreResult<Value> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("column {name}: {e}")))
 }
 
 fn unsigned(v: i64, name: &str) -> StoreResult<u32> {

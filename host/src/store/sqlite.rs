@@ -22,14 +22,13 @@
 //! `_sqlx_migrations` bookkeeping as `sqlx::migrate!`, which needs the `macros` feature this
 //! crate does not enable). Add a migration by appending to [`MIGRATIONS`].
 
-use std::{borrow::Cow, cmp::Reverse, collections::BTreeMap, path::Path, time::Duration};
+use std::{cmp::Reverse, collections::BTreeMap, path::Path, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{
-    AssertSqlSafe, Row, SqlSafeStr,
-    migrate::{Migration, MigrationType, Migrator},
+    AssertSqlSafe, Row,
     sqlite::{
         Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
         SqliteSynchronous,
@@ -41,6 +40,7 @@ use uuid::Uuid;
 use super::{
     CancelOutcome, EventKind, ListFilter, NewTask, Page, Progress, Stats, Status, StoreError,
     StoreResult, Task, TaskError, TaskEvent, TaskStore,
+    sql::{self, db_err, decode_cursor, json, parse_status, to_json},
 };
 
 /// Capacity of the event channel; a subscriber that lags further loses events (and is told so
@@ -333,7 +333,7 @@ impl SqliteStore {
             .await
             .map_err(db_err)?;
 
-        migrator()
+        sql::migrator(MIGRATIONS)
             .run(&writer)
             .await
             .map_err(|e| StoreError::Migration(e.to_string()))?;
@@ -728,34 +728,6 @@ impl TaskStore for SqliteStore {
     }
 }
 
-/// The embedded migrations as a sqlx migrator.
-fn migrator() -> Migrator {
-    Migrator::with_migrations(
-        MIGRATIONS
-            .iter()
-            .map(|&(version, description, sql)| {
-                Migration::new(
-                    version,
-                    Cow::Borrowed(description),
-                    MigrationType::Simple,
-                    sql.into_sql_str(),
-                    false,
-                )
-            })
-            .collect(),
-    )
-}
-
-/// Database errors: decoding problems are corruption, the rest unavailability.
-fn db_err(e: sqlx::Error) -> StoreError {
-    match e {
-        sqlx::Error::ColumnDecode { .. }
-        | sqlx::Error::Decode(_)
-        | sqlx::Error::ColumnNotFound(_) => StoreError::Corrupt(e.to_string()),
-        e => StoreError::Unavailable(e.to_string()),
-    }
-}
-
 /// Now, in stored form (milliseconds since the epoch).
 fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
@@ -765,17 +737,9 @@ fn duration_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn to_json(value: &Value) -> StoreResult<String> {
-    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(format!("unencodable JSON: {e}")))
-}
-
 /// Cursors are the id of the last task of the previous page.
 fn encode_cursor(id: Uuid) -> String {
     id.to_string()
-}
-
-fn decode_cursor(cursor: &str) -> StoreResult<Uuid> {
-    Uuid::try_parse(cursor).map_err(|_| StoreError::InvalidCursor)
 }
 
 /// Nearest-rank percentile of sorted values.
@@ -800,10 +764,6 @@ fn count(row: &SqliteRow) -> StoreResult<u64> {
     u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("negative count {n}")))
 }
 
-fn parse_status(s: &str) -> StoreResult<Status> {
-    Status::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown status {s:?}")))
-}
-
 fn time(ms: i64, name: &str) -> StoreResult<DateTime<Utc>> {
     DateTime::from_timestamp_millis(ms)
         .ok_or_else(|| StoreError::Corrupt(format!("column {name}: timestamp {ms} out of range")))
@@ -813,10 +773,6 @@ fn opt_time(row: &SqliteRow, name: &str) -> StoreResult<Option<DateTime<Utc>>> {
     column::<Option<i64>>(row, name)?
         .map(|ms| time(ms, name))
         .transpose()
-}
-
-fn json(text: &str, name: &str) -> StoreResult<Value> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("column {name}: {e}")))
 }
 
 fn unsigned(row: &SqliteRow, name: &str) -> StoreResult<u32> {
