@@ -108,23 +108,7 @@ impl Server {
 
     /// Starts a server.
     pub async fn start_with(options: Options) -> Server {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let mut s = Server {
-            dir,
-            base: format!("http://127.0.0.1:{port}"),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()
-                .unwrap(),
-            child: None,
-            port,
-            options,
-            role: "serve".to_owned(),
-        };
-        s.write_config();
-        s.spawn().await;
-        s
+        Server::start_role(options, "serve").await
     }
 
     /// Starts the binary with another role: `api` (waits for `/api/health`) or `consumer`
