@@ -4,9 +4,20 @@
 //! `StableAbi`, strings and vectors are abi_stable's `RString`/`RVec`, and values that will
 //! evolve (task input, output metadata, op arguments, future fields) travel as JSON strings.
 //!
-//! **Do not change the layout of anything in this file during 1.x.** abi_stable refuses to load a
-//! plugin whose root module is older than the host's, so the root module is complete now:
-//! new capabilities arrive as ops, JSON fields, or methods appended after a `last_prefix_field`.
+//! **The layout of everything in this file is frozen for all of 1.x.** abi_stable's layout check
+//! accepts a plugin whose root module has *more* entries than the host's, but refuses one with
+//! *fewer* ("too many fields"): a host that appended an entry after `shutdown` would refuse every
+//! plugin built before it. The same holds for the callback traits and every type that crosses.
+//! `tests/e2e/abi_compat.rs` proves this with frozen copies of the 1.0 layout and a test-only 1.1
+//! that grew by one entry. So new capabilities arrive without touching the layout:
+//!
+//! - new engine operations as `call_op` names (listed in `PluginInfo::ops`);
+//! - new fields inside the JSON strings (`input_json`, `result_json`, `extra_json`,
+//!   `meta_json`, `default_config_json`), which both sides ignore when they do not know them;
+//! - new task types.
+//!
+//! A change of layout is a 2.0, which the host refuses to mix with 1.x plugins in one line
+//! (`plugin_wrong_interface`) before abi_stable's check runs.
 
 use abi_stable::{
     StableAbi, declare_root_module_statics,
@@ -171,11 +182,11 @@ pub trait TaskContextApi: Send + Sync + Clone {
 /// Task services as the plugin holds them.
 pub type TaskContext = TaskContextApi_TO<'static, RArc<()>>;
 
-/// The root module every plugin library exports: the v1 interface, frozen.
+/// The root module every plugin library exports: the v1 interface, frozen for all of 1.x (see the
+/// module docs for why, and how the interface grows instead).
 #[repr(C)]
 #[derive(StableAbi)]
 #[sabi(kind(Prefix(prefix_ref = PluginModRef)))]
-#[sabi(missing_field(panic))]
 pub struct PluginMod {
     /// Describes the plugin. Callable before `init`; after `init` it may reflect the config.
     pub describe: extern "C" fn() -> RResult<PluginInfo, PluginError>,
