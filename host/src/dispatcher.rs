@@ -432,9 +432,7 @@ impl Dispatcher {
             return;
         };
         let fetcher = self.fetcher.clone();
-        let body =
-            poem_openapi::types::ToJSON::to_json(&crate::api::tasks::TaskView::from(task.clone()))
-                .unwrap_or(Value::Null);
+        let body = crate::task_view::TaskView::from(task.clone()).to_value();
         tokio::spawn(async move {
             for attempt in 0..4u32 {
                 match fetcher.post_json(&url, &body).await {

@@ -12,3 +12,4 @@ pub mod plugins;
 pub mod service;
 pub mod storage;
 pub mod store;
+pub mod task_view;

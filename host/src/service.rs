@@ -21,10 +21,6 @@ use crate::{
     },
 };
 
-/// How often a consumer refreshes its row in the consumers table (PostgreSQL); `GET
-/// /api/status` lists consumers heard from within three of these.
-pub const CONSUMER_HEARTBEAT: Duration = Duration::from_secs(10);
-
 /// Why the service could not start. One line each.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -147,7 +143,7 @@ async fn announce_loop(store: Arc<dyn TaskStore>, registry: Arc<Registry>, worke
         if let Err(e) = store.announce_consumer(&info).await {
             tracing::warn!(error = %e, "consumer heartbeat failed");
         }
-        tokio::time::sleep(CONSUMER_HEARTBEAT).await;
+        tokio::time::sleep(crate::store::CONSUMER_HEARTBEAT).await;
     }
 }
 

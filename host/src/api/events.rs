@@ -17,8 +17,9 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use super::{AppState, error::ApiError, tasks::TaskView};
+use super::{AppState, error::ApiError, ids::parse_id};
 use crate::store::{EventKind, Status, TaskEvent};
+use crate::task_view::event_json;
 
 fn snapshot_kind(s: Status) -> EventKind {
     match s {
@@ -28,18 +29,6 @@ fn snapshot_kind(s: Status) -> EventKind {
         Status::Failed => EventKind::Failed,
         Status::Cancelled => EventKind::Cancelled,
     }
-}
-
-/// The JSON of one event.
-pub fn event_json(ev: &TaskEvent) -> Value {
-    let view = TaskView::from(ev.task.clone());
-    serde_json::json!({
-        "event": ev.kind,
-        "task_id": ev.task.id.to_string(),
-        "status": ev.task.status.as_str(),
-        "progress": ev.task.progress,
-        "task": poem_openapi::types::ToJSON::to_json(&view),
-    })
 }
 
 /// Subscribes first, then reads the task, so no change between the two is missed.
@@ -101,7 +90,7 @@ pub async fn task_ws(
     ws: WebSocket,
     Data(state): Data<&std::sync::Arc<AppState>>,
 ) -> Response {
-    let id = match super::tasks::parse_id(&task_id) {
+    let id = match parse_id(&task_id) {
         Ok(id) => id,
         Err(e) => return poem::Error::from(e).into_response(),
     };

@@ -14,11 +14,11 @@ use poem_openapi::{OpenApiService, Tags};
 
 use crate::{dispatcher::Dispatcher, plugins::Registry, storage::Storage, store::TaskStore};
 
-pub mod comfy;
 pub mod error;
 pub mod events;
-pub mod faceswap;
 pub mod files;
+mod ids;
+pub mod seed;
 pub mod spec;
 pub mod system;
 pub mod tasks;
@@ -61,7 +61,14 @@ pub struct AppState {
 /// The OpenAPI service (operations documented by poem-openapi).
 pub fn openapi(
     state: Arc<AppState>,
-) -> OpenApiService<(tasks::TasksApi, system::SystemApi, faceswap::FaceswapApi), ()> {
+) -> OpenApiService<
+    (
+        tasks::TasksApi,
+        system::SystemApi,
+        seed::faceswap::FaceswapApi,
+    ),
+    (),
+> {
     OpenApiService::new(
         (
             tasks::TasksApi {
@@ -70,7 +77,7 @@ pub fn openapi(
             system::SystemApi {
                 state: state.clone(),
             },
-            faceswap::FaceswapApi {
+            seed::faceswap::FaceswapApi {
                 state: state.clone(),
             },
         ),
@@ -94,7 +101,7 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint {
     let docs_json = docs.clone();
     let auth_state = state.clone();
     let limit_state = state.clone();
-    comfy::mount(Route::new().nest("/", service))
+    seed::comfyui::mount(Route::new().nest("/", service))
         .at("/api/uploads", post(files::upload))
         .at("/api/tasks/:task_id/ws", get(events::task_ws))
         .at("/files/*key", get(files::get_file))

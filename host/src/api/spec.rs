@@ -89,7 +89,7 @@ pub fn merge(base: &str, registry: &Registry) -> Value {
         for (k, v) in extra {
             paths.insert(k, v);
         }
-        paths.extend(super::comfy::spec_paths(registry));
+        paths.extend(super::seed::comfyui::spec_paths(registry));
     }
     let types = registry.task_types();
     let mut variants = Vec::new();

@@ -232,7 +232,7 @@ impl SystemApi {
         }
         let consumers = if store_ok {
             st.store
-                .consumers(crate::service::CONSUMER_HEARTBEAT * 3)
+                .consumers(crate::store::CONSUMER_HEARTBEAT * 3)
                 .await
                 .unwrap_or_default()
         } else {

@@ -20,6 +20,10 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
+/// How often a consumer refreshes its row in the consumers table (PostgreSQL); `GET
+/// /api/status` lists consumers heard from within three of these.
+pub const CONSUMER_HEARTBEAT: Duration = Duration::from_secs(10);
+
 pub mod postgres;
 mod sql;
 pub mod sqlite;

@@ -10,7 +10,7 @@ use poem_openapi::{
 };
 use serde_json::{Map, Value};
 
-use super::{
+use crate::api::{
     ApiTags, AppState,
     error::ApiError,
     tasks::{CreateResponse, CreateTaskRequest, create_task},

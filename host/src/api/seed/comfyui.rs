@@ -24,7 +24,7 @@ use poem::{
 };
 use serde_json::{Map, Value, json};
 
-use super::{
+use crate::api::{
     AppState,
     error::error_response,
     tasks::{CreateTaskRequest, create_task},
