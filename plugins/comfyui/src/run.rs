@@ -1,0 +1,424 @@
+//! Running one `comfyui.workflow` task: upload its media, queue the prompt, follow it over the
+//! instance's socket (and `/history` as a safety net) to its end, and download its outputs.
+//!
+//! Separate from `lib.rs` so the `Plugin` impl stays a table of entry points; this is the
+//! longest path through the plugin and the one that talks to ComfyUI the most.
+
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use aihost_plugin_api::{
+    codes,
+    sdk::{Context, Output, PluginError, Task, Value, json},
+};
+use serde_json::Map;
+
+use crate::{
+    ComfyUi,
+    engine::{Event, Instance},
+    error::{INVALID_WORKFLOW, describe_validation, execution_error, fatal},
+    input::{Input, build_graph},
+    pool::Slot,
+};
+
+/// Stops the prompt in ComfyUI when the task's future is dropped before it finished
+/// (cancel, shutdown, lost lease), and stops routing its messages.
+struct PromptGuard {
+    plugin: Arc<ComfyUi>,
+    task_id: String,
+    inst: Arc<Instance>,
+    prompt_id: String,
+}
+
+impl Drop for PromptGuard {
+    fn drop(&mut self) {
+        self.inst.unlisten(&self.prompt_id);
+        let entry = self.plugin.running.lock().unwrap().remove(&self.task_id);
+        if let Some((inst, pid)) = entry
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                if let Err(e) = inst.cancel(&pid).await {
+                    tracing::warn!(prompt_id = %pid, error = %e, "could not stop an abandoned prompt");
+                }
+            });
+        }
+    }
+}
+
+impl ComfyUi {
+    /// Runs one task (the body of `Plugin::run_task`).
+    pub(crate) async fn run(
+        self: Arc<Self>,
+        task: Task,
+        ctx: Context,
+    ) -> Result<Output, PluginError> {
+        let input: Input = serde_json::from_value(task.input.clone()).map_err(|e| {
+            PluginError::invalid_input(format!("invalid comfyui.workflow input: {e}"))
+        })?;
+        let (mut graph, media, label) = build_graph(&self.templates, &input)?;
+        ctx.progress(1.0, "waiting for a ComfyUI instance");
+        let slot = self.acquire().await?;
+        let inst = slot.inst.clone();
+        // Freed as soon as ComfyUI reports the prompt finished (see `follow`).
+        let mut slot = Some(slot);
+        let subfolder = format!("{}/{}", self.config.upload_subfolder, task.id);
+        for (n, m) in media.iter().enumerate() {
+            let local = ctx.fetch(&m.url).await?;
+            let name = inst.upload(&local, &subfolder).await?;
+            ctx.progress(2.0, &format!("uploaded input {} of {}", n + 1, media.len()));
+            graph[&m.node]["inputs"][&m.input] = json!(name);
+        }
+        let pid = uuid::Uuid::new_v4().to_string();
+        let mut rx = inst.listen(&pid);
+        self.running
+            .lock()
+            .unwrap()
+            .insert(task.id.clone(), (inst.clone(), pid.clone()));
+        let guard = PromptGuard {
+            plugin: self.clone(),
+            task_id: task.id.clone(),
+            inst: inst.clone(),
+            prompt_id: pid.clone(),
+        };
+        let (status, body) = inst.queue_prompt(&graph, &pid).await?;
+        let refused = match status {
+            200 => {
+                if body["node_errors"]
+                    .as_object()
+                    .is_some_and(|o| !o.is_empty())
+                {
+                    // Queued with only the valid outputs: we refuse half a workflow.
+                    let _ = inst.cancel(&pid).await;
+                    Some(fatal(INVALID_WORKFLOW, describe_validation(&body)))
+                } else {
+                    None
+                }
+            }
+            400 => Some(fatal(INVALID_WORKFLOW, describe_validation(&body))),
+            s if s >= 500 => Some(fatal(
+                codes::ENGINE_ERROR,
+                format!(
+                    "ComfyUI could not take the prompt ({s}): {}",
+                    body.as_str()
+                        .map_or(body.to_string(), |t| t.trim().to_owned())
+                ),
+            )),
+            s => Some(fatal(
+                codes::ENGINE_ERROR,
+                format!("ComfyUI answered {s} to the prompt: {body}"),
+            )),
+        };
+        if let Some(e) = refused {
+            // ComfyUI answered: nothing of ours is left queued there.
+            self.running.lock().unwrap().remove(&task.id);
+            return Err(e);
+        }
+        ctx.progress(3.0, "queued in ComfyUI");
+        let timeout = Duration::from_secs(
+            input
+                .timeout_secs
+                .unwrap_or(self.config.task_timeout_secs)
+                .max(1),
+        );
+        let result = self
+            .follow(
+                &inst, &task.id, &pid, &mut rx, &mut slot, &ctx, &graph, timeout,
+            )
+            .await;
+        // Finished in ComfyUI (either way): nothing to stop any more.
+        self.running.lock().unwrap().remove(&task.id);
+        self.cancelled.lock().unwrap().remove(&task.id);
+        drop(guard);
+        let entry = result?;
+        drop(slot);
+        ctx.progress(96.0, "downloading outputs");
+        let (files, listed, texts) = self
+            .collect_outputs(&inst, &entry, &task.work_dir, input.include_previews)
+            .await?;
+        ctx.progress(100.0, &format!("{} files", files.len()));
+        let mut out = Output::result(json!({
+            "prompt_id": pid,
+            "instance": inst.url,
+            "workflow": label,
+            "files": listed,
+            "text": texts,
+        }));
+        for (path, ct, name) in files {
+            out = out.with_file(path, &ct, name);
+        }
+        Ok(out)
+    }
+
+    /// Cancels a task (the body of `Plugin::cancel_task`): marks it, so the interrupt it
+    /// causes reads as `cancelled`, and stops its prompt in ComfyUI if one is there.
+    pub(crate) async fn cancel(&self, task_id: String) {
+        self.cancelled.lock().unwrap().insert(task_id.clone());
+        let entry = self.running.lock().unwrap().remove(&task_id);
+        match entry {
+            // run_task clears the mark when it ends (with `cancelled` on the interrupt).
+            Some((inst, pid)) => {
+                if let Err(e) = inst.cancel(&pid).await {
+                    tracing::warn!(prompt_id = %pid, error = %e, "cancel in ComfyUI failed");
+                }
+            }
+            None => {
+                self.cancelled.lock().unwrap().remove(&task_id);
+            }
+        }
+    }
+
+    /// Looks at `/history` (and the queue): `Some` when the prompt is finished.
+    async fn check(
+        &self,
+        inst: &Instance,
+        task_id: &str,
+        pid: &str,
+    ) -> Result<Option<Result<Value, PluginError>>, PluginError> {
+        if let Some(entry) = inst.history(pid).await? {
+            return Ok(self.interpret(task_id, entry));
+        }
+        if inst.in_queue(pid).await? {
+            return Ok(None);
+        }
+        // It may have finished between the two calls.
+        if let Some(entry) = inst.history(pid).await? {
+            return Ok(self.interpret(task_id, entry));
+        }
+        Ok(Some(Err(PluginError::retryable(
+            codes::ENGINE_UNAVAILABLE,
+            format!(
+                "ComfyUI at {} lost prompt {pid}: it is neither queued nor in the history (the server restarted)",
+                inst.url
+            ),
+        ))))
+    }
+
+    /// A history entry: the outputs on success, the error otherwise, `None` if unfinished.
+    fn interpret(&self, task_id: &str, entry: Value) -> Option<Result<Value, PluginError>> {
+        let status = &entry["status"];
+        if status.is_null() {
+            return None;
+        }
+        if status["status_str"] == "success" {
+            return Some(Ok(entry));
+        }
+        let messages = status["messages"].as_array().cloned().unwrap_or_default();
+        for m in &messages {
+            match m.get(0).and_then(Value::as_str) {
+                Some("execution_error") => return Some(Err(execution_error(&m[1]))),
+                Some("execution_interrupted") => {
+                    return Some(Err(self.interrupted(task_id, &m[1])));
+                }
+                _ => {}
+            }
+        }
+        if status["completed"] == false && status["status_str"].is_null() {
+            return None;
+        }
+        Some(Err(fatal(
+            codes::ENGINE_ERROR,
+            format!("ComfyUI reports the prompt failed: {status}"),
+        )))
+    }
+
+    fn interrupted(&self, task_id: &str, data: &Value) -> PluginError {
+        if self.cancelled.lock().unwrap().contains(task_id) {
+            fatal(codes::CANCELLED, "cancelled")
+        } else {
+            fatal(
+                codes::ENGINE_ERROR,
+                format!(
+                    "ComfyUI interrupted the prompt at node {} ({})",
+                    data["node_id"].as_str().unwrap_or("?"),
+                    data["node_type"].as_str().unwrap_or("?")
+                ),
+            )
+        }
+    }
+
+    /// Follows the prompt to its end: the history entry on success.
+    #[allow(clippy::too_many_arguments)]
+    async fn follow(
+        &self,
+        inst: &Instance,
+        task_id: &str,
+        pid: &str,
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<Event>,
+        slot: &mut Option<Slot>,
+        ctx: &Context,
+        graph: &Value,
+        timeout: Duration,
+    ) -> Result<Value, PluginError> {
+        let total = graph.as_object().map_or(1, |o| o.len().max(1)) as f32;
+        let class_of = |node: &str| graph[node]["class_type"].as_str().unwrap_or("?").to_owned();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut poll =
+            tokio::time::interval(Duration::from_millis(self.config.history_poll_ms.max(50)));
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let check_every = Duration::from_secs(self.config.history_check_secs.max(1));
+        let unavailable_wait = Duration::from_secs(self.config.unavailable_wait_secs);
+        let mut last_check = tokio::time::Instant::now();
+        let mut down_since = (!inst.is_connected()).then(tokio::time::Instant::now);
+        let mut done: HashSet<String> = HashSet::new();
+        let mut current = String::new();
+        let mut partial = 0f32;
+        let report = |done: usize, partial: f32, msg: &str| {
+            let p = 5.0 + 90.0 * ((done as f32 + partial) / total).min(1.0);
+            ctx.progress(p.min(95.0), msg);
+        };
+        loop {
+            let mut check_now = false;
+            tokio::select! {
+                ev = rx.recv() => match ev {
+                    Some(Event::Message(kind, data)) => match kind.as_str() {
+                        "execution_start" => ctx.progress(5.0, "started in ComfyUI"),
+                        "execution_cached" => {
+                            for n in data["nodes"].as_array().into_iter().flatten() {
+                                if let Some(n) = n.as_str() { done.insert(n.to_owned()); }
+                            }
+                            if !done.is_empty() {
+                                report(done.len(), 0.0, &format!("{} nodes cached", done.len()));
+                            }
+                        }
+                        "progress_state" => {
+                            for (id, n) in data["nodes"].as_object().into_iter().flatten() {
+                                if n["state"] == "finished" { done.insert(id.clone()); }
+                            }
+                            report(done.len(), 0.0, &format!("{} of {} nodes done", done.len(), total as usize));
+                        }
+                        "executing" => match data["node"].as_str() {
+                            None => {
+                                // Out of ComfyUI's queue: the next prompt may take the slot
+                                // while this one's history is read.
+                                drop(slot.take());
+                                if let Some(entry) = inst.history(pid).await.ok().flatten()
+                                    && let Some(r) = self.interpret(task_id, entry)
+                                {
+                                    return r;
+                                }
+                                check_now = true;
+                            }
+                            Some(node) => {
+                                current = node.to_owned();
+                                partial = 0.0;
+                                report(done.len(), 0.0, &format!("running node {node} ({})", class_of(node)));
+                            }
+                        },
+                        "progress" => {
+                            let (v, m) = (data["value"].as_f64().unwrap_or(0.0), data["max"].as_f64().unwrap_or(1.0));
+                            if m > 0.0 { partial = (v / m) as f32; }
+                            let node = data["node"].as_str().unwrap_or(&current).to_owned();
+                            report(done.len(), partial, &format!("node {node} ({}) {v}/{m}", class_of(&node)));
+                        }
+                        "execution_error" => return Err(execution_error(&data)),
+                        "execution_interrupted" => return Err(self.interrupted(task_id, &data)),
+                        _ => {}
+                    },
+                    Some(Event::Disconnected) => {
+                        down_since.get_or_insert_with(tokio::time::Instant::now);
+                    }
+                    Some(Event::Connected) => {
+                        down_since = None;
+                        check_now = true;
+                    }
+                    None => check_now = true,
+                },
+                _ = poll.tick() => {
+                    check_now = down_since.is_some() || last_check.elapsed() >= check_every;
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    let _ = inst.cancel(pid).await;
+                    return Err(fatal(codes::TIMEOUT, format!("the prompt ran over {} s and was interrupted", timeout.as_secs())));
+                }
+            }
+            if check_now {
+                last_check = tokio::time::Instant::now();
+                match self.check(inst, task_id, pid).await {
+                    Ok(Some(r)) => return r,
+                    Ok(None) => {}
+                    Err(e) => {
+                        let since = *down_since.get_or_insert_with(tokio::time::Instant::now);
+                        if since.elapsed() >= unavailable_wait {
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Downloads every output file the history entry lists into the task's work folder
+    /// (`temp` files only with `include_previews`): the files to return, their listing for
+    /// the result, and the text outputs by node.
+    async fn collect_outputs(
+        &self,
+        inst: &Instance,
+        entry: &Value,
+        work_dir: &Path,
+        include_previews: bool,
+    ) -> Result<(Vec<(PathBuf, String, String)>, Value, Value), PluginError> {
+        let mut files = Vec::new();
+        let mut listed = Vec::new();
+        let mut texts = Map::new();
+        let mut names: HashSet<String> = HashSet::new();
+        let outputs = entry["outputs"].as_object().cloned().unwrap_or_default();
+        let mut nodes: Vec<(&String, &Value)> = outputs.iter().collect();
+        nodes.sort_by_key(|(k, _)| (k.parse::<u64>().unwrap_or(u64::MAX), (*k).clone()));
+        let dir = work_dir.join("comfyui-outputs");
+        tokio::fs::create_dir_all(&dir).await.map_err(|e| {
+            fatal(
+                codes::INTERNAL,
+                format!("cannot create {}: {e}", dir.display()),
+            )
+        })?;
+        for (node, out) in nodes {
+            for (kind, items) in out.as_object().into_iter().flatten() {
+                let Some(items) = items.as_array() else {
+                    continue;
+                };
+                if kind == "text" {
+                    texts.insert(node.clone(), json!(items));
+                    continue;
+                }
+                for f in items {
+                    let Some(filename) = f["filename"].as_str() else {
+                        continue;
+                    };
+                    let ftype = f["type"].as_str().unwrap_or("output");
+                    if ftype == "temp" && !include_previews {
+                        continue;
+                    }
+                    if ftype != "output" && ftype != "temp" {
+                        continue;
+                    }
+                    let base: String = filename
+                        .chars()
+                        .map(|c| if c == '/' || c == '\\' { '_' } else { c })
+                        .collect();
+                    let mut name = base.clone();
+                    let mut n = 1;
+                    while !names.insert(name.clone()) {
+                        n += 1;
+                        name = format!("{n}_{base}");
+                    }
+                    let dest = dir.join(&name);
+                    let size = inst.download(f, &dest).await?;
+                    let ct = mime_guess::from_path(filename)
+                        .first_or_octet_stream()
+                        .to_string();
+                    listed.push(
+                        json!({"name": name, "node": node, "kind": kind, "type": ftype,
+                        "filename": filename, "subfolder": f["subfolder"], "size": size}),
+                    );
+                    files.push((dest, ct, name));
+                }
+            }
+        }
+        Ok((files, json!(listed), Value::Object(texts)))
+    }
+}
