@@ -1,16 +1,4 @@
-//! # aihost plugin API
-//!
-//! Two halves:
-//!
-//! - [`abi`]: the frozen v1 binary interface (`PluginMod`, the root module every plugin library
-//!   exports, and the FFI-safe types that cross the boundary). The host uses it to load plugins.
-//! - [`sdk`]: what a plugin author uses. Implement [`sdk::Plugin`] with plain async Rust and call
-//!   [`export_plugin!`] once; the SDK supplies the plugin's tokio runtime, the panic guards, the
-//!   abort-on-drop of task futures, and the bridge that sends the plugin's `tracing` events to the
-//!   host's log. A plugin author writes no `extern "C"` and no `unsafe`.
-//!
-//! See `plugins/README.md` for a walkthrough and `plugins/imageops` for a complete plugin.
-
+#![doc = include_str!("../README.md")]
 #![allow(non_local_definitions)]
 
 pub mod abi;
@@ -21,6 +9,11 @@ pub use abi::{
     HostServices, OpInfo, OutputFile, PluginError, PluginInfo, PluginMod, PluginModRef,
     TaskContext, TaskOutput, TaskRequest, TaskTypeInfo, level,
 };
+
+/// The plugin walk-through of `plugins/README.md`, compiled as a doc test so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../plugins/README.md")]
+pub struct PluginsReadmeWalkthrough;
 
 #[doc(hidden)]
 pub mod __private {

@@ -1,25 +1,7 @@
 //! The plugin SDK: write a plugin as plain async Rust, export it with [`export_plugin!`].
 //!
-//! ```ignore
-//! use aihost_plugin_api::sdk::*;
-//!
-//! #[derive(Default, serde::Serialize, serde::Deserialize)]
-//! struct Config {}
-//!
-//! struct Echo;
-//!
-//! impl Plugin for Echo {
-//!     type Config = Config;
-//!     fn describe() -> Description { /* name, version, task types with JSON Schemas */ }
-//!     async fn init(_config: Config) -> Result<Self, PluginError> { Ok(Echo) }
-//!     async fn run_task(self: Arc<Self>, task: Task, ctx: Context) -> Result<Output, PluginError> {
-//!         ctx.progress(50.0, "half way");
-//!         Ok(Output::result(task.input))
-//!     }
-//! }
-//!
-//! aihost_plugin_api::export_plugin!(Echo);
-//! ```
+//! The crate docs (`README.md` of plugin-api) show a complete plugin, compiled as a doc test;
+//! `plugins/README.md` walks through one.
 //!
 //! What the SDK does for you:
 //! - owns one tokio runtime per plugin library, created in `init`; every task, op and health
