@@ -8,6 +8,10 @@
 
 /// Appends `segment` to `out`, every byte except `A-Za-z0-9-._~` written as `%XX` (upper-case
 /// hex). `/` is escaped too: the caller joins segments.
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "storage moves to this codec when the branches are merged")
+)]
 pub(crate) fn encode_segment_into(segment: &str, out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for &b in segment.as_bytes() {
@@ -23,6 +27,10 @@ pub(crate) fn encode_segment_into(segment: &str, out: &mut String) {
 
 /// Decodes `%XX` escapes; `None` when an escape is malformed (not `%` and two hex digits) or
 /// the result is not UTF-8.
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "storage moves to this codec when the branches are merged")
+)]
 pub(crate) fn decode(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -120,7 +128,13 @@ mod tests {
 
     #[test]
     fn percent_round_trip() {
-        for text in ["uploads/x y/é.png", "100% sure", "~a-b_c.d", "\u{1f600}", "%41"] {
+        for text in [
+            "uploads/x y/é.png",
+            "100% sure",
+            "~a-b_c.d",
+            "\u{1f600}",
+            "%41",
+        ] {
             let mut out = String::new();
             encode_segment_into(text, &mut out);
             assert!(out.bytes().all(|b| b.is_ascii_graphic()), "{out}");
