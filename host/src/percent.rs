@@ -10,7 +10,10 @@
 /// hex). `/` is escaped too: the caller joins segments.
 #[cfg_attr(
     not(test),
-    expect(dead_code, reason = "storage moves to this codec when the branches are merged")
+    expect(
+        dead_code,
+        reason = "storage moves to this codec when the branches are merged"
+    )
 )]
 pub(crate) fn encode_segment_into(segment: &str, out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
@@ -29,7 +32,10 @@ pub(crate) fn encode_segment_into(segment: &str, out: &mut String) {
 /// the result is not UTF-8.
 #[cfg_attr(
     not(test),
-    expect(dead_code, reason = "storage moves to this codec when the branches are merged")
+    expect(
+        dead_code,
+        reason = "storage moves to this codec when the branches are merged"
+    )
 )]
 pub(crate) fn decode(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
