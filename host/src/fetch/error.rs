@@ -8,9 +8,10 @@ use std::io;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use aihost_plugin_api::codes;
 use url::Url;
 
-/// Errors of the fetcher. [`FetchError::code`] is stable; the message is one line meant for
+/// Errors of the fetcher. [`FetchError::code`] is stable (`fetch_*`); the message is one line meant for
 /// API users.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -115,19 +116,27 @@ fn seconds(d: Duration) -> String {
 }
 
 impl FetchError {
-    /// Stable machine-readable code of this error.
+    /// Stable machine-readable code of this error, namespaced `fetch_*` so that a task that
+    /// fails on an input says so (a fetch timeout is `fetch_timeout`, not the task's
+    /// `timeout`). The codes are those of [`aihost_plugin_api::codes`]; `ctx.fetch` passes
+    /// them to plugins unchanged.
     pub fn code(&self) -> &'static str {
         match self {
-            FetchError::PrivateAddress { .. } => "private_address",
-            FetchError::RedirectBlocked { .. } => "redirect_blocked",
-            FetchError::UnsupportedScheme { .. } => "unsupported_scheme",
-            FetchError::InvalidUrl { .. } => "invalid_url",
-            FetchError::TooLarge { .. } => "too_large",
-            FetchError::HttpStatus { .. } => "http_status",
-            FetchError::Timeout { .. } => "timeout",
-            FetchError::Unreachable { .. } => "unreachable",
-            FetchError::NotFound { .. } => "not_found",
-            FetchError::Io { .. } => "io",
+            FetchError::PrivateAddress { .. } | FetchError::RedirectBlocked { .. } => {
+                codes::FETCH_BLOCKED
+            }
+            FetchError::UnsupportedScheme { .. } | FetchError::InvalidUrl { .. } => {
+                codes::FETCH_INVALID_URL
+            }
+            FetchError::TooLarge { .. } => codes::FETCH_TOO_LARGE,
+            FetchError::HttpStatus {
+                status: 404 | 410, ..
+            }
+            | FetchError::NotFound { .. } => codes::FETCH_NOT_FOUND,
+            FetchError::Timeout { .. } => codes::FETCH_TIMEOUT,
+            FetchError::HttpStatus { .. }
+            | FetchError::Unreachable { .. }
+            | FetchError::Io { .. } => codes::FETCH_FAILED,
         }
     }
 
@@ -141,6 +150,7 @@ impl FetchError {
         }
     }
 
+    /// An `Io` error: `context: err`.
     pub(super) fn io(context: &str, err: io::Error) -> FetchError {
         FetchError::Io {
             detail: format!("{context}: {err}"),
@@ -167,5 +177,88 @@ pub(super) fn shorten(text: &str) -> String {
         s
     } else {
         text.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetch_codes_are_namespaced() {
+        let url = || "http://example.com/a".to_owned();
+        let status = |status| FetchError::HttpStatus { url: url(), status };
+        let cases = [
+            (
+                FetchError::PrivateAddress {
+                    url: url(),
+                    host: "x".into(),
+                    addr: IpAddr::from([10, 0, 0, 1]),
+                    detail: String::new(),
+                },
+                "fetch_blocked",
+            ),
+            (
+                FetchError::RedirectBlocked {
+                    from: url(),
+                    to: url(),
+                    detail: String::new(),
+                },
+                "fetch_blocked",
+            ),
+            (
+                FetchError::UnsupportedScheme {
+                    url: url(),
+                    scheme: "ftp".into(),
+                },
+                "fetch_invalid_url",
+            ),
+            (
+                FetchError::InvalidUrl {
+                    input: url(),
+                    reason: String::new(),
+                },
+                "fetch_invalid_url",
+            ),
+            (
+                FetchError::TooLarge {
+                    url: url(),
+                    limit: 1,
+                    size: None,
+                },
+                "fetch_too_large",
+            ),
+            (status(404), "fetch_not_found"),
+            (status(410), "fetch_not_found"),
+            (status(403), "fetch_failed"),
+            (status(503), "fetch_failed"),
+            (
+                FetchError::Timeout {
+                    url: url(),
+                    after: Duration::from_secs(1),
+                },
+                "fetch_timeout",
+            ),
+            (
+                FetchError::Unreachable {
+                    url: url(),
+                    detail: String::new(),
+                },
+                "fetch_failed",
+            ),
+            (FetchError::NotFound { key: "k".into() }, "fetch_not_found"),
+            (
+                FetchError::Io {
+                    detail: String::new(),
+                },
+                "fetch_failed",
+            ),
+        ];
+        for (err, code) in cases {
+            assert_eq!(err.code(), code, "{err:?}");
+        }
+        // The task's own timeout keeps its code; a fetch timeout is told apart from it.
+        assert_ne!(codes::FETCH_TIMEOUT, codes::TIMEOUT);
+        assert!(status(503).retryable() && !status(404).retryable());
     }
 }
