@@ -8,6 +8,7 @@ pub mod dispatcher;
 pub mod fetch;
 pub mod manifest;
 pub mod names;
+pub(crate) mod percent;
 pub mod plugins;
 pub mod service;
 pub mod storage;

@@ -44,8 +44,20 @@ pub mod codes {
     pub const NOT_INITIALIZED: &str = "not_initialized";
     /// `call_op` named an operation the plugin does not offer.
     pub const UNKNOWN_OP: &str = "unknown_op";
-    /// A remote input could not be fetched.
+    /// `ctx.fetch`: the input could not be fetched (network, HTTP or local I/O error, an HTTP
+    /// status other than 404/410). Retryable when the fetcher says so.
     pub const FETCH_FAILED: &str = "fetch_failed";
+    /// `ctx.fetch`: fetching the input took longer than the fetcher's timeout.
+    pub const FETCH_TIMEOUT: &str = "fetch_timeout";
+    /// `ctx.fetch`: the input does not exist (HTTP 404/410, or a storage key with no object).
+    pub const FETCH_NOT_FOUND: &str = "fetch_not_found";
+    /// `ctx.fetch`: the input is larger than the fetcher's size limit.
+    pub const FETCH_TOO_LARGE: &str = "fetch_too_large";
+    /// `ctx.fetch`: the fetcher's policy refused the URL or one of its redirects (the SSRF
+    /// guard, a non-http(s) redirect, too many redirects).
+    pub const FETCH_BLOCKED: &str = "fetch_blocked";
+    /// `ctx.fetch`: the source is neither an http(s) URL nor a key of the host's storage.
+    pub const FETCH_INVALID_URL: &str = "fetch_invalid_url";
     /// An internal error of the plugin.
     pub const INTERNAL: &str = "internal";
 }

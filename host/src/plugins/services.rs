@@ -118,6 +118,8 @@ impl TaskContextApi for TaskServices {
                 .fetch_to(url.as_str(), &dir, name.as_deref())
                 .await
                 .map(|p| RString::from(p.to_string_lossy().as_ref()))
+                // `FetchError::code` is already namespaced (`fetch_timeout`, `fetch_blocked`…),
+                // so the task error says the input could not be fetched.
                 .map_err(|e| PluginError {
                     code: e.code().into(),
                     message: e.to_string().into(),
