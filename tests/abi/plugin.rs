@@ -62,7 +62,9 @@ extern "C" fn init(host: HostServices, _config_json: RString) -> RResult<(), Plu
         host.log(
             level::INFO,
             NAME.into(),
-            format!("initialised (built against {BUILT_AGAINST})").as_str().into(),
+            format!("initialised (built against {BUILT_AGAINST})")
+                .as_str()
+                .into(),
         );
     }
     ROk(())

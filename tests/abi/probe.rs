@@ -106,7 +106,10 @@ fn main() {
         ROk(info) => info,
         RErr(e) => refuse(format!("describe: {}: {}", e.code, e.message)),
     };
-    println!("loaded {} {} api {}", info.name, info.version, info.api_version);
+    println!(
+        "loaded {} {} api {}",
+        info.name, info.version, info.api_version
+    );
 
     #[cfg(feature = "v1_1")]
     match module.capabilities() {
@@ -118,7 +121,10 @@ fn main() {
     if let RErr(e) = module.init()(host, "{}".into()) {
         refuse(format!("init: {}: {}", e.code, e.message));
     }
-    let task_type = info.task_types.first().unwrap_or_else(|| refuse("no task type"));
+    let task_type = info
+        .task_types
+        .first()
+        .unwrap_or_else(|| refuse("no task type"));
     let work_dir = std::env::temp_dir();
     let request = TaskRequest {
         task_id: "0190f5d6-0000-7000-8000-000000000000".into(),
