@@ -8,12 +8,12 @@ use tokio::sync::watch;
 
 use crate::{
     api::{self, AppState},
-    config::{Config, QueueType, StorageType},
+    config::{Config, QueueType},
     dispatcher::{Dispatcher, DispatcherSettings},
     fetch::{FetchSettings, Fetcher},
     manifest::PluginManifest,
     plugins::Registry,
-    storage::{Storage, StorageKind, StorageSettings},
+    storage::{Storage, StorageSettings},
     store::{
         ConsumerInfo, TaskStore,
         postgres::{PostgresSettings, PostgresStore},
@@ -149,62 +149,9 @@ async fn announce_loop(store: Arc<dyn TaskStore>, registry: Arc<Registry>, worke
 
 /// Builds the storage facade the config names (`storage.*`; DESIGN.md §7).
 pub fn open_storage(config: &Config) -> Result<Storage, StartError> {
-    use crate::storage::{CfImagesSettings, GcsSettings, S3Settings, Secret};
-    let c = &config.storage;
     let files_base = format!("{}/files", config.public_url());
-    let nonempty = |v: &Option<String>| {
-        v.as_deref()
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .map(str::to_owned)
-    };
-    let s3 = || S3Settings {
-        bucket: nonempty(&c.bucket).unwrap_or_default(),
-        endpoint: nonempty(&c.endpoint),
-        region: nonempty(&c.region),
-        access_key_id: nonempty(&c.access_key_id),
-        secret_access_key: nonempty(&c.secret_access_key).map(Secret),
-        account_id: nonempty(&c.account_id),
-        public_base_url: nonempty(&c.public_base_url),
-        presign_secs: c.presign_secs,
-    };
-    let (kind, public_base) = match c.kind {
-        StorageType::Fs => (
-            StorageKind::Fs,
-            nonempty(&c.public_base_url).unwrap_or(files_base),
-        ),
-        StorageType::Memory => (
-            StorageKind::Memory,
-            nonempty(&c.public_base_url).unwrap_or(files_base),
-        ),
-        StorageType::S3 => (StorageKind::S3(s3()), files_base),
-        StorageType::R2 => (StorageKind::R2(s3()), files_base),
-        StorageType::Gcs => (
-            StorageKind::Gcs(GcsSettings {
-                bucket: nonempty(&c.bucket).unwrap_or_default(),
-                endpoint: nonempty(&c.endpoint),
-                credential_path: c.credential_path.clone(),
-                public_base_url: nonempty(&c.public_base_url),
-                presign_secs: c.presign_secs,
-            }),
-            files_base,
-        ),
-        StorageType::CfImages => (
-            StorageKind::CfImages(CfImagesSettings {
-                account_id: nonempty(&c.account_id).unwrap_or_default(),
-                api_token: Secret(nonempty(&c.api_token).unwrap_or_default()),
-                api_base: nonempty(&c.endpoint),
-                delivery_domain: nonempty(&c.delivery_domain),
-            }),
-            files_base,
-        ),
-    };
-    Ok(Storage::new(StorageSettings {
-        kind,
-        root: c.root.clone(),
-        prefix: c.prefix.clone(),
-        public_base_url: public_base,
-    })?)
+    let settings = StorageSettings::from_config(&config.storage, files_base);
+    Ok(Storage::new(settings)?)
 }
 
 /// Loads the plugins of the manifest the config names (blocking work on a blocking thread).

@@ -1,4 +1,5 @@
-//! Cloudflare Images: a small client for its upload API (opendal has no such service).
+//! Cloudflare Images: its settings, a small client for its upload API (opendal has no such
+//! service), and the storage operations built on that client.
 //!
 //! Objects are images stored under a custom ID (the backend path: prefix + logical key) with
 //! `POST {api}/accounts/{account_id}/images/v1` (multipart field `file`, plus `id`). Public URLs
@@ -6,13 +7,63 @@
 //! envelope `{"success", "errors": [{"code", "message"}], "messages", "result"}`; `success` is
 //! checked, not only the HTTP status, and error bodies are mapped to [`StorageError`]s with
 //! stable codes.
+//!
+//! Separate because it is the one backend not reached through opendal: it implements each
+//! storage operation itself (the opendal-backed ones share `operator.rs`).
 
-use std::time::Duration;
+use std::io;
+use std::path::Path;
+use std::pin::pin;
+use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 
-use super::{CfImagesSettings, StorageError, percent_encode_into};
+use super::backend::{ObjectRef, Written};
+use super::error::config_error;
+use super::key::content_type_for;
+use super::settings::nonempty;
+use super::stream::{ByteStream, range_bounds, slice_stream};
+use super::{ObjectMeta, Secret, StorageError, percent_encode_into};
+use crate::config::StorageConfig;
+
+/// Settings of the `cf_images` backend.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CfImagesSettings {
+    /// Cloudflare account id.
+    pub account_id: String,
+    /// API token with the Images Write permission.
+    pub api_token: Secret,
+    /// API base URL; `https://api.cloudflare.com/client/v4` when absent.
+    pub api_base: Option<String>,
+    /// Delivery domain (`imagedelivery.net`, or a zone of the account); the domain of the
+    /// variant URLs Cloudflare answers with when absent.
+    pub delivery_domain: Option<String>,
+}
+
+impl CfImagesSettings {
+    /// The `cf_images` keys of the `[storage]` section (`storage.endpoint` is the API base;
+    /// blank strings count as absent).
+    pub fn from_config(c: &StorageConfig) -> CfImagesSettings {
+        CfImagesSettings {
+            account_id: nonempty(&c.account_id).unwrap_or_default(),
+            api_token: Secret(nonempty(&c.api_token).unwrap_or_default()),
+            api_base: nonempty(&c.endpoint),
+            delivery_domain: nonempty(&c.delivery_domain),
+        }
+    }
+}
+
+/// Builds the `cf_images` backend. Refuses incomplete settings before any request.
+pub(super) fn backend(s: &CfImagesSettings) -> Result<CfImages, StorageError> {
+    if s.account_id.trim().is_empty() || s.api_token.0.trim().is_empty() {
+        return Err(config_error(
+            "storage.account_id and storage.api_token are required for cf_images",
+        ));
+    }
+    CfImages::new(s)
+}
 
 /// Cloudflare's API base when `storage.endpoint` is not set.
 pub const DEFAULT_API_BASE: &str = "https://api.cloudflare.com/client/v4";
@@ -255,6 +306,177 @@ impl CfImages {
     }
 }
 
+/// The body of a Cloudflare Images upload.
+enum CfBody<'a> {
+    /// A local file of this length, streamed.
+    File(&'a Path, u64),
+    /// Bytes in memory.
+    Bytes(Bytes),
+}
+
+impl CfBody<'_> {
+    async fn part(&self, key: &str) -> Result<reqwest::multipart::Part, StorageError> {
+        match self {
+            CfBody::File(path, len) => {
+                let file = tokio::fs::File::open(path)
+                    .await
+                    .map_err(|e| StorageError::local("put", key, path, e))?;
+                let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+                Ok(reqwest::multipart::Part::stream_with_length(body, *len))
+            }
+            CfBody::Bytes(bytes) => Ok(reqwest::multipart::Part::stream(bytes.clone())),
+        }
+    }
+}
+
+/// The storage operations (see [`Storage`](super::Storage)), on the backend path as image ID.
+impl CfImages {
+    /// Uploads `body` as image `obj.path`, replacing an image of the same ID (Cloudflare
+    /// refuses a taken ID with HTTP 409); returns the delivery URL.
+    async fn put(
+        &self,
+        obj: ObjectRef<'_>,
+        content_type: &str,
+        body: CfBody<'_>,
+    ) -> Result<String, StorageError> {
+        let (key, id) = (obj.key, obj.path);
+        let name = key.rsplit('/').next().unwrap_or(key);
+        let details = match self
+            .upload("put", key, id, name, content_type, body.part(key).await?)
+            .await
+        {
+            Err(StorageError::Rejected { status: 409, .. }) => {
+                self.delete(key, id).await?;
+                self.upload("put", key, id, name, content_type, body.part(key).await?)
+                    .await?
+            }
+            other => other?,
+        };
+        self.delivery_url(key, &details)
+    }
+
+    /// Uploads the local file `path`, streamed; larger than [`MAX_IMAGE_BYTES`] is refused.
+    pub(super) async fn put_file(
+        &self,
+        obj: ObjectRef<'_>,
+        path: &Path,
+        content_type: &str,
+    ) -> Result<Written, StorageError> {
+        let key = obj.key;
+        let len = tokio::fs::metadata(path)
+            .await
+            .map_err(|e| StorageError::local("put", key, path, e))?
+            .len();
+        if len > MAX_IMAGE_BYTES {
+            return Err(StorageError::TooLarge {
+                key: key.to_owned(),
+                limit: MAX_IMAGE_BYTES,
+            });
+        }
+        let url = self.put(obj, content_type, CfBody::File(path, len)).await?;
+        Ok(Written {
+            size: len,
+            url: Some(url),
+        })
+    }
+
+    /// Uploads the bytes of `stream`, held in memory first (at most `max_bytes` and
+    /// [`MAX_IMAGE_BYTES`]).
+    pub(super) async fn put_stream<S>(
+        &self,
+        obj: ObjectRef<'_>,
+        stream: S,
+        content_type: &str,
+        max_bytes: u64,
+    ) -> Result<Written, StorageError>
+    where
+        S: Stream<Item = Result<Bytes, io::Error>>,
+    {
+        let key = obj.key;
+        let mut stream = pin!(stream);
+        let limit = max_bytes.min(MAX_IMAGE_BYTES);
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| StorageError::upload_read(key, e))?;
+            if (buf.len() + chunk.len()) as u64 > limit {
+                return Err(StorageError::TooLarge {
+                    key: key.to_owned(),
+                    limit,
+                });
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        let bytes = buf.freeze();
+        let size = bytes.len() as u64;
+        let url = self.put(obj, content_type, CfBody::Bytes(bytes)).await?;
+        Ok(Written {
+            size,
+            url: Some(url),
+        })
+    }
+
+    /// The metadata of the original image, from the headers of its blob.
+    pub(super) async fn stat(&self, obj: ObjectRef<'_>) -> Result<ObjectMeta, StorageError> {
+        let response = self.blob(obj.key, obj.path).await?;
+        meta(obj.key, &response)
+    }
+
+    /// The original image's metadata and the bytes `range` asks for.
+    pub(super) async fn read(
+        &self,
+        obj: ObjectRef<'_>,
+        range: Option<(u64, Option<u64>)>,
+    ) -> Result<(ObjectMeta, ByteStream), StorageError> {
+        let response = self.blob(obj.key, obj.path).await?;
+        let meta = meta(obj.key, &response)?;
+        let (start, end) = range_bounds(obj.key, range, meta.size)?;
+        let stream = response.bytes_stream().map(|r| r.map_err(io::Error::other));
+        Ok((meta, slice_stream(stream, start, end)))
+    }
+
+    /// The delivery URL of the stored image.
+    pub(super) async fn url(&self, obj: ObjectRef<'_>) -> Result<String, StorageError> {
+        let details = self.details(obj.key, obj.path).await?;
+        self.delivery_url(obj.key, &details)
+    }
+
+    /// Asks for the (missing) probe image `obj`, which proves the token, without uploading.
+    pub(super) async fn check(&self, obj: ObjectRef<'_>) -> Result<(), StorageError> {
+        match self.details(obj.key, obj.path).await {
+            Ok(_) | Err(StorageError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// [`ObjectMeta`] from the headers of a blob answer.
+fn meta(key: &str, response: &reqwest::Response) -> Result<ObjectMeta, StorageError> {
+    let size = response
+        .content_length()
+        .ok_or_else(|| StorageError::Remote {
+            op: "stat",
+            key: key.to_owned(),
+            detail: "Cloudflare Images answered the image without a Content-Length".into(),
+        })?;
+    let header = |name| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    Ok(ObjectMeta {
+        size,
+        content_type: content_type_for(
+            key,
+            &header(reqwest::header::CONTENT_TYPE).unwrap_or_default(),
+        ),
+        last_modified: header(reqwest::header::LAST_MODIFIED)
+            .and_then(|v| chrono::DateTime::parse_from_rfc2822(&v).ok())
+            .map(SystemTime::from),
+    })
+}
+
 fn unreachable_error(op: &'static str, key: &str, e: &reqwest::Error) -> StorageError {
     StorageError::Remote {
         op,
@@ -365,10 +587,18 @@ mod tests {
     }
 
     #[test]
+    fn cf_images_settings_required() {
+        let storage = crate::storage::tests::remote(crate::storage::StorageKind::CfImages(
+            CfImagesSettings::default(),
+        ));
+        assert_eq!(storage.unwrap_err().code(), "storage_misconfigured");
+    }
+
+    #[test]
     fn cf_images_delivery_urls() {
         let mut settings = CfImagesSettings {
             account_id: "acc".into(),
-            api_token: super::super::Secret("t".into()),
+            api_token: Secret("t".into()),
             api_base: None,
             delivery_domain: None,
         };
