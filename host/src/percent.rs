@@ -1,5 +1,6 @@
 //! The one percent codec of the host (RFC 3986 `%XX` escapes), used wherever keys and file
-//! names travel in URL paths: storage's public URLs and the fetcher's file names.
+//! names travel in URL paths: storage's public URLs, `GET /files/{key}`, Cloudflare Images
+//! account paths and the fetcher's file names.
 //!
 //! It is separate so that every place encodes and decodes the same way: encoding keeps only
 //! the unreserved characters (`A-Za-z0-9-._~`) of one path segment, decoding is either strict
@@ -8,13 +9,6 @@
 
 /// Appends `segment` to `out`, every byte except `A-Za-z0-9-._~` written as `%XX` (upper-case
 /// hex). `/` is escaped too: the caller joins segments.
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "storage moves to this codec when the branches are merged"
-    )
-)]
 pub(crate) fn encode_segment_into(segment: &str, out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for &b in segment.as_bytes() {
@@ -30,13 +24,6 @@ pub(crate) fn encode_segment_into(segment: &str, out: &mut String) {
 
 /// Decodes `%XX` escapes; `None` when an escape is malformed (not `%` and two hex digits) or
 /// the result is not UTF-8.
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "storage moves to this codec when the branches are merged"
-    )
-)]
 pub(crate) fn decode(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());

@@ -106,7 +106,7 @@ fn parse_range(h: Option<&str>) -> RangeSpec {
 #[handler]
 pub async fn get_file(req: &Request, Data(state): Data<&Arc<AppState>>) -> Response {
     let key = req.uri().path().trim_start_matches("/files/");
-    let key = match crate::storage::percent_decode(key) {
+    let key = match crate::percent::decode(key) {
         Some(k) => k,
         None => {
             return error_response(
@@ -205,7 +205,7 @@ mod tests {
 
     #[test]
     fn decode() {
-        use crate::storage::percent_decode;
+        use crate::percent::decode as percent_decode;
         assert_eq!(percent_decode("a%20b.png").as_deref(), Some("a b.png"));
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(percent_decode("%2"), None);

@@ -25,7 +25,8 @@ use super::error::config_error;
 use super::key::content_type_for;
 use super::settings::nonempty;
 use super::stream::{ByteStream, range_bounds, slice_stream};
-use super::{ObjectMeta, Secret, StorageError, percent_encode_into};
+use super::{ObjectMeta, Secret, StorageError};
+use crate::percent::encode_segment_into as percent_encode_into;
 use crate::config::StorageConfig;
 
 /// Settings of the `cf_images` backend.

@@ -19,7 +19,7 @@
 //! `gcs.rs`) from Cloudflare Images (`cf_images.rs`). Each backend's file owns its settings.
 //! Errors are in `error.rs`, key rules in `key.rs`, URLs in `url.rs`, stream helpers in
 //! `stream.rs`, the facade's settings and their translation from the config in `settings.rs`,
-//! the percent codec in `percent.rs`.
+//! and the percent codec is the host-wide one, `crate::percent`.
 
 mod backend;
 pub mod cf_images;
@@ -29,7 +29,6 @@ mod gcs;
 mod key;
 mod memory;
 mod operator;
-mod percent;
 mod s3;
 mod settings;
 mod stream;
@@ -52,7 +51,6 @@ pub use error::StorageError;
 pub use gcs::GcsSettings;
 pub use key::{MAX_KEY_LEN, validate_key};
 use key::{PROBE_DIR, content_type_for, normalise_prefix};
-pub(crate) use percent::{percent_decode, percent_encode_into};
 pub use s3::S3Settings;
 pub use settings::{Secret, StorageKind, StorageSettings};
 pub use stream::ByteStream;

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use super::{percent_decode, percent_encode_into};
+use crate::percent::{decode as percent_decode, encode_segment_into as percent_encode_into};
 
 /// Default lifetime of presigned GET URLs.
 pub const DEFAULT_PRESIGN_SECS: u64 = 3600;
