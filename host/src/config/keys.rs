@@ -167,6 +167,8 @@ pub(super) fn suggest(section: &str, key: &str) -> Option<(&'static str, &'stati
 
 #[cfg(test)]
 mod tests {
+    use serde::{Deserialize, de::Visitor};
+
     use super::*;
     use crate::config::{Config, layers::Layers, settings};
 
@@ -222,6 +224,54 @@ mod tests {
                 let (v, _) = &l.values[&(*s, *k)];
                 settings::check_key(s, k, v).unwrap_or_else(|e| panic!("{s}.{k}: {e}"));
             }
+        }
+    }
+
+    /// A deserializer that only records the field names a struct asks for (serde's derive passes
+    /// them, `rename`s applied and `skip`ped fields left out), then stops.
+    struct FieldNames<'a>(&'a mut &'static [&'static str]);
+
+    impl<'de> serde::Deserializer<'de> for FieldNames<'_> {
+        type Error = serde::de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(serde::de::Error::custom("not a struct"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(serde::de::Error::custom("fields recorded"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+            ignored_any
+        }
+    }
+
+    /// Unlike `schema_matches_the_structs`, needs no value set: an `Option` field left out of
+    /// both the table and that test is still found.
+    #[test]
+    fn key_table_lists_every_struct_field_in_order() {
+        let mut sections = &[][..];
+        assert!(Config::deserialize(FieldNames(&mut sections)).is_err());
+        let table: Vec<&str> = SCHEMA.iter().map(|(s, _)| *s).collect();
+        assert_eq!(sections, table, "sections of `Config` vs the key table");
+        for (section, keys) in SCHEMA {
+            let mut fields = &[][..];
+            let result = settings::deserialize_section(section, FieldNames(&mut fields));
+            assert!(
+                result.is_some(),
+                "settings::deserialize_section does not know `{section}`"
+            );
+            let table: Vec<&str> = keys.iter().map(|(k, _)| *k).collect();
+            assert_eq!(fields, table, "fields of `[{section}]` vs the key table");
         }
     }
 
