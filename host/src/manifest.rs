@@ -26,7 +26,10 @@ use std::{
 use semver::VersionReq;
 use serde_json::Value as Json;
 
-use crate::config::{ConfigError, ConfigErrors, Origin, TomlFile, absolute_against, closest};
+use crate::config::{
+    error::{ConfigError, ConfigErrors, Origin},
+    toml_file::{TomlFile, absolute_against, closest},
+};
 
 const TOP_KEYS: [&str; 3] = ["dir", "autoload", "plugin"];
 const ENTRY_KEYS: [&str; 6] = [

@@ -1,0 +1,336 @@
+//! Validation: the checks a loaded [`Config`] must pass beyond its types (addresses, URLs,
+//! ranges, keys one backend requires, log filters), each problem reported at the origin of the
+//! value concerned.
+//!
+//! Separate from the settings structs so that the rules of all sections read in one place, and
+//! from loading so that the load reads as its steps.
+
+use std::net::SocketAddr;
+
+use super::{Config, ConfigError, QueueType, StorageType, layers::Layers};
+
+impl Config {
+    /// Reports every value that is not acceptable, or missing, to `l`.
+    pub(super) fn validate(&self, l: &mut Layers) {
+        // server
+        if !is_socket_address(&self.server.bind) {
+            l.invalid(
+                ("server", "bind"),
+                format!(
+                    "`{}` is not a socket address (host:port, e.g. 127.0.0.1:8000)",
+                    self.server.bind
+                ),
+            );
+        }
+        if let Some(u) = &self.server.public_url
+            && let Err(m) = check_http_url(u)
+        {
+            l.invalid(("server", "public_url"), m);
+        }
+        if self.server.api_keys.iter().any(|k| k.trim().is_empty()) {
+            l.invalid(("server", "api_keys"), "an API key is empty");
+        }
+        for (key, v) in [
+            ("max_body_bytes", self.server.max_body_bytes),
+            ("max_upload_bytes", self.server.max_upload_bytes),
+        ] {
+            if v == 0 {
+                l.invalid(("server", key), "must be at least 1");
+            }
+        }
+
+        // queue
+        let q = &self.queue;
+        if q.kind == QueueType::Postgres {
+            match &q.url {
+                None => l.errors.push(ConfigError::MissingValue {
+                    origin: l.origin(("queue", "type")),
+                    key: "queue.url".to_owned(),
+                    message:
+                        "required when queue.type is `postgres` (postgres://user:pass@host/db)"
+                            .to_owned(),
+                }),
+                Some(u) => match url::Url::parse(u) {
+                    Ok(parsed) if matches!(parsed.scheme(), "postgres" | "postgresql") => {}
+                    Ok(parsed) => l.invalid(
+                        ("queue", "url"),
+                        format!(
+                            "scheme `{}` is not postgres:// or postgresql://",
+                            parsed.scheme()
+                        ),
+                    ),
+                    Err(e) => l.invalid(("queue", "url"), format!("not a URL: {e}")),
+                },
+            }
+        }
+        for (key, v) in [
+            ("lease_secs", q.lease_secs),
+            ("poll_interval_ms", q.poll_interval_ms),
+            ("default_max_attempts", u64::from(q.default_max_attempts)),
+            ("max_connections", u64::from(q.max_connections)),
+        ] {
+            if v == 0 {
+                l.invalid(("queue", key), "must be at least 1");
+            }
+        }
+        if q.backoff_base_ms > q.backoff_max_ms {
+            l.invalid(
+                ("queue", "backoff_base_ms"),
+                format!(
+                    "{} is above queue.backoff_max_ms ({})",
+                    q.backoff_base_ms, q.backoff_max_ms
+                ),
+            );
+        }
+
+        // storage
+        let s = &self.storage;
+        let need = |l: &mut Layers, key: &str, present: bool, why: &str| {
+            if !present {
+                l.errors.push(ConfigError::MissingValue {
+                    origin: l.origin(("storage", "type")),
+                    key: format!("storage.{key}"),
+                    message: format!("required when storage.type is `{why}`"),
+                });
+            }
+        };
+        let has = |o: &Option<String>| o.as_deref().is_some_and(|v| !v.trim().is_empty());
+        match s.kind {
+            StorageType::Fs | StorageType::Memory => {}
+            StorageType::S3 => need(l, "bucket", has(&s.bucket), "s3"),
+            StorageType::R2 => {
+                need(l, "bucket", has(&s.bucket), "r2");
+                need(
+                    l,
+                    "account_id",
+                    has(&s.account_id) || has(&s.endpoint),
+                    "r2 (or set storage.endpoint)",
+                );
+            }
+            StorageType::Gcs => need(l, "bucket", has(&s.bucket), "gcs"),
+            StorageType::CfImages => {
+                need(l, "account_id", has(&s.account_id), "cf_images");
+                need(l, "api_token", has(&s.api_token), "cf_images");
+            }
+        }
+        for (key, v) in [
+            ("endpoint", &s.endpoint),
+            ("public_base_url", &s.public_base_url),
+        ] {
+            if let Some(u) = v
+                && let Err(m) = check_http_url(u)
+            {
+                l.invalid(("storage", key), m);
+            }
+        }
+        if s.presign_secs == 0 || s.presign_secs > 604_800 {
+            l.invalid(
+                ("storage", "presign_secs"),
+                "must be between 1 and 604800 (7 days)",
+            );
+        }
+
+        // fetch
+        let f = &self.fetch;
+        for (key, v) in [
+            ("max_bytes", f.max_bytes),
+            ("timeout_secs", f.timeout_secs),
+            ("connect_timeout_secs", f.connect_timeout_secs),
+            ("concurrency", f.concurrency as u64),
+        ] {
+            if v == 0 {
+                l.invalid(("fetch", key), "must be at least 1");
+            }
+        }
+        if f.allow_hosts.iter().any(|h| h.trim().is_empty()) {
+            l.invalid(("fetch", "allow_hosts"), "a host is empty");
+        }
+
+        // dispatcher
+        if self.dispatcher.default_concurrency == 0 {
+            l.invalid(("dispatcher", "default_concurrency"), "must be at least 1");
+        }
+        if self
+            .dispatcher
+            .worker_id
+            .as_deref()
+            .is_some_and(|w| w.trim().is_empty())
+        {
+            l.invalid(("dispatcher", "worker_id"), "must not be empty");
+        }
+
+        // log
+        if let Err(m) = check_log_level(&self.log.level) {
+            l.invalid(("log", "level"), m);
+        }
+    }
+}
+
+/// `host:port` with a numeric port: an IP socket address or a host name.
+fn is_socket_address(s: &str) -> bool {
+    if s.parse::<SocketAddr>().is_ok() {
+        return true;
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return false;
+    };
+    port.parse::<u16>().is_ok()
+        && !host.is_empty()
+        && host.split('.').all(|label| {
+            !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+/// An `http://` or `https://` URL with a host.
+fn check_http_url(u: &str) -> Result<(), String> {
+    match url::Url::parse(u) {
+        Ok(p) if matches!(p.scheme(), "http" | "https") && p.host().is_some() => Ok(()),
+        Ok(_) => Err(format!(
+            "`{u}` is not an http:// or https:// URL with a host"
+        )),
+        Err(e) => Err(format!("`{u}` is not a URL: {e}")),
+    }
+}
+
+/// A level (`info`) or a `tracing` filter (`info,aihost=debug`); a bare word must be a level,
+/// so that a typo (`inf`) is not taken for a target name.
+fn check_log_level(level: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if !directive.contains(['=', '[', ':'])
+            && !LEVELS.contains(&directive.to_lowercase().as_str())
+        {
+            return Err(format!(
+                "`{directive}` is not a level (trace, debug, info, warn, error, off) or a `target=level` directive"
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(level)
+        .map(drop)
+        .map_err(|e| format!("`{level}` is not a log filter: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::config::{ConfigError, Origin, test_support::*};
+
+    #[test]
+    fn every_error_in_one_file_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            r#"[server]
+bnd = "127.0.0.1:1"
+bind = "not an address"
+max_body_bytes = "big"
+public_url = "ftp://x"
+
+[queue]
+type = "postgres"
+lease_secs = 0
+default_max_attempts = -1
+
+[storag]
+root = "x"
+
+[log]
+format = "xml"
+level = "verbose"
+"#,
+        );
+        let e = Config::load(Some(&p), &BTreeMap::new()).unwrap_err();
+        let got = codes(&e);
+        for want in [
+            ("unknown_key", Some("server.bnd")),
+            ("invalid_value", Some("server.bind")),
+            ("invalid_type", Some("server.max_body_bytes")),
+            ("invalid_value", Some("server.public_url")),
+            ("missing_value", Some("queue.url")),
+            ("invalid_value", Some("queue.lease_secs")),
+            ("invalid_value", Some("queue.default_max_attempts")),
+            ("unknown_key", Some("storag")),
+            ("invalid_value", Some("log.format")),
+            ("invalid_value", Some("log.level")),
+        ] {
+            assert!(got.contains(&want), "missing {want:?} in {got:?}\n{e}");
+        }
+        assert_eq!(got.len(), 10, "{e}");
+        let text = e.to_string();
+        assert_eq!(text.lines().count(), 10, "{text}");
+        assert!(text.lines().all(|l| l.contains("aihost.toml:")), "{text}");
+        let bnd = e.iter().find(|e| e.key() == Some("server.bnd")).unwrap();
+        assert!(
+            matches!(bnd, ConfigError::UnknownKey { suggestion: Some(s), origin: Origin::File { line: Some(2), .. }, .. } if s == "server.bind"),
+            "{bnd:?}"
+        );
+        assert!(text.contains("did you mean `server.bind`?"), "{text}");
+        let storag = e.iter().find(|e| e.key() == Some("storag")).unwrap();
+        assert!(
+            matches!(storag, ConfigError::UnknownKey { suggestion: Some(s), .. } if s == "storage")
+        );
+        let ty = e
+            .iter()
+            .find(|e| e.key() == Some("server.max_body_bytes"))
+            .unwrap();
+        assert_eq!(
+            ty.origin(),
+            &Origin::File {
+                path: std::path::absolute(&p).unwrap(),
+                line: Some(4)
+            }
+        );
+        // Sorted by line.
+        let lines: Vec<usize> = e
+            .iter()
+            .map(|e| match e.origin() {
+                Origin::File { line, .. } => line.unwrap(),
+                _ => 0,
+            })
+            .collect();
+        assert!(lines.is_sorted(), "{lines:?}");
+    }
+
+    #[test]
+    fn storage_backends_need_their_keys() {
+        let e = Config::load(None, &env(&[("AIHOST_STORAGE__TYPE", "cf_images")])).unwrap_err();
+        assert_eq!(
+            codes(&e),
+            vec![
+                ("missing_value", Some("storage.account_id")),
+                ("missing_value", Some("storage.api_token"))
+            ]
+        );
+        assert_eq!(
+            e[0].origin(),
+            &Origin::Env("AIHOST_STORAGE__TYPE".to_owned())
+        );
+        let e = Config::load(None, &env(&[("STORAGE_PROVIDER", "gcs")])).unwrap_err();
+        assert_eq!(codes(&e), vec![("missing_value", Some("storage.bucket"))]);
+    }
+
+    #[test]
+    fn socket_addresses() {
+        for ok in [
+            "127.0.0.1:8000",
+            "[::1]:80",
+            "0.0.0.0:0",
+            "localhost:8080",
+            "my-host.lan:1",
+        ] {
+            assert!(is_socket_address(ok), "{ok}");
+        }
+        for bad in [
+            "127.0.0.1",
+            "localhost",
+            ":80",
+            "host:99999",
+            "a b:80",
+            "http://x:80",
+        ] {
+            assert!(!is_socket_address(bad), "{bad}");
+        }
+    }
+}
