@@ -1226,7 +1226,7 @@ mod tests {
         assert_eq!(clean_percent(150.0), 100.0);
     }
 
-    use crate::store::conformance::postgres::PgHarness;
+    use crate::store::conformance::pg::PgHarness;
     use serde_json::json;
 
     fn new_task(task_type: &str) -> NewTask {
