@@ -2,7 +2,7 @@
 //!
 //! Every read and write of task state goes through this trait (DESIGN §2). Implementations:
 //! [`sqlite::SqliteStore`] (embedded default) and [`postgres::PostgresStore`] (scale-out: many
-//! processes on many machines); both pass the same conformance suite (`conformance.rs`).
+//! processes on many machines); both pass the same conformance suite (`conformance/`).
 //!
 //! Invariants every implementation keeps:
 //! - a task accepted by [`TaskStore::insert`] is durable when the call returns;

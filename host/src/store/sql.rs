@@ -1,16 +1,24 @@
-//! What the SQL stores share: embedded migrations, the mapping of database errors, and the
-//! decoding of stored JSON, statuses and cursors.
+//! What the SQL stores share: embedded migrations, the mapping of database errors, the
+//! decoding of stored JSON, statuses, cursors and columns, the clamping of progress, and the
+//! paging of [`TaskStore::list`](super::TaskStore::list).
 
 use std::borrow::Cow;
 
 use serde_json::Value;
 use sqlx::{
-    SqlSafeStr,
+    ColumnIndex, Decode, Row, SqlSafeStr, Type,
     migrate::{Migration, MigrationType, Migrator},
 };
 use uuid::Uuid;
 
-use super::{Status, StoreError, StoreResult};
+use super::{Page, Status, StoreError, StoreResult, Task};
+
+/// Page size of [`TaskStore::list`](super::TaskStore::list) when the filter says 0.
+const DEFAULT_PAGE: u32 = 50;
+/// Largest page of [`TaskStore::list`](super::TaskStore::list).
+const MAX_PAGE: u32 = 1000;
+/// Completed tasks (most recent first) the processing-time percentiles are computed over.
+pub(super) const PERCENTILE_SAMPLE: i64 = 10_000;
 
 /// A migrator over embedded `(version, description, SQL)` migrations.
 pub(super) fn migrator(migrations: &'static [(i64, &'static str, &'static str)]) -> Migrator {
@@ -51,6 +59,11 @@ pub(super) fn json(text: &str, name: &str) -> StoreResult<Value> {
 }
 
 /// Cursors are the id of the last task of the previous page.
+pub(super) fn encode_cursor(id: Uuid) -> String {
+    id.to_string()
+}
+
+/// The id a cursor of [`encode_cursor`] holds.
 pub(super) fn decode_cursor(cursor: &str) -> StoreResult<Uuid> {
     Uuid::try_parse(cursor).map_err(|_| StoreError::InvalidCursor)
 }
@@ -58,4 +71,51 @@ pub(super) fn decode_cursor(cursor: &str) -> StoreResult<Uuid> {
 /// A stored status.
 pub(super) fn parse_status(s: &str) -> StoreResult<Status> {
     Status::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown status {s:?}")))
+}
+
+/// The page size a list filter asks for: 0 means the default, and it is capped.
+pub(super) fn page_size(limit: u32) -> u32 {
+    match limit {
+        0 => DEFAULT_PAGE,
+        n => n.min(MAX_PAGE),
+    }
+}
+
+/// One page of `limit` tasks from a query that selected `limit + 1`: the extra one only tells
+/// that a next page exists.
+pub(super) fn into_page(mut tasks: Vec<Task>, limit: u32) -> Page {
+    let next_cursor = if tasks.len() > limit as usize {
+        tasks.truncate(limit as usize);
+        tasks.last().map(|t| encode_cursor(t.id))
+    } else {
+        None
+    };
+    Page { tasks, next_cursor }
+}
+
+/// Progress in range and defined (SQLite would store NaN as NULL).
+pub(super) fn clean_percent(p: f32) -> f32 {
+    if p.is_nan() { 0.0 } else { p.clamp(0.0, 100.0) }
+}
+
+/// Column `name` of a row; a value that does not decode is corruption.
+pub(super) fn column<'r, T, R>(row: &'r R, name: &str) -> StoreResult<T>
+where
+    R: Row,
+    for<'n> &'n str: ColumnIndex<R>,
+    T: Decode<'r, R::Database> + Type<R::Database>,
+{
+    row.try_get(name)
+        .map_err(|e| StoreError::Corrupt(format!("column {name}: {e}")))
+}
+
+/// The `COUNT(*) AS n` column of a row.
+pub(super) fn count<R>(row: &R) -> StoreResult<u64>
+where
+    R: Row,
+    for<'n> &'n str: ColumnIndex<R>,
+    i64: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+{
+    let n: i64 = column(row, "n")?;
+    u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("negative count {n}")))
 }

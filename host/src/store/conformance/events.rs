@@ -1,0 +1,95 @@
+//! Conformance checks of events: every change is published, in order, with the task as it is
+//! after the change. One file per topic keeps each concern readable; the suite
+//! (`conformance_suite!` in `mod.rs`) runs them all.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::json;
+
+use super::{Harness, LEASE, claim_one, err, insert, new_task, next_event, with_attempts};
+use crate::store::{EventKind, Progress, Status};
+
+/// Created, Started, Progress, Completed arrive in order with the task as it is then.
+pub async fn events_in_order(h: &dyn Harness) {
+    let store = h.open().await;
+    let mut rx = store.subscribe();
+    let task = insert(&*store, new_task("events", 0)).await;
+    let claimed = claim_one(&*store, "events", LEASE).await;
+    let progress = Progress {
+        percent: 50.0,
+        message: "half".into(),
+    };
+    store
+        .set_progress(task.id, 1, progress.clone())
+        .await
+        .unwrap();
+    let done = store
+        .complete(task.id, 1, json!("ok"))
+        .await
+        .unwrap()
+        .unwrap();
+
+    let e = next_event(&mut rx).await;
+    assert_eq!((e.kind, &e.task), (EventKind::Created, &task));
+    let e = next_event(&mut rx).await;
+    assert_eq!((e.kind, &e.task), (EventKind::Started, &claimed));
+    let e = next_event(&mut rx).await;
+    assert_eq!(e.kind, EventKind::Progress);
+    assert_eq!(e.task.progress, Some(progress));
+    let e = next_event(&mut rx).await;
+    assert_eq!((e.kind, &e.task), (EventKind::Completed, &done));
+    assert!(rx.try_recv().is_err());
+}
+
+/// Retrying, Failed, CancelRequested and Cancelled events.
+pub async fn events_of_retries_and_cancels(h: &dyn Harness) {
+    let store = h.open().await;
+    let task = insert(&*store, with_attempts(new_task("events2", 0), 2)).await;
+    let mut rx = store.subscribe();
+    claim_one(&*store, "events2", LEASE).await;
+    store
+        .fail(task.id, 1, err("a"), Some(Utc::now()))
+        .await
+        .unwrap()
+        .unwrap();
+    claim_one(&*store, "events2", LEASE).await;
+    store.release(task.id, 2).await.unwrap();
+    claim_one(&*store, "events2", LEASE).await;
+    store
+        .fail(task.id, 2, err("b"), Some(Utc::now()))
+        .await
+        .unwrap()
+        .unwrap();
+
+    let running = insert(&*store, new_task("events3", 0)).await;
+    claim_one(&*store, "events3", LEASE).await;
+    store.cancel(running.id).await.unwrap();
+    store
+        .finish_cancelled(running.id, 1)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let mut kinds = Vec::new();
+    while let Ok(Ok(e)) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
+        kinds.push((e.kind, e.task.status));
+    }
+    use EventKind as K;
+    use Status as S;
+    assert_eq!(
+        kinds,
+        vec![
+            (K::Started, S::Processing),
+            (K::Retrying, S::Pending),
+            (K::Started, S::Processing),
+            (K::Retrying, S::Pending),
+            (K::Started, S::Processing),
+            (K::Failed, S::Failed),
+            (K::Created, S::Pending),
+            (K::Started, S::Processing),
+            (K::CancelRequested, S::Processing),
+            (K::Cancelled, S::Cancelled),
+        ]
+    );
+}

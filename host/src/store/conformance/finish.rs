@@ -1,0 +1,255 @@
+//! Conformance checks of the end of an attempt: completion exactly once, failure with and
+//! without retry, release at shutdown, and cancels in every state. One file per topic keeps each
+//! concern readable; the suite (`conformance_suite!` in `mod.rs`) runs them all.
+
+use chrono::Utc;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{
+    Harness, LEASE, assert_close, assert_recent, claim_one, err, get, insert, new_task,
+    with_attempts,
+};
+use crate::store::{CancelOutcome, Status};
+
+/// The first completion wins; later or stale ones change nothing.
+pub async fn complete_exactly_once(h: &dyn Harness) {
+    let store = h.open().await;
+    let task = insert(&*store, new_task("once", 0)).await;
+    assert!(
+        store
+            .complete(task.id, 0, json!(0))
+            .await
+            .unwrap()
+            .is_none(),
+        "pending task"
+    );
+    claim_one(&*store, "once", LEASE).await;
+    assert!(
+        store
+            .complete(task.id, 2, json!("stale"))
+            .await
+            .unwrap()
+            .is_none(),
+        "wrong attempt"
+    );
+
+    let done = store
+        .complete(task.id, 1, json!({ "first": true }))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.status, Status::Completed);
+    assert_eq!(done.result, Some(json!({ "first": true })));
+    assert_eq!(done.attempts, 1);
+
+    let mut rx = store.subscribe();
+    assert!(
+        store
+            .complete(task.id, 1, json!("again"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .fail(task.id, 1, err("late"), None)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.finish_cancelled(task.id, 1).await.unwrap().is_none());
+    assert!(!store.release(task.id, 1).await.unwrap());
+    assert_eq!(get(&*store, task.id).await, done);
+    assert!(
+        rx.try_recv().is_err(),
+        "refused completions publish nothing"
+    );
+}
+
+/// A retryable failure goes back to PENDING with the error kept; the last attempt fails.
+pub async fn fail_retry_then_exhausted(h: &dyn Harness) {
+    let store = h.open().await;
+    let task = insert(&*store, with_attempts(new_task("retry", 0), 2)).await;
+    claim_one(&*store, "retry", LEASE).await;
+    assert!(
+        store
+            .fail(task.id, 2, err("stale"), Some(Utc::now()))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let retry_at = Utc::now();
+    let pending = store
+        .fail(task.id, 1, err("first"), Some(retry_at))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pending.status, Status::Pending);
+    assert_eq!(pending.attempts, 1);
+    assert_eq!(pending.error, Some(err("first")));
+    assert_close(pending.run_at, retry_at);
+    assert_eq!(pending.worker, None);
+    assert_eq!(pending.lease_until, None);
+    assert_eq!(pending.finished_at, None);
+    assert_eq!(get(&*store, task.id).await, pending);
+
+    let second = claim_one(&*store, "retry", LEASE).await;
+    assert_eq!(second.attempts, 2);
+    let failed = store
+        .fail(task.id, 2, err("second"), Some(Utc::now()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(failed.status, Status::Failed);
+    assert_eq!(failed.attempts, 2);
+    assert_eq!(failed.error, Some(err("second")));
+    assert_recent(failed.finished_at.expect("finished_at"));
+    assert_eq!(failed.lease_until, None);
+    assert!(
+        store
+            .claim("retry", "w", LEASE, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .fail(task.id, 2, err("again"), None)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(get(&*store, task.id).await, failed);
+}
+
+/// Without `retry_at` a failure is final even with attempts left.
+pub async fn fail_without_retry_is_final(h: &dyn Harness) {
+    let store = h.open().await;
+    let task = insert(&*store, with_attempts(new_task("final", 0), 5)).await;
+    claim_one(&*store, "final", LEASE).await;
+    let failed = store
+        .fail(task.id, 1, err("fatal"), None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(failed.status, Status::Failed);
+    assert_eq!(failed.error, Some(err("fatal")));
+    assert!(failed.finished_at.is_some());
+}
+
+/// A released attempt is not counted and the task is claimable at once.
+pub async fn release_does_not_count_the_attempt(h: &dyn Harness) {
+    let store = h.open().await;
+    let task = insert(&*store, new_task("release", 0)).await;
+    claim_one(&*store, "release", LEASE).await;
+    assert!(!store.release(task.id, 2).await.unwrap(), "wrong attempt");
+    assert!(store.release(task.id, 1).await.unwrap());
+    let released = get(&*store, task.id).await;
+    assert_eq!(released.status, Status::Pending);
+    assert_eq!(released.attempts, 0);
+    assert_eq!(released.worker, None);
+    assert_eq!(released.lease_until, None);
+    assert!(
+        !store.release(task.id, 1).await.unwrap(),
+        "no longer processing"
+    );
+
+    let again = claim_one(&*store, "release", LEASE).await;
+    assert_eq!(again.id, task.id);
+    assert_eq!(again.attempts, 1);
+}
+
+/// Releasing an attempt whose cancel was requested ends the task CANCELLED.
+pub async fn release_with_cancel_requested_cancels(h: &dyn Harness) {
+    let store = h.open().await;
+    let task = insert(&*store, new_task("release.cancel", 0)).await;
+    claim_one(&*store, "release.cancel", LEASE).await;
+    assert!(matches!(
+        store.cancel(task.id).await.unwrap(),
+        CancelOutcome::Requested(_)
+    ));
+    assert!(store.release(task.id, 1).await.unwrap());
+    let cancelled = get(&*store, task.id).await;
+    assert_eq!(cancelled.status, Status::Cancelled);
+    assert!(cancelled.finished_at.is_some());
+    assert!(
+        store
+            .claim("release.cancel", "w", LEASE, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Cancel of a pending, running, finished and unknown task.
+pub async fn cancel_in_each_state(h: &dyn Harness) {
+    let store = h.open().await;
+    let pending = insert(&*store, new_task("cancel.pending", 0)).await;
+    let CancelOutcome::Cancelled(cancelled) = store.cancel(pending.id).await.unwrap() else {
+        panic!("expected Cancelled");
+    };
+    assert_eq!(cancelled.status, Status::Cancelled);
+    assert!(cancelled.finished_at.is_some());
+    assert_eq!(get(&*store, pending.id).await, cancelled);
+    assert!(
+        store
+            .claim("cancel.pending", "w", LEASE, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.cancel(pending.id).await.unwrap(),
+        CancelOutcome::AlreadyFinished(cancelled)
+    );
+
+    let running = insert(&*store, new_task("cancel.running", 0)).await;
+    claim_one(&*store, "cancel.running", LEASE).await;
+    let CancelOutcome::Requested(requested) = store.cancel(running.id).await.unwrap() else {
+        panic!("expected Requested");
+    };
+    assert_eq!(requested.status, Status::Processing);
+    assert!(requested.cancel_requested);
+    assert!(
+        store
+            .finish_cancelled(running.id, 2)
+            .await
+            .unwrap()
+            .is_none(),
+        "wrong attempt"
+    );
+    let finished = store
+        .finish_cancelled(running.id, 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(finished.status, Status::Cancelled);
+    assert!(finished.finished_at.is_some());
+    assert!(
+        store
+            .finish_cancelled(running.id, 1)
+            .await
+            .unwrap()
+            .is_none(),
+        "twice"
+    );
+    assert!(matches!(
+        store.cancel(running.id).await.unwrap(),
+        CancelOutcome::AlreadyFinished(_)
+    ));
+
+    let done = insert(&*store, new_task("cancel.done", 0)).await;
+    claim_one(&*store, "cancel.done", LEASE).await;
+    let completed = store.complete(done.id, 1, json!(1)).await.unwrap().unwrap();
+    assert_eq!(
+        store.cancel(done.id).await.unwrap(),
+        CancelOutcome::AlreadyFinished(completed)
+    );
+
+    assert_eq!(
+        store.cancel(Uuid::now_v7()).await.unwrap(),
+        CancelOutcome::NotFound
+    );
+}

@@ -1,0 +1,147 @@
+//! Claims and the life of a running attempt in the SQLite store: claiming (select and update in
+//! one statement), lease renewal, progress, and the rescue of expired leases. Separate because
+//! these are the frequent, non-durable writes of the dispatcher.
+
+use std::{cmp::Reverse, time::Duration};
+
+use uuid::Uuid;
+
+use super::{
+    SqliteStore,
+    schema::{duration_ms, now_ms, task_columns},
+};
+use crate::store::{
+    EventKind, Progress, Status, StoreResult, Task,
+    sql::{clean_percent, db_err},
+};
+
+/// `INDEXED BY` pins the partial claim index (covering, in claim order): the planner, without
+/// statistics, could otherwise pick `tasks_status_id` and sort every PENDING row.
+pub(super) const SQL_CLAIM: &str = concat!(
+    "UPDATE tasks SET status = 'PROCESSING', attempts = attempts + 1, started_at = ?1, \
+     worker = ?2, lease_until = ?3, progress_percent = NULL, progress_message = NULL \
+     WHERE id IN (SELECT id FROM tasks INDEXED BY tasks_claim \
+                  WHERE status = 'PENDING' AND task_type = ?4 AND run_at <= ?1 \
+                  ORDER BY priority DESC, id LIMIT ?5) \
+     RETURNING ",
+    task_columns!()
+);
+
+const SQL_RENEW: &str = "UPDATE tasks SET lease_until = ?1 \
+     WHERE id = ?2 AND status = 'PROCESSING' AND attempts = ?3 AND worker = ?4";
+
+const SQL_PROGRESS: &str = concat!(
+    "UPDATE tasks SET progress_percent = ?1, progress_message = ?2 \
+     WHERE id = ?3 AND status = 'PROCESSING' AND attempts = ?4 \
+     RETURNING ",
+    task_columns!()
+);
+
+/// Expired leases: CANCELLED if a cancel was requested, FAILED `lease_expired` without attempts
+/// left, else back to PENDING (claimable at once) with `lease_expired` as the last error.
+pub(super) const SQL_RESCUE: &str = concat!(
+    "UPDATE tasks SET \
+       status = CASE WHEN cancel_requested = 1 THEN 'CANCELLED' \
+                     WHEN attempts >= max_attempts THEN 'FAILED' \
+                     ELSE 'PENDING' END, \
+       finished_at = CASE WHEN cancel_requested = 1 OR attempts >= max_attempts THEN ?1 \
+                          ELSE NULL END, \
+       run_at = CASE WHEN cancel_requested = 1 OR attempts >= max_attempts THEN run_at \
+                     ELSE ?1 END, \
+       worker = CASE WHEN cancel_requested = 1 OR attempts >= max_attempts THEN worker \
+                     ELSE NULL END, \
+       error_code = CASE WHEN cancel_requested = 1 THEN error_code ELSE 'lease_expired' END, \
+       error_message = CASE WHEN cancel_requested = 1 THEN error_message \
+                            ELSE 'the worker running attempt ' || attempts || \
+                                 ' stopped renewing its lease' END, \
+       lease_until = NULL \
+     WHERE status = 'PROCESSING' AND lease_until < ?1 \
+     RETURNING ",
+    task_columns!()
+);
+
+/// [`TaskStore::claim`](crate::store::TaskStore::claim).
+pub(super) async fn claim(
+    store: &SqliteStore,
+    task_type: &str,
+    worker: &str,
+    lease: Duration,
+    limit: u32,
+) -> StoreResult<Vec<Task>> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let now = now_ms();
+    let query = sqlx::query(SQL_CLAIM)
+        .bind(now)
+        .bind(worker)
+        .bind(now.saturating_add(duration_ms(lease)))
+        .bind(task_type)
+        .bind(i64::from(limit));
+    let mut tasks = store.write_tasks_lazy(query).await?;
+    // RETURNING gives no order; hand them out in claim order.
+    tasks.sort_by_key(|t| (Reverse(t.priority), t.id));
+    for task in &tasks {
+        store.publish(EventKind::Started, task);
+    }
+    Ok(tasks)
+}
+
+/// [`TaskStore::renew`](crate::store::TaskStore::renew).
+pub(super) async fn renew(
+    store: &SqliteStore,
+    id: Uuid,
+    attempt: u32,
+    worker: &str,
+    lease: Duration,
+) -> StoreResult<bool> {
+    let done = sqlx::query(SQL_RENEW)
+        .bind(now_ms().saturating_add(duration_ms(lease)))
+        .bind(id.to_string())
+        .bind(i64::from(attempt))
+        .bind(worker)
+        .execute(&store.writer)
+        .await
+        .map_err(db_err)?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// [`TaskStore::set_progress`](crate::store::TaskStore::set_progress).
+pub(super) async fn set_progress(
+    store: &SqliteStore,
+    id: Uuid,
+    attempt: u32,
+    progress: Progress,
+) -> StoreResult<bool> {
+    // SQLite stores NaN as NULL: keep the value in range and defined.
+    let percent = clean_percent(progress.percent);
+    let query = sqlx::query(SQL_PROGRESS)
+        .bind(f64::from(percent))
+        .bind(progress.message)
+        .bind(id.to_string())
+        .bind(i64::from(attempt));
+    match store.write_tasks_lazy(query).await?.into_iter().next() {
+        Some(task) => {
+            store.publish(EventKind::Progress, &task);
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// [`TaskStore::rescue_expired`](crate::store::TaskStore::rescue_expired).
+pub(super) async fn rescue_expired(store: &SqliteStore) -> StoreResult<u64> {
+    let mut tasks = store
+        .write_tasks_lazy(sqlx::query(SQL_RESCUE).bind(now_ms()))
+        .await?;
+    tasks.sort_by_key(|t| t.id);
+    for task in &tasks {
+        let kind = match task.status {
+            Status::Cancelled => EventKind::Cancelled,
+            Status::Failed => EventKind::Failed,
+            _ => EventKind::Retrying,
+        };
+        store.publish(kind, task);
+    }
+    Ok(tasks.len() as u64)
+}

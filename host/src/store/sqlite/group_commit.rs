@@ -1,0 +1,144 @@
+//! The writer task of the SQLite store: every write statement goes to one group committer that
+//! runs all the statements waiting in one transaction on the single writer connection and
+//! answers each after the COMMIT, so concurrent writes share one fsync. Separate because it is
+//! the one place writes reach the database, and its batching and durability rules stand apart
+//! from what each write does.
+
+use sqlx::sqlite::{Sqlite, SqlitePool, SqliteRow};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{SqliteStore, schema::task_from_row};
+use crate::store::{StoreError, StoreResult, Task, sql::db_err};
+
+/// Most write statements committed together in one transaction (group commit).
+const MAX_BATCH: usize = 512;
+
+/// A task-returning write statement, and where to send its rows once committed.
+pub(super) type WriteQuery = sqlx::query::Query<'static, Sqlite, sqlx::sqlite::SqliteArguments>;
+
+pub(super) struct WriteJob {
+    query: WriteQuery,
+    /// Whether the commit must reach the disk before the answer (inserts and terminal
+    /// states). Claims, progress and rescues may ride on the next durable commit: losing one
+    /// in a power cut leaves the task PENDING or its lease to expire, never a wrong state.
+    durable: bool,
+    reply: oneshot::Sender<Result<Vec<SqliteRow>, sqlx::Error>>,
+}
+
+/// Starts the group committer of the writer pool; answers where to send writes. It stops when
+/// every sender is dropped.
+pub(super) fn start(writer: &SqlitePool) -> mpsc::UnboundedSender<WriteJob> {
+    let (writes, rx) = mpsc::unbounded_channel();
+    tokio::spawn(group_commit(writer.clone(), rx));
+    writes
+}
+
+/// The group committer: takes every write waiting (up to [`MAX_BATCH`]), runs them in one
+/// transaction on the writer connection, and answers each after the COMMIT. With
+/// `synchronous = FULL` each COMMIT is one fsync, so under load many writes share one fsync
+/// and a 202 still means "on disk". A statement that fails is rolled back alone (SQLite
+/// statement rollback) and answers its error; the others commit.
+async fn group_commit(writer: SqlitePool, mut rx: mpsc::UnboundedReceiver<WriteJob>) {
+    let mut batch: Vec<WriteJob> = Vec::with_capacity(MAX_BATCH);
+    // The connection opens with synchronous = FULL.
+    let mut synced = true;
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut conn = match writer.acquire().await {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = e.to_string();
+                for job in batch.drain(..) {
+                    let _ = job.reply.send(Err(sqlx::Error::Protocol(msg.clone())));
+                }
+                continue;
+            }
+        };
+        let durable = batch.iter().any(|j| j.durable);
+        if durable != synced {
+            let pragma = if durable {
+                "PRAGMA synchronous = FULL"
+            } else {
+                "PRAGMA synchronous = NORMAL"
+            };
+            if sqlx::raw_sql(pragma).execute(&mut *conn).await.is_ok() {
+                synced = durable;
+            }
+        }
+        if batch.len() == 1 {
+            let job = batch.pop().expect("one job");
+            let r = job.query.fetch_all(&mut *conn).await;
+            let _ = job.reply.send(r);
+            continue;
+        }
+        if let Err(e) = sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await {
+            let msg = e.to_string();
+            for job in batch.drain(..) {
+                let _ = job.reply.send(Err(sqlx::Error::Protocol(msg.clone())));
+            }
+            continue;
+        }
+        let mut answers = Vec::with_capacity(batch.len());
+        for job in batch.drain(..) {
+            let r = job.query.fetch_all(&mut *conn).await;
+            answers.push((job.reply, r));
+        }
+        match sqlx::raw_sql("COMMIT").execute(&mut *conn).await {
+            Ok(_) => {
+                for (reply, r) in answers {
+                    let _ = reply.send(r);
+                }
+            }
+            Err(e) => {
+                let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+                let msg = e.to_string();
+                for (reply, _) in answers {
+                    let _ = reply.send(Err(sqlx::Error::Protocol(format!("commit failed: {msg}"))));
+                }
+            }
+        }
+    }
+}
+
+impl SqliteStore {
+    /// Runs a task-returning write statement and decodes every row.
+    pub(super) async fn write_tasks(&self, query: WriteQuery) -> StoreResult<Vec<Task>> {
+        self.write_rows(query, true).await
+    }
+
+    /// A write that need not be on disk before it answers (see [`WriteJob::durable`]).
+    pub(super) async fn write_tasks_lazy(&self, query: WriteQuery) -> StoreResult<Vec<Task>> {
+        self.write_rows(query, false).await
+    }
+
+    pub(super) async fn write_rows(
+        &self,
+        query: WriteQuery,
+        durable: bool,
+    ) -> StoreResult<Vec<Task>> {
+        // Answered after the COMMIT of the batch the statement ran in.
+        let (reply, answer) = oneshot::channel();
+        self.writes
+            .send(WriteJob {
+                query,
+                durable,
+                reply,
+            })
+            .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
+        let rows = answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the group committer stopped".into()))?
+            .map_err(db_err)?;
+        rows.iter().map(task_from_row).collect()
+    }
+
+    pub(super) async fn write_task(&self, query: WriteQuery) -> StoreResult<Option<Task>> {
+        Ok(self.write_tasks(query).await?.into_iter().next())
+    }
+}
