@@ -678,3 +678,33 @@ async fn the_webhook_receives_the_finished_task() {
         "{b}"
     );
 }
+
+#[tokio::test]
+async fn a_failed_fetch_fails_the_task_with_a_code_that_names_fetching() {
+    let s = Server::start().await;
+    // (url, expected task error code): each is told apart from the task's own `timeout` and
+    // from the plugin's codes.
+    let cases = [
+        ("http://127.0.0.1:9/input.png", "fetch_blocked"),
+        ("http://169.254.169.254/latest/meta-data", "fetch_blocked"),
+        ("ftp://example.com/input.png", "fetch_invalid_url"),
+        (
+            "uploads/0190f5d6-0000-7000-8000-000000000000/missing.png",
+            "fetch_not_found",
+        ),
+    ];
+    for (url, code) in cases {
+        let (status, t) = s
+            .post(
+                "/api/tasks",
+                &json!({"type": "testkit.run", "max_attempts": 1, "input": {"mode": "fetch", "url": url}}),
+            )
+            .await;
+        assert_eq!(status, 202, "{t}");
+        let done = s
+            .wait_done(t["task_id"].as_str().unwrap(), Duration::from_secs(20))
+            .await;
+        assert_eq!(done["status"], "FAILED", "{url}: {done}");
+        assert_eq!(done["error"]["code"], code, "{url}: {done}");
+    }
+}
