@@ -392,30 +392,46 @@ fn postgres_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
+/// Drops database `name` (with its connections) if it exists, then creates it again if
+/// `create`: the one place that creates and drops the test databases, on one connection to
+/// the maintenance database.
+async fn reset_database(name: &str, create: bool) -> Result<(), String> {
+    use sqlx::Connection as _;
+    let admin = postgres_admin_url();
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .map_err(|e| format!("PostgreSQL at {admin}: {e}"))?;
+    let mut statements = vec![format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")];
+    if create {
+        statements.push(format!("CREATE DATABASE {name}"));
+    }
+    let result = async {
+        for sql in statements {
+            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .execute(&mut conn)
+                .await
+                .map_err(|e| format!("{sql}: {e}"))?;
+        }
+        Ok(())
+    }
+    .await;
+    let _ = conn.close().await;
+    result
+}
+
 impl TestDatabase {
     /// Creates it.
     pub async fn create() -> TestDatabase {
-        use sqlx::Connection as _;
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let name = format!(
             "aihost_test_{}_{}",
             std::process::id(),
             N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
-        let admin = postgres_admin_url();
-        let mut conn = sqlx::PgConnection::connect(&admin)
+        reset_database(&name, true)
             .await
-            .unwrap_or_else(|e| panic!("PostgreSQL at {admin}: {e}"));
-        for sql in [
-            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            format!("CREATE DATABASE {name}"),
-        ] {
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .execute(&mut conn)
-                .await
-                .expect("create test database");
-        }
-        let _ = conn.close().await;
+            .unwrap_or_else(|e| panic!("create test database: {e}"));
+        let admin = postgres_admin_url();
         let (base, _) = admin.rsplit_once('/').expect("admin URL has a database");
         TestDatabase {
             url: format!("{base}/{name}"),
@@ -462,22 +478,13 @@ impl TestDatabase {
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         let name = self.name.clone();
+        // On a thread of its own: drop may run inside the test's runtime, which cannot block.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
+            tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                use sqlx::Connection as _;
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                    )))
-                    .execute(&mut conn)
-                    .await;
-                    let _ = conn.close().await;
-                }
-            });
+                .expect("runtime")
+                .block_on(reset_database(&name, false))
         })
         .join();
     }
