@@ -6,6 +6,16 @@ use std::{path::PathBuf, time::Duration};
 use aihost_tests::{Options, Server, plugin_lib, run_cli, wait_for};
 use serde_json::json;
 
+/// The names of the loaded plugins in a `GET /api/plugins` answer.
+fn plugin_names(list: &serde_json::Value) -> Vec<&str> {
+    list["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect()
+}
+
 fn libz() -> Option<PathBuf> {
     [
         "/lib/x86_64-linux-gnu/libz.so.1",
@@ -140,12 +150,7 @@ async fn duplicate_task_types_are_refused_and_the_others_load() {
     };
     let s = Server::start_with(opts).await;
     let (_, plugins) = s.get("/api/plugins").await;
-    let names: Vec<&str> = plugins["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
+    let names = plugin_names(&plugins);
     assert_eq!(names, vec!["imageops"], "{plugins}");
     let failure = &plugins["failures"][0];
     assert_eq!(failure["code"], "plugin_duplicate_task_type", "{plugins}");
@@ -306,12 +311,7 @@ async fn a_library_dropped_in_loads_without_restart_and_a_replaced_one_asks_for_
     })
     .await;
     let (_, list) = s.get("/api/plugins").await;
-    let names: Vec<&str> = list["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
+    let names = plugin_names(&list);
     assert_eq!(names, vec!["imageops"], "{list}");
     let (st, _) = s
         .post(

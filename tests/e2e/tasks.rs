@@ -254,28 +254,12 @@ async fn cancel_pending_running_and_finished() {
 async fn idempotency_key_and_wait() {
     let s = Server::start().await;
     let body = json!({"type": "testkit.run", "input": {"mode": "ok"}});
-    let a: Value = s
-        .http
-        .post(s.url("/api/tasks"))
-        .header("Idempotency-Key", "k-1")
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let b: Value = s
-        .http
-        .post(s.url("/api/tasks"))
-        .header("Idempotency-Key", "k-1")
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let submit = async || -> Value {
+        let r = s.http.post(s.url("/api/tasks"));
+        let r = r.header("Idempotency-Key", "k-1").json(&body).send().await;
+        r.unwrap().json().await.unwrap()
+    };
+    let (a, b) = (submit().await, submit().await);
     assert_eq!(a["task_id"], b["task_id"]);
     let with_field =
         json!({"type": "testkit.run", "input": {"mode": "ok"}, "idempotency_key": "k-1"});
