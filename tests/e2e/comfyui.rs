@@ -6,7 +6,9 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use aihost_tests::{Options, Server, fake_comfyui::FakeComfy, free_port, plugin_lib};
+use aihost_tests::{
+    Options, Server, fake_comfyui::FakeComfy, free_port, plugin_lib, solid_png, wait_for,
+};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(60);
@@ -39,41 +41,9 @@ async fn start_env(urls: &[String], extra: &str, env: Vec<(String, String)>) -> 
     .await
 }
 
+/// Runs a `comfyui.workflow` task to its end.
 async fn run(s: &Server, input: Value) -> Value {
-    let t = s.create("comfyui.workflow", input).await;
-    s.wait_done(t["task_id"].as_str().unwrap(), T).await
-}
-
-async fn download(s: &Server, url: &str) -> Vec<u8> {
-    let r = s.http.get(url).send().await.unwrap();
-    assert_eq!(r.status(), 200, "{url}");
-    r.bytes().await.unwrap().to_vec()
-}
-
-async fn upload(s: &Server, name: &str, bytes: Vec<u8>) -> Value {
-    let form = reqwest::multipart::Form::new().part(
-        "file",
-        reqwest::multipart::Part::bytes(bytes)
-            .file_name(name.to_owned())
-            .mime_str("image/png")
-            .unwrap(),
-    );
-    let r = s
-        .http
-        .post(s.url("/api/uploads"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    r.json().await.unwrap()
-}
-
-fn png(w: u32, h: u32, rgb: [u8; 3]) -> Vec<u8> {
-    let img = image::RgbImage::from_pixel(w, h, image::Rgb(rgb));
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
+    s.run("comfyui.workflow", input, T).await
 }
 
 fn decode(bytes: &[u8]) -> image::RgbImage {
@@ -108,7 +78,7 @@ async fn fresh_run_then_cached_rerun_of_a_model_free_template() {
     let outputs = t["result"]["outputs"].as_array().unwrap();
     assert_eq!(outputs.len(), 1, "{t}");
     assert_eq!(outputs[0]["content_type"], "image/png");
-    let img = decode(&download(&s, outputs[0]["url"].as_str().unwrap()).await);
+    let img = decode(&s.download(outputs[0]["url"].as_str().unwrap()).await);
     assert_eq!(img.dimensions(), (32, 24));
     assert_eq!(img.get_pixel(3, 3).0, [255, 0, 0]);
     assert_eq!(t["progress"]["percent"], 100.0, "{t}");
@@ -131,7 +101,10 @@ async fn fresh_run_then_cached_rerun_of_a_model_free_template() {
     let msgs = h[pid2]["status"]["messages"].as_array().unwrap();
     assert_eq!(msgs[1][0], "execution_cached");
     assert_eq!(msgs[1][1]["nodes"], json!(["1", "2"]));
-    let img2 = decode(&download(&s, t2["result"]["outputs"][0]["url"].as_str().unwrap()).await);
+    let img2 = decode(
+        &s.download(t2["result"]["outputs"][0]["url"].as_str().unwrap())
+            .await,
+    );
     assert_eq!(img2, img);
     assert_eq!(fake.ws_connections(), 1);
 }
@@ -146,14 +119,23 @@ async fn upload_then_load_image_invert_and_scale() {
         ("COMFYUI_CLIENT_ID".to_owned(), "seed-client".to_owned()),
     ];
     let s = start_env(&[dead], "", env).await;
-    let up = upload(&s, "cat.png", png(40, 30, [10, 20, 30])).await;
+    let up = s
+        .upload(
+            "cat.png",
+            solid_png(40, 30, [10, 20, 30]),
+            Some("image/png"),
+        )
+        .await;
     let t = run(
         &s,
         json!({"workflow": "invert_scale", "params": {"image": up["url"], "width": 20, "height": 15}}),
     )
     .await;
     assert_eq!(t["status"], "COMPLETED", "{t}");
-    let img = decode(&download(&s, t["result"]["outputs"][0]["url"].as_str().unwrap()).await);
+    let img = decode(
+        &s.download(t["result"]["outputs"][0]["url"].as_str().unwrap())
+            .await,
+    );
     assert_eq!(img.dimensions(), (20, 15));
     assert_eq!(img.get_pixel(0, 0).0, [245, 235, 225]);
     // Uploaded into a per-task subfolder, and the graph points at it.
@@ -299,7 +281,13 @@ async fn every_class_of_validation_error_fails_once_with_invalid_workflow() {
 async fn an_execution_error_is_an_engine_error_with_the_exception() {
     let fake = FakeComfy::start().await;
     let s = start(std::slice::from_ref(&fake.url), "").await;
-    let up = upload(&s, "broken.png", b"this is not an image".to_vec()).await;
+    let up = s
+        .upload(
+            "broken.png",
+            b"this is not an image".to_vec(),
+            Some("image/png"),
+        )
+        .await;
     let t = run(
         &s,
         json!({"workflow": "invert_scale", "params": {"image": up["key"]}}),
@@ -341,15 +329,15 @@ async fn cancel_while_queued_in_comfyui_and_while_running() {
         b["task_id"].as_str().unwrap(),
     );
     // Progress names the node ComfyUI is running.
-    let deadline = std::time::Instant::now() + T;
-    loop {
+    wait_for("the progress names the running node", T, async || {
         let (_, t) = s.get(&format!("/api/tasks/{a}")).await;
         if t["progress"]["message"] == "running node 1 (EmptyImage)" {
-            break;
+            Ok(())
+        } else {
+            Err(t)
         }
-        assert!(std::time::Instant::now() < deadline, "{t}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 
     let (st, _) = s.post(&format!("/api/tasks/{b}/cancel"), &json!({})).await;
     assert_eq!(st, 202);
@@ -401,6 +389,7 @@ async fn comfyui_killed_mid_task_then_restarted_the_task_is_retried_and_complete
     fake.wait_until("runs the prompt", T, |f| f.running().is_some())
         .await;
     fake.kill(); // no close frame; queue and history are lost
+    // Lets time pass on purpose: the task must NOT fail while ComfyUI is away.
     tokio::time::sleep(Duration::from_millis(700)).await;
     let (_, mid) = s.get(&format!("/api/tasks/{id}")).await;
     assert_eq!(
@@ -497,7 +486,7 @@ async fn video_text_and_preview_outputs_through_the_api_prefix() {
         .map(|o| o["content_type"].as_str().unwrap())
         .collect();
     assert_eq!(types, ["video/webm", "image/png", "image/png"], "{t}");
-    let video = download(&s, outputs[0]["url"].as_str().unwrap()).await;
+    let video = s.download(outputs[0]["url"].as_str().unwrap()).await;
     assert_eq!(&video[..4], &[0x1a, 0x45, 0xdf, 0xa3]);
     assert_eq!(t["result"]["text"]["4"], json!(["40"]));
     assert_eq!(t["result"]["files"][0]["subfolder"], "clips");
@@ -531,7 +520,10 @@ async fn seed_routes_basic_generation_ops_workflows_and_docs() {
     assert_eq!(p["prompt"]["6"]["inputs"]["text"], "a red fox");
     assert_eq!(p["prompt"]["3"]["inputs"]["steps"], 4);
     assert_eq!(p["prompt"]["3"]["inputs"]["seed"], 42);
-    let img = decode(&download(&s, t["result"]["outputs"][0]["url"].as_str().unwrap()).await);
+    let img = decode(
+        &s.download(t["result"]["outputs"][0]["url"].as_str().unwrap())
+            .await,
+    );
     assert_eq!(img.dimensions(), (64, 64));
     // The other seed body.
     let (st, t) = s
@@ -707,8 +699,11 @@ async fn the_fake_drops_a_client_id_shared_by_two_sockets_like_comfyui() {
     assert_eq!(text(a.next().await)["data"]["sid"], "shared");
     assert_eq!(text(b.next().await)["data"]["sid"], "shared");
     a.close(None).await.unwrap();
+    // The fake ends a's connection only after it has forgotten the client id (the bug).
+    tokio::time::timeout(T, async { while let Some(Ok(_)) = a.next().await {} })
+        .await
+        .expect("the fake never closed the first socket");
     drop(a);
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let r: Value = reqwest::Client::new()
         .post(format!("{}/prompt", fake.url))
         .json(&json!({"client_id": "shared", "prompt": {

@@ -5,49 +5,14 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use aihost_tests::{Options, Server, plugin_lib};
+use aihost_tests::{Options, Server, plugin_lib, solid_png, wait_for};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(300);
 
+/// Runs a `comfyui.workflow` task to its end.
 async fn run(s: &Server, input: Value) -> Value {
-    let t = s.create("comfyui.workflow", input).await;
-    s.wait_done(t["task_id"].as_str().unwrap(), T).await
-}
-
-fn png(w: u32, h: u32, rgb: [u8; 3]) -> Vec<u8> {
-    let img = image::RgbImage::from_pixel(w, h, image::Rgb(rgb));
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
-}
-
-async fn upload(s: &Server, name: &str, bytes: Vec<u8>) -> Value {
-    let form = reqwest::multipart::Form::new().part(
-        "file",
-        reqwest::multipart::Part::bytes(bytes).file_name(name.to_owned()),
-    );
-    let r = s
-        .http
-        .post(s.url("/api/uploads"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    r.json().await.unwrap()
-}
-
-async fn get_bytes(s: &Server, url: &str) -> Vec<u8> {
-    s.http
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap()
-        .to_vec()
+    s.run("comfyui.workflow", input, T).await
 }
 
 /// A graph that takes a few seconds on CPU (blur and sharpen of a 1024² image).
@@ -111,7 +76,8 @@ async fn real_comfyui_model_free_scenarios() {
         a["result"]["files"][0]["filename"]
     );
     let img = image::load_from_memory(
-        &get_bytes(&s, a["result"]["outputs"][0]["url"].as_str().unwrap()).await,
+        &s.download(a["result"]["outputs"][0]["url"].as_str().unwrap())
+            .await,
     )
     .unwrap()
     .to_rgb8();
@@ -122,11 +88,14 @@ async fn real_comfyui_model_free_scenarios() {
     );
 
     // Upload + LoadImage.
-    let up = upload(&s, "real.png", png(40, 30, [10, 20, 30])).await;
+    let up = s
+        .upload("real.png", solid_png(40, 30, [10, 20, 30]), None)
+        .await;
     let t = run(&s, json!({"workflow": "invert_scale", "params": {"image": up["url"], "width": 20, "height": 15}})).await;
     assert_eq!(t["status"], "COMPLETED", "{t}");
     let img = image::load_from_memory(
-        &get_bytes(&s, t["result"]["outputs"][0]["url"].as_str().unwrap()).await,
+        &s.download(t["result"]["outputs"][0]["url"].as_str().unwrap())
+            .await,
     )
     .unwrap()
     .to_rgb8();
@@ -157,7 +126,7 @@ async fn real_comfyui_model_free_scenarios() {
     }
 
     // Execution error.
-    let bad = upload(&s, "broken.png", b"not an image".to_vec()).await;
+    let bad = s.upload("broken.png", b"not an image".to_vec(), None).await;
     let t = run(
         &s,
         json!({"workflow": "invert_scale", "params": {"image": bad["key"]}}),
@@ -201,7 +170,16 @@ async fn real_comfyui_model_free_scenarios() {
     );
     s.wait_status(r, "PROCESSING", T).await;
     s.wait_status(q, "PROCESSING", T).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for("ComfyUI runs one prompt and holds another", T, async || {
+        let (_, q) = s.get("/api/comfyui-queue-status").await;
+        let len = |k: &str| q[k].as_array().map_or(0, Vec::len);
+        if len("queue_running") >= 1 && len("queue_pending") >= 1 {
+            Ok(())
+        } else {
+            Err(q)
+        }
+    })
+    .await;
     for id in [q, r] {
         let (st, _) = s.post(&format!("/api/tasks/{id}/cancel"), &json!({})).await;
         assert!(st == 200 || st == 202);

@@ -7,10 +7,10 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use aihost_tests::{Options, Server, plugin_lib};
+use aihost_tests::{Options, Server, plugin_lib, poll, wait_for, wait_until};
 use serde_json::{Value, json};
 
 /// A folder that looks like a FaceFusion checkout: the stand-in as `facefusion.py` plus the
@@ -47,29 +47,11 @@ async fn server(checkout: &Path, config: &str, env: &[(&str, &str)]) -> Server {
     .await
 }
 
-async fn upload_file(s: &Server, path: &Path, name: &str, mime: &str) -> Value {
-    let form = reqwest::multipart::Form::new().part(
-        "file",
-        reqwest::multipart::Part::bytes(std::fs::read(path).unwrap())
-            .file_name(name.to_owned())
-            .mime_str(mime)
-            .unwrap(),
-    );
-    let r = s
-        .http
-        .post(s.url("/api/uploads"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    r.json().await.unwrap()
-}
-
 async fn upload_png(s: &Server, w: u32, h: u32, name: &str) -> (Value, PathBuf) {
     let path = s.dir.path().join(format!("{w}x{h}-{name}"));
     aihost_tests::write_png(&path, w, h);
-    (upload_file(s, &path, name, "image/png").await, path)
+    let up = s.upload(name, std::fs::read(&path).unwrap(), Some("image/png"));
+    (up.await, path)
 }
 
 /// A real video made with ffmpeg: `seconds` at 10 fps, `w`×`h`, test pattern `pattern`.
@@ -90,13 +72,8 @@ async fn upload_video(s: &Server, seconds: u32, pattern: &str, name: &str) -> (V
     let sub = s.dir.path().join(format!("v-{pattern}-{seconds}"));
     std::fs::create_dir_all(&sub).unwrap();
     let path = make_video(&sub, name, seconds, pattern);
-    (upload_file(s, &path, name, "video/mp4").await, path)
-}
-
-async fn download(s: &Server, url: &str) -> Vec<u8> {
-    let r = s.http.get(url).send().await.unwrap();
-    assert_eq!(r.status(), 200, "{url}");
-    r.bytes().await.unwrap().to_vec()
+    let up = s.upload(name, std::fs::read(&path).unwrap(), Some("video/mp4"));
+    (up.await, path)
 }
 
 fn faceswap(source: &Value, target: &Value) -> Value {
@@ -125,14 +102,18 @@ fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
 
 /// Waits (bounded) until no process mentions `needle`; answers the ones left.
 async fn wait_no_processes(needle: &str) -> Vec<(u32, String)> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = processes_mentioning(needle);
-        if left.is_empty() || Instant::now() > deadline {
-            return left;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    none_left(Duration::from_secs(20), || processes_mentioning(needle)).await
+}
+
+/// Polls `left` until it answers nothing or `timeout` has passed; answers the last answer.
+async fn none_left<T>(timeout: Duration, left: impl Fn() -> Vec<T>) -> Vec<T> {
+    poll(timeout, async || {
+        let left = left();
+        if left.is_empty() { Ok(()) } else { Err(left) }
+    })
+    .await
+    .err()
+    .unwrap_or_default()
 }
 
 /// The engine's processes of this server: they all name files under the server's folder.
@@ -160,14 +141,7 @@ fn secs(v: &Value) -> f64 {
 /// Waits (bounded) until the host removed the attempts' work folders (it does so right after
 /// recording the outcome); answers what is left.
 async fn work_dir_left(s: &Server) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let left = work_dir_entries(s);
-        if left.is_empty() || Instant::now() > deadline {
-            return left;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    none_left(Duration::from_secs(10), || work_dir_entries(s)).await
 }
 
 fn work_dir_entries(s: &Server) -> Vec<String> {
@@ -212,7 +186,7 @@ async fn image_swap_in_the_seed_form_lands_in_storage() {
         "{out}"
     );
     // The stand-in's output is a copy of the target.
-    let bytes = download(&s, out["url"].as_str().unwrap()).await;
+    let bytes = s.download(out["url"].as_str().unwrap()).await;
     assert_eq!(bytes, std::fs::read(&target_path).unwrap());
     // Nothing of the run is left behind.
     let left = work_dir_left(&s).await;
@@ -265,20 +239,7 @@ async fn video_swap_reports_progress_in_order() {
         )
         .await;
     let id = t["task_id"].as_str().unwrap();
-    let text = s
-        .http
-        .get(s.url(&format!("/api/tasks/{id}/events")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let events: Vec<Value> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let events = s.events(id, Duration::from_secs(60)).await;
     let last = events.last().expect("events");
     assert_eq!(last["status"], "COMPLETED", "{last}\n{}", s.log());
     let progress: Vec<(f64, String)> = events
@@ -306,7 +267,7 @@ async fn video_swap_reports_progress_in_order() {
     assert_eq!(result["media_type"], "video");
     let out = &result["outputs"][0];
     assert_eq!(out["content_type"], "video/mp4");
-    let bytes = download(&s, out["url"].as_str().unwrap()).await;
+    let bytes = s.download(out["url"].as_str().unwrap()).await;
     assert_eq!(bytes, std::fs::read(&target_path).unwrap());
 }
 
@@ -376,7 +337,13 @@ async fn each_failure_class_has_its_code() {
     let (source, _) = upload_png(&s, 32, 32, "face.png").await;
     let junk = s.dir.path().join("notes.txt");
     std::fs::write(&junk, "not a picture").unwrap();
-    let junk = upload_file(&s, &junk, "notes.txt", "text/plain").await;
+    let junk = s
+        .upload(
+            "notes.txt",
+            std::fs::read(&junk).unwrap(),
+            Some("text/plain"),
+        )
+        .await;
     let (_, t) = s
         .post(
             "/api/tasks?wait=60",
@@ -436,19 +403,20 @@ async fn cancel_mid_run_stops_the_whole_process_group() {
         .create("facefusion.faceswap", faceswap(&source, &target))
         .await;
     let id = t["task_id"].as_str().unwrap().to_owned();
-    // Wait until FaceFusion is processing frames.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, t) = s.get(&format!("/api/tasks/{id}")).await;
-        if t["progress"]["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("processing "))
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never processing: {t}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(
+        "FaceFusion processes frames",
+        Duration::from_secs(30),
+        async || {
+            let (_, t) = s.get(&format!("/api/tasks/{id}")).await;
+            let message = t["progress"]["message"].as_str();
+            if message.is_some_and(|m| m.starts_with("processing ")) {
+                Ok(())
+            } else {
+                Err(t)
+            }
+        },
+    )
+    .await;
     let needle = engine_needle(&s);
     let running = processes_mentioning(&needle);
     // The stand-in and its helper child (standing for ffmpeg) are both there.
@@ -530,7 +498,7 @@ async fn concurrent_jobs_with_the_same_target_name_do_not_collide() {
     );
     for (t, path) in [(&ta, &a_path), (&tb, &b_path)] {
         let url = t["result"]["outputs"][0]["url"].as_str().unwrap();
-        assert_eq!(download(&s, url).await, std::fs::read(path).unwrap());
+        assert_eq!(s.download(url).await, std::fs::read(path).unwrap());
     }
 }
 
@@ -554,29 +522,23 @@ async fn a_killed_host_takes_the_engine_with_it() {
     s.wait_status(&id, "PROCESSING", Duration::from_secs(30))
         .await;
     let needle = engine_needle(&s);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !processes_mentioning(&needle)
-        .iter()
-        .any(|(_, c)| c.contains("facefusion.py"))
-    {
-        assert!(Instant::now() < deadline, "FaceFusion never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("FaceFusion runs", Duration::from_secs(30), async || {
+        processes_mentioning(&needle)
+            .iter()
+            .any(|(_, c)| c.contains("facefusion.py"))
+    })
+    .await;
     s.kill9();
     // The engine itself goes with the host (parent-death signal). A grandchild that ignores
     // its closed pipes (the stand-in's helper sleeps on purpose) is out of reach once the host
     // is gone; real ffmpeg exits when its input pipe closes. Remove the helper here.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let engine_left = loop {
-        let left: Vec<_> = processes_mentioning(&needle)
+    let engine_left = none_left(Duration::from_secs(20), || {
+        processes_mentioning(&needle)
             .into_iter()
             .filter(|(_, c)| c.contains("facefusion.py"))
-            .collect();
-        if left.is_empty() || Instant::now() > deadline {
-            break left;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+            .collect()
+    })
+    .await;
     for (pid, cmd) in processes_mentioning(&needle) {
         if cmd.contains("facefusion-standin-helper") {
             let _ = Command::new("kill")

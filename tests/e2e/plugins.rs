@@ -3,9 +3,18 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use aihost_tests::{Options, Server, plugin_lib, run_cli};
-use futures_util::StreamExt;
-use serde_json::{Value, json};
+use aihost_tests::{Options, Server, plugin_lib, run_cli, wait_for};
+use serde_json::json;
+
+/// The names of the loaded plugins in a `GET /api/plugins` answer.
+fn plugin_names(list: &serde_json::Value) -> Vec<&str> {
+    list["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect()
+}
 
 fn libz() -> Option<PathBuf> {
     [
@@ -95,38 +104,22 @@ async fn imageops_transforms_a_real_image_and_its_schema_rejects_bad_input() {
     let s = Server::start().await;
     let img = s.dir.path().join("in.png");
     aihost_tests::write_png(&img, 64, 48);
-    let form = reqwest::multipart::Form::new().part(
-        "file",
-        reqwest::multipart::Part::bytes(std::fs::read(&img).unwrap())
-            .file_name("in.png")
-            .mime_str("image/png")
-            .unwrap(),
-    );
-    let up: Value = s
-        .http
-        .post(s.url("/api/uploads"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let up = s
+        .upload("in.png", std::fs::read(&img).unwrap(), Some("image/png"))
+        .await;
     let key = up["key"].as_str().expect("upload key").to_owned();
 
-    let task = s
-        .create(
+    let done = s
+        .run(
             "imageops.transform",
             json!({"source": key, "operations": [{"op": "resize", "width": 32, "height": 24, "fit": "fill"}, {"op": "grayscale"}], "format": "png"}),
+            Duration::from_secs(30),
         )
-        .await;
-    let done = s
-        .wait_done(task["task_id"].as_str().unwrap(), Duration::from_secs(30))
         .await;
     assert_eq!(done["status"], "COMPLETED", "{done}");
     let out = &done["result"]["outputs"][0];
     let url = out["url"].as_str().unwrap();
-    let bytes = s.http.get(url).send().await.unwrap().bytes().await.unwrap();
+    let bytes = s.download(url).await;
     let decoded = image::load_from_memory(&bytes).unwrap();
     assert_eq!((decoded.width(), decoded.height()), (32, 24));
     assert_eq!(out["content_type"], "image/png");
@@ -157,12 +150,7 @@ async fn duplicate_task_types_are_refused_and_the_others_load() {
     };
     let s = Server::start_with(opts).await;
     let (_, plugins) = s.get("/api/plugins").await;
-    let names: Vec<&str> = plugins["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
+    let names = plugin_names(&plugins);
     assert_eq!(names, vec!["imageops"], "{plugins}");
     let failure = &plugins["failures"][0];
     assert_eq!(failure["code"], "plugin_duplicate_task_type", "{plugins}");
@@ -177,9 +165,12 @@ async fn duplicate_task_types_are_refused_and_the_others_load() {
 async fn panics_in_entry_point_poll_and_runtime_fail_the_task_not_the_host() {
     let s = Server::start().await;
     for mode in ["panic_entry", "panic_poll", "panic_runtime"] {
-        let t = s.create("testkit.run", json!({"mode": mode})).await;
         let done = s
-            .wait_done(t["task_id"].as_str().unwrap(), Duration::from_secs(20))
+            .run(
+                "testkit.run",
+                json!({"mode": mode}),
+                Duration::from_secs(20),
+            )
             .await;
         assert_eq!(done["status"], "FAILED", "{mode}: {done}");
         assert_eq!(done["error"]["code"], "plugin_panic", "{mode}: {done}");
@@ -187,9 +178,12 @@ async fn panics_in_entry_point_poll_and_runtime_fail_the_task_not_the_host() {
     }
     let (status, _) = s.get("/api/health").await;
     assert_eq!(status, 200);
-    let ok = s.create("testkit.run", json!({"mode": "ok"})).await;
     let done = s
-        .wait_done(ok["task_id"].as_str().unwrap(), Duration::from_secs(20))
+        .run(
+            "testkit.run",
+            json!({"mode": "ok"}),
+            Duration::from_secs(20),
+        )
         .await;
     assert_eq!(done["status"], "COMPLETED");
 }
@@ -205,26 +199,7 @@ async fn progress_events_arrive_in_order_over_sse() {
         .create("testkit.run", json!({"mode": "progress", "steps": 10}))
         .await;
     let id = t["task_id"].as_str().unwrap();
-    let resp = s
-        .http
-        .get(s.url(&format!("/api/tasks/{id}/events")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let mut body = resp.bytes_stream();
-    let mut text = String::new();
-    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(20), body.next())
-        .await
-        .unwrap()
-    {
-        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-    }
-    let events: Vec<Value> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let events = s.events(id, Duration::from_secs(20)).await;
     let percents: Vec<f64> = events
         .iter()
         .filter(|e| e["event"] == "progress")
@@ -244,12 +219,21 @@ async fn plugin_tracing_reaches_the_host_log_with_the_plugin_name() {
     let t = s.create("testkit.run", json!({"mode": "log"})).await;
     let id = t["task_id"].as_str().unwrap();
     s.wait_done(id, Duration::from_secs(20)).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let log = s.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains(&format!("testkit log line {id}")))
-        .unwrap_or_else(|| panic!("no plugin line in log:\n{log}"));
+    let line = wait_for(
+        "the plugin's line is in the log",
+        Duration::from_secs(10),
+        async || {
+            let log = s.log();
+            match log
+                .lines()
+                .find(|l| l.contains(&format!("testkit log line {id}")))
+            {
+                Some(line) => Ok(line.to_owned()),
+                None => Err(log),
+            }
+        },
+    )
+    .await;
     assert!(line.contains("plugin=testkit"), "{line}");
 }
 
@@ -270,6 +254,7 @@ async fn dropping_the_future_stops_the_plugin_work() {
     assert_eq!(status, 202, "{body}");
     let done = s.wait_done(id, Duration::from_secs(10)).await;
     assert_eq!(done["status"], "CANCELLED");
+    // Lets the task's 1.5 s pass on purpose: the side effect must NOT appear.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(
         !marker.exists(),
@@ -326,12 +311,7 @@ async fn a_library_dropped_in_loads_without_restart_and_a_replaced_one_asks_for_
     })
     .await;
     let (_, list) = s.get("/api/plugins").await;
-    let names: Vec<&str> = list["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
+    let names = plugin_names(&list);
     assert_eq!(names, vec!["imageops"], "{list}");
     let (st, _) = s
         .post(
@@ -349,9 +329,12 @@ async fn a_library_dropped_in_loads_without_restart_and_a_replaced_one_asks_for_
     let (st, report) = s.post("/api/plugins/reload", &json!({})).await;
     assert_eq!(st, 200, "{report}");
     assert_eq!(report["loaded"], json!(["testkit"]), "{report}");
-    let t = s.create("testkit.run", json!({"mode": "ok"})).await;
     let done = s
-        .wait_done(t["task_id"].as_str().unwrap(), Duration::from_secs(20))
+        .run(
+            "testkit.run",
+            json!({"mode": "ok"}),
+            Duration::from_secs(20),
+        )
         .await;
     assert_eq!(done["status"], "COMPLETED");
     // The spec follows: the new task type's schema is documented without a restart.

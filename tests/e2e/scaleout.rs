@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aihost_tests::{Options, Server, TestDatabase, run_cli};
+use aihost_tests::{Options, Server, TestDatabase, run_cli, sse_events};
 use futures_util::{StreamExt, stream};
 use serde_json::{Value, json};
 use sqlx::Row as _;
@@ -275,13 +275,6 @@ async fn consumer_recovers_from_dropped_connections() {
         "the consumer noticed the cut: {}",
         consumer.log()
     );
-}
-
-fn sse_events(text: &str) -> Vec<Value> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter_map(|d| serde_json::from_str(d).ok())
-        .collect()
 }
 
 /// SSE on one API process streams the progress of a task that another API accepted and a

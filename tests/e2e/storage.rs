@@ -557,20 +557,9 @@ async fn run_task(s: &Server) -> (String, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let png = dir.path().join("in.png");
     write_png(&png, 40, 30);
-    let part = reqwest::multipart::Part::bytes(std::fs::read(&png).unwrap())
-        .file_name("in.png")
-        .mime_str("image/png")
-        .unwrap();
-    let form = reqwest::multipart::Form::new().part("file", part);
-    let r = s
-        .http
-        .post(s.url("/api/uploads"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{}", s.log());
-    let up: Value = r.json().await.unwrap();
+    let up = s
+        .upload("in.png", std::fs::read(&png).unwrap(), Some("image/png"))
+        .await;
     let t = s
         .create(
             "imageops.transform",

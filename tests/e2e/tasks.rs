@@ -7,38 +7,18 @@ use aihost_tests::{Options, Server};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-async fn upload_png(s: &Server, w: u32, h: u32) -> Value {
-    let img = s.dir.path().join("upload.png");
-    aihost_tests::write_png(&img, w, h);
-    let form = reqwest::multipart::Form::new().part(
-        "file",
-        reqwest::multipart::Part::bytes(std::fs::read(&img).unwrap())
-            .file_name("cat photo.png")
-            .mime_str("image/png")
-            .unwrap(),
-    );
-    let r = s
-        .http
-        .post(s.url("/api/uploads"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    r.json().await.unwrap()
-}
-
-fn sse_events(text: &str) -> Vec<Value> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect()
-}
-
 #[tokio::test]
 async fn imageops_lifecycle_with_sse_and_websocket_events() {
     let s = Server::start().await;
-    let up = upload_png(&s, 40, 30).await;
+    let img = s.dir.path().join("upload.png");
+    aihost_tests::write_png(&img, 40, 30);
+    let up = s
+        .upload(
+            "cat photo.png",
+            std::fs::read(&img).unwrap(),
+            Some("image/png"),
+        )
+        .await;
     // The upload URL (under our own /files/) is read from storage, not fetched over the network.
     let t = s
         .create(
@@ -54,18 +34,7 @@ async fn imageops_lifecycle_with_sse_and_websocket_events() {
 
     let ws_url = s.base.replace("http://", "ws://") + &format!("/api/tasks/{id}/ws");
     let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
-    let sse = s
-        .http
-        .get(s.url(&format!("/api/tasks/{id}/events")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sse.headers()["content-type"], "text/event-stream");
-    let sse_text = tokio::time::timeout(Duration::from_secs(30), sse.text())
-        .await
-        .unwrap()
-        .unwrap();
-    let sse = sse_events(&sse_text);
+    let sse = s.events(&id, Duration::from_secs(30)).await;
     let mut ws_events = Vec::new();
     while let Some(msg) = tokio::time::timeout(Duration::from_secs(30), ws.next())
         .await
@@ -203,23 +172,18 @@ async fn tasks_survive_a_restart_and_a_kill_9_without_running_twice() {
 #[tokio::test]
 async fn retries_then_success_and_final_failures_keep_their_code() {
     let s = Server::start().await;
-    let t = s
-        .create("testkit.run", json!({"mode": "fail", "fail_times": 1, "retryable": true, "code": "engine_unavailable"}))
-        .await;
     let done = s
-        .wait_done(t["task_id"].as_str().unwrap(), Duration::from_secs(20))
+        .run("testkit.run", json!({"mode": "fail", "fail_times": 1, "retryable": true, "code": "engine_unavailable"}), Duration::from_secs(20))
         .await;
     assert_eq!(done["status"], "COMPLETED", "{done}");
     assert_eq!(done["attempts"], 2);
 
-    let t = s
-        .create(
+    let done = s
+        .run(
             "testkit.run",
             json!({"mode": "fail", "code": "invalid_input"}),
+            Duration::from_secs(20),
         )
-        .await;
-    let done = s
-        .wait_done(t["task_id"].as_str().unwrap(), Duration::from_secs(20))
         .await;
     assert_eq!(done["status"], "FAILED");
     assert_eq!(done["error"]["code"], "invalid_input");
@@ -290,28 +254,12 @@ async fn cancel_pending_running_and_finished() {
 async fn idempotency_key_and_wait() {
     let s = Server::start().await;
     let body = json!({"type": "testkit.run", "input": {"mode": "ok"}});
-    let a: Value = s
-        .http
-        .post(s.url("/api/tasks"))
-        .header("Idempotency-Key", "k-1")
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let b: Value = s
-        .http
-        .post(s.url("/api/tasks"))
-        .header("Idempotency-Key", "k-1")
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let submit = async || -> Value {
+        let r = s.http.post(s.url("/api/tasks"));
+        let r = r.header("Idempotency-Key", "k-1").json(&body).send().await;
+        r.unwrap().json().await.unwrap()
+    };
+    let (a, b) = (submit().await, submit().await);
     assert_eq!(a["task_id"], b["task_id"]);
     let with_field =
         json!({"type": "testkit.run", "input": {"mode": "ok"}, "idempotency_key": "k-1"});

@@ -15,6 +15,9 @@ use std::{
 use serde_json::{Value, json};
 
 pub mod fake_comfyui;
+mod wait;
+
+pub use wait::{poll, wait_for, wait_until};
 
 /// `target/<profile>`, found from the test executable's path (`target/<profile>/deps/x`).
 pub fn target_dir() -> PathBuf {
@@ -311,6 +314,69 @@ impl Server {
         body
     }
 
+    /// Creates a task and waits (up to `timeout`) until it is finished; answers the finished
+    /// task.
+    pub async fn run(&self, task_type: &str, input: Value, timeout: Duration) -> Value {
+        let t = self.create(task_type, input).await;
+        self.wait_done(t["task_id"].as_str().expect("task_id"), timeout)
+            .await
+    }
+
+    /// Uploads a file with `POST /api/uploads` (multipart field `file`, with `content_type` if
+    /// given, else none); panics unless 201, answers the upload's body (`key`, `url`, ...).
+    pub async fn upload(
+        &self,
+        file_name: &str,
+        bytes: Vec<u8>,
+        content_type: Option<&str>,
+    ) -> Value {
+        let mut part = reqwest::multipart::Part::bytes(bytes).file_name(file_name.to_owned());
+        if let Some(mime) = content_type {
+            part = part.mime_str(mime).unwrap();
+        }
+        let r = self
+            .http
+            .post(self.url("/api/uploads"))
+            .multipart(reqwest::multipart::Form::new().part("file", part))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        assert_eq!(
+            status,
+            201,
+            "upload of {file_name}: {text}\nlog:\n{}",
+            self.log()
+        );
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// GETs a full URL (e.g. an output's `url`); panics unless 200, answers the body.
+    pub async fn download(&self, url: &str) -> Vec<u8> {
+        let r = self.http.get(url).send().await.unwrap();
+        assert_eq!(r.status(), 200, "GET {url}");
+        r.bytes().await.unwrap().to_vec()
+    }
+
+    /// Follows a task's event stream (`GET /api/tasks/{id}/events`, SSE) until the server
+    /// ends it (at most `timeout`); answers its events.
+    pub async fn events(&self, id: &str, timeout: Duration) -> Vec<Value> {
+        let r = self
+            .http
+            .get(self.url(&format!("/api/tasks/{id}/events")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "text/event-stream");
+        let text = tokio::time::timeout(timeout, r.text())
+            .await
+            .unwrap_or_else(|_| panic!("the event stream of {id} did not end in {timeout:?}"))
+            .unwrap();
+        sse_events(&text)
+    }
+
     /// Polls a task until its status is terminal (or `timeout`), answers it.
     pub async fn wait_done(&self, id: &str, timeout: Duration) -> Value {
         let deadline = Instant::now() + timeout;
@@ -363,6 +429,24 @@ pub fn write_png(path: &Path, w: u32, h: u32) {
     img.save(path).unwrap();
 }
 
+/// A PNG of `w`×`h` in one colour, encoded in memory.
+pub fn solid_png(w: u32, h: u32, rgb: [u8; 3]) -> Vec<u8> {
+    let img = image::RgbImage::from_pixel(w, h, image::Rgb(rgb));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// The events (JSON `data:` lines) of an SSE text. A last line without its newline is left
+/// out: it is an event cut off by a stream read only in part.
+pub fn sse_events(text: &str) -> Vec<Value> {
+    text.split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
+        .filter_map(|l| l.trim_end().strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap_or_else(|e| panic!("event {d}: {e}")))
+        .collect()
+}
+
 /// Runs the binary with arguments; answers (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str], cwd: &Path) -> (i32, String, String) {
     let out = Command::new(aihost_bin())
@@ -392,30 +476,46 @@ fn postgres_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
+/// Drops database `name` (with its connections) if it exists, then creates it again if
+/// `create`: the one place that creates and drops the test databases, on one connection to
+/// the maintenance database.
+async fn reset_database(name: &str, create: bool) -> Result<(), String> {
+    use sqlx::Connection as _;
+    let admin = postgres_admin_url();
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .map_err(|e| format!("PostgreSQL at {admin}: {e}"))?;
+    let mut statements = vec![format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")];
+    if create {
+        statements.push(format!("CREATE DATABASE {name}"));
+    }
+    let result = async {
+        for sql in statements {
+            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .execute(&mut conn)
+                .await
+                .map_err(|e| format!("{sql}: {e}"))?;
+        }
+        Ok(())
+    }
+    .await;
+    let _ = conn.close().await;
+    result
+}
+
 impl TestDatabase {
     /// Creates it.
     pub async fn create() -> TestDatabase {
-        use sqlx::Connection as _;
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let name = format!(
             "aihost_test_{}_{}",
             std::process::id(),
             N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
-        let admin = postgres_admin_url();
-        let mut conn = sqlx::PgConnection::connect(&admin)
+        reset_database(&name, true)
             .await
-            .unwrap_or_else(|e| panic!("PostgreSQL at {admin}: {e}"));
-        for sql in [
-            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            format!("CREATE DATABASE {name}"),
-        ] {
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .execute(&mut conn)
-                .await
-                .expect("create test database");
-        }
-        let _ = conn.close().await;
+            .unwrap_or_else(|e| panic!("create test database: {e}"));
+        let admin = postgres_admin_url();
         let (base, _) = admin.rsplit_once('/').expect("admin URL has a database");
         TestDatabase {
             url: format!("{base}/{name}"),
@@ -462,22 +562,13 @@ impl TestDatabase {
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         let name = self.name.clone();
+        // On a thread of its own: drop may run inside the test's runtime, which cannot block.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
+            tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                use sqlx::Connection as _;
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                    )))
-                    .execute(&mut conn)
-                    .await;
-                    let _ = conn.close().await;
-                }
-            });
+                .expect("runtime")
+                .block_on(reset_database(&name, false))
         })
         .join();
     }

@@ -17,7 +17,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use aihost_tests::free_port;
+use aihost_tests::{free_port, wait_until};
 use poem::{
     EndpointExt, Request, Response, Route, handler,
     http::{Method, StatusCode},
@@ -74,12 +74,12 @@ impl CfImagesStandIn {
                 .await
         });
         let http = reqwest::Client::new();
-        for _ in 0..200 {
-            if http.get(format!("{base}/")).send().await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        wait_until(
+            "the Cloudflare Images stand-in answers",
+            std::time::Duration::from_secs(10),
+            async || http.get(format!("{base}/")).send().await.is_ok(),
+        )
+        .await;
         CfImagesStandIn { state, base }
     }
 
