@@ -603,8 +603,8 @@ fn tokio_util_stream(
     })
 }
 
-/// The ComfyUI path against the test suite's fake ComfyUI (which replays the recorded
-/// protocol and encodes a real PNG): light-load latency per task and throughput of one
+/// The ComfyUI path against the test suite's fake ComfyUI (which follows the protocol
+/// recorded in `tests/fixtures/comfyui/` and encodes a real PNG): light-load latency per task and throughput of one
 /// instance whose execution takes no time.
 async fn comfyui_path(b: &Bench, results: &mut Vec<(String, String, Value)>) {
     if b.lib("aihost_comfyui").is_none() {

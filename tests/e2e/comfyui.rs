@@ -1,5 +1,6 @@
 //! The comfyui plugin through the real binary, against the fake ComfyUI of the support crate
-//! (which replays the protocol captured from ComfyUI 0.3.64): templates and raw graphs,
+//! (which follows the protocol captured from ComfyUI 0.3.64 in `tests/fixtures/comfyui/`,
+//! checked by `comfyui_fixtures.rs`): templates and raw graphs,
 //! uploads, every class of validation error, execution errors, cancel, a killed and restarted
 //! ComfyUI, one shared WebSocket for 100 tasks, a pool with an instance down, video and text
 //! outputs, the seed's routes.
@@ -669,7 +670,8 @@ async fn a_task_over_its_timeout_is_interrupted_and_fails_with_timeout() {
         .await;
 }
 
-/// The fake keeps ComfyUI's shared-client-id bug (transcript 10): when the older of two
+/// The fake keeps ComfyUI's shared-client-id bug
+/// (`tests/fixtures/comfyui/10_ws_reconnect_same_client_id.json`): when the older of two
 /// sockets with one client id closes, the newer one receives nothing more. The plugin never
 /// opens a second socket (see `a_hundred_tasks_share_one_websocket`).
 #[tokio::test]

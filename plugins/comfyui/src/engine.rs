@@ -1,12 +1,12 @@
 //! One ComfyUI instance: its HTTP calls and its one WebSocket.
 //!
-//! Protocol facts (captured from ComfyUI 0.3.64, see the research transcripts): every route
-//! is also served under `/api/`; the socket at `/ws?clientId=ID` carries every execution
-//! message for prompts queued with that `client_id`, plus broadcasts (`status`, binary TEXT
-//! frames, and for prompts without a client id `progress_state`); a second socket with the
-//! same client id makes the server drop the first registration *and* the second when the first
-//! closes, so the old socket is always fully dropped before reconnecting; a dying server sends
-//! no close frame.
+//! Protocol facts (captured from ComfyUI 0.3.64, see the transcripts in
+//! `tests/fixtures/comfyui/`): every route is also served under `/api/`; the socket at
+//! `/ws?clientId=ID` carries every execution message for prompts queued with that
+//! `client_id`, plus broadcasts (`status`, binary TEXT frames, and for prompts without a
+//! client id `progress_state`); a second socket with the same client id makes the server drop
+//! the first registration *and* the second when the first closes, so the old socket is always
+//! fully dropped before reconnecting; a dying server sends no close frame.
 
 use std::{
     collections::HashMap,
