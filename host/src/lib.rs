@@ -1,16 +1,22 @@
 //! aihost: AI engines behind one production REST API.
 //!
-//! See `ARCHITECTURE.md` at the repository root for the map of these modules.
+//! See `ARCHITECTURE.md` at the repository root for the map of these modules. The library's
+//! public surface is small on purpose: [`cli`] (what the binary runs) and [`storage`] (which
+//! the storage integration tests drive against real S3 and GCS servers). Everything else is
+//! crate-private, so the compiler reports what nothing uses.
 
-pub mod api;
-pub mod config;
-pub mod dispatcher;
-pub mod fetch;
-pub mod manifest;
-pub mod names;
+#![warn(unreachable_pub)]
+
+pub(crate) mod api;
+pub mod cli;
+pub(crate) mod config;
+pub(crate) mod dispatcher;
+pub(crate) mod fetch;
+pub(crate) mod manifest;
+pub(crate) mod names;
 pub(crate) mod percent;
-pub mod plugins;
-pub mod service;
+pub(crate) mod plugins;
+pub(crate) mod service;
 pub mod storage;
-pub mod store;
-pub mod task_view;
+pub(crate) mod store;
+pub(crate) mod task_view;

@@ -1,0 +1,420 @@
+//! The `aihost` command line (`aihost --help`): parses the arguments, loads the config, starts
+//! logging and the runtime, and runs one command. `main.rs` only calls [`main`].
+
+use std::{collections::BTreeMap, path::PathBuf, process::ExitCode};
+
+use crate::{
+    config::{Config, LogFormat},
+    plugins::Library,
+    service::{self, Roles},
+};
+use clap::{Parser, Subcommand};
+
+/// aihost: AI engines behind one production REST API.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Host settings file (default: aihost.toml in the working directory, if present).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the API and a consumer in one process (the default).
+    Serve,
+    /// Run only the HTTP API.
+    Api,
+    /// Run only a consumer (claims and runs tasks).
+    Consumer,
+    /// Print the OpenAPI document (with the installed task types) and exit.
+    Openapi,
+    /// Task store commands.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Plugin commands.
+    Plugins {
+        #[command(subcommand)]
+        command: PluginsCommand,
+    },
+    /// Storage commands.
+    Storage {
+        #[command(subcommand)]
+        command: StorageCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StorageCommand {
+    /// Write, read back and delete a probe object in the configured storage, fetch its public
+    /// URL without credentials, and print that URL (exit 1 if the backend refuses a step).
+    Check,
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Copy every task (every field, its state included) from a SQLite database into a
+    /// PostgreSQL database, creating the schema there if needed. Tasks already present (same
+    /// id or idempotency key) are skipped, so a second run copies only what is new. Stop the
+    /// service that writes the SQLite file first.
+    Migrate {
+        /// The SQLite database file (`queue.path`).
+        #[arg(long, value_name = "SQLITE_PATH")]
+        from: PathBuf,
+        /// The PostgreSQL URL (`postgres://user:password@host/database`).
+        #[arg(long, value_name = "POSTGRES_URL")]
+        to: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check aihost.toml, plugins.toml and the environment; print the effective config.
+    Check,
+}
+
+#[derive(Subcommand)]
+enum PluginsCommand {
+    /// Load the plugins of plugins.toml and list them.
+    List,
+    /// Open one plugin library and describe it (exit 1 with the reason if it is refused).
+    Check {
+        /// Path of the library.
+        file: PathBuf,
+    },
+}
+
+fn init_logging(level: &str, format: LogFormat) {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|s| EnvFilter::try_new(s).ok())
+        .or_else(|| EnvFilter::try_new(level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn load_config(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    Config::load(path, &env).map_err(|errors| {
+        eprintln!("aihost: configuration errors:\n{errors}");
+        ExitCode::from(2)
+    })
+}
+
+/// Runs the command line and answers the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match load_config(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    init_logging(&config.log.level, config.log.format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("aihost: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli.command.unwrap_or(Command::Serve), config))
+}
+
+async fn run(command: Command, config: Config) -> ExitCode {
+    let roles = match command {
+        Command::Serve => Roles {
+            api: true,
+            consumer: true,
+        },
+        Command::Api => Roles {
+            api: true,
+            consumer: false,
+        },
+        Command::Consumer => Roles {
+            api: false,
+            consumer: true,
+        },
+        Command::Openapi => return print_openapi(&config).await,
+        Command::Store {
+            command: StoreCommand::Migrate { from, to },
+        } => return store_migrate(&from, &to, config.queue.max_connections).await,
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => return config_check(&config),
+        Command::Plugins {
+            command: PluginsCommand::List,
+        } => return plugins_list(&config).await,
+        Command::Plugins {
+            command: PluginsCommand::Check { file },
+        } => return plugins_check(&file),
+        Command::Storage {
+            command: StorageCommand::Check,
+        } => return storage_check(&config).await,
+    };
+    match service::run(config, roles).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("aihost: {e} [{}]", e.code());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn storage_check(config: &Config) -> ExitCode {
+    let storage = match service::open_storage(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("aihost: {e} [{}]", e.code());
+            return ExitCode::FAILURE;
+        }
+    };
+    match storage.check_public().await {
+        Ok(report) => {
+            println!("backend: {}", report.backend);
+            println!("probe key: {} (written, read back, deleted)", report.key);
+            println!("public url: {}", report.url);
+            match report.public_get {
+                Ok(status) if (200..300).contains(&status) => {
+                    println!("public GET: HTTP {status}")
+                }
+                Ok(status) => println!(
+                    "public GET: HTTP {status} (clients cannot read outputs at this URL: check the bucket's public access or storage.public_base_url)"
+                ),
+                Err(e) => println!(
+                    "public GET: failed ({e}){}",
+                    if report.backend == "fs" || report.backend == "memory" {
+                        " - the /files URL is served by the running service"
+                    } else {
+                        ""
+                    }
+                ),
+            }
+            println!("# storage OK");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("aihost: storage check failed: {e} [{}]", e.code());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `aihost store migrate`: pages through the SQLite store (newest first) and imports each page
+/// into PostgreSQL in one transaction.
+async fn store_migrate(from: &std::path::Path, to: &str, max_connections: u32) -> ExitCode {
+    use crate::store::{
+        ListFilter, TaskStore,
+        postgres::{PostgresSettings, PostgresStore},
+        sqlite::SqliteStore,
+    };
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        eprintln!("aihost: {what}: {e}");
+        ExitCode::FAILURE
+    };
+    if !from.is_file() {
+        return fail(
+            "store migrate",
+            &format!("{} is not a SQLite database file", from.display()),
+        );
+    }
+    let source = match SqliteStore::open(from).await {
+        Ok(s) => s,
+        Err(e) => return fail(&format!("cannot open {}", from.display()), &e),
+    };
+    let shown = match url::Url::parse(to) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(e) => return fail("--to is not a URL", &e),
+    };
+    let target = match PostgresStore::open(&PostgresSettings {
+        max_connections: max_connections.clamp(1, 4),
+        ..PostgresSettings::new(to)
+    })
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => return fail(&format!("cannot open {shown}"), &e),
+    };
+    let (mut read, mut copied) = (0u64, 0u64);
+    let mut cursor = None;
+    loop {
+        let page = match source
+            .list(ListFilter {
+                limit: 1000,
+                cursor: cursor.take(),
+                ..ListFilter::default()
+            })
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => return fail("reading the SQLite store", &e),
+        };
+        read += page.tasks.len() as u64;
+        match target.import(&page.tasks).await {
+            Ok(n) => copied += n,
+            Err(e) => return fail("writing to PostgreSQL", &e),
+        }
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    source.close().await;
+    target.close().await;
+    println!(
+        "copied {copied} of {read} tasks from {} to {shown} ({} were already there)",
+        from.display(),
+        read - copied
+    );
+    ExitCode::SUCCESS
+}
+
+fn config_check(config: &Config) -> ExitCode {
+    match crate::manifest::PluginManifest::load(&config.plugins.manifest, false) {
+        Ok(m) => {
+            println!("{}", config.redacted_toml());
+            println!(
+                "# plugins.toml: {} ({} entries)",
+                config.plugins.manifest.display(),
+                m.plugins.len()
+            );
+            println!("# configuration OK");
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("aihost: configuration errors:\n{errors}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn plugins_list(config: &Config) -> ExitCode {
+    let registry = match service::load_plugins(config).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("aihost: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "{:<14} {:<9} {:<9} {:<40} FILE",
+        "NAME", "VERSION", "API", "TASK TYPES"
+    );
+    for p in registry.plugins() {
+        let types: Vec<&str> = p.desc.task_types.iter().map(|t| t.name.as_str()).collect();
+        println!(
+            "{:<14} {:<9} {:<9} {:<40} {}",
+            p.desc.name,
+            p.desc.version,
+            p.desc.api_version,
+            types.join(","),
+            p.path.display()
+        );
+    }
+    let failures = registry.failures();
+    for f in &failures {
+        eprintln!("failed: {} [{}]", f.message, f.code);
+    }
+    registry.shutdown();
+    if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn plugins_check(file: &std::path::Path) -> ExitCode {
+    match Library::open(file) {
+        Ok(lib) => {
+            let d = &lib.desc;
+            println!(
+                "{} {} (plugin-api {}): {}",
+                d.name, d.version, d.api_version, d.description
+            );
+            println!("file: {}", lib.path.display());
+            for t in &d.task_types {
+                println!("task type {}: {}", t.name, t.description);
+            }
+            for o in &d.ops {
+                println!("op {}: {}", o.name, o.description);
+            }
+            println!("default config: {}", d.default_config);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e} [{}]", e.code());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn print_openapi(config: &Config) -> ExitCode {
+    let registry = match service::load_plugins(config).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("aihost: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The document needs a state; give it a throwaway store and memory storage.
+    let dir = std::env::temp_dir().join(format!("aihost-openapi-{}", std::process::id()));
+    let store = match crate::store::sqlite::SqliteStore::open(&dir.join("spec.db")).await {
+        Ok(s) => std::sync::Arc::new(s),
+        Err(e) => {
+            eprintln!("aihost: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let storage = crate::storage::Storage::new(crate::storage::StorageSettings {
+        kind: crate::storage::StorageKind::Memory,
+        root: dir.clone(),
+        prefix: String::new(),
+        public_base_url: format!("{}/files", config.public_url()),
+    });
+    let Ok(storage) = storage else {
+        eprintln!("aihost: cannot create memory storage");
+        return ExitCode::FAILURE;
+    };
+    let state = std::sync::Arc::new(crate::api::AppState {
+        store,
+        registry: registry.clone(),
+        storage,
+        dispatcher: None,
+        api_keys: Vec::new(),
+        max_body_bytes: 0,
+        max_upload_bytes: 0,
+        max_pending: 0,
+        default_max_attempts: 3,
+        public_url: config.public_url(),
+        started: std::time::Instant::now(),
+    });
+    let spec = crate::api::openapi_document(state);
+    registry.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("{spec}");
+    ExitCode::SUCCESS
+}
