@@ -30,7 +30,7 @@ use crate::{
 
 /// Settings of the dispatcher.
 #[derive(Debug, Clone)]
-pub struct DispatcherSettings {
+pub(crate) struct DispatcherSettings {
     /// This worker's id, recorded on claimed tasks.
     pub worker_id: String,
     /// Lease length; renewed every third of it.
@@ -64,7 +64,7 @@ enum Stop {
 }
 
 /// The consumer. Create with [`Dispatcher::new`], run with [`Dispatcher::run`].
-pub struct Dispatcher {
+pub(crate) struct Dispatcher {
     store: Arc<dyn TaskStore>,
     registry: Arc<Registry>,
     storage: Storage,
@@ -76,7 +76,7 @@ pub struct Dispatcher {
 }
 
 /// Delay before retry number `attempt` (1-based): base·2^(attempt−1), capped, with ±25% jitter.
-pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
+pub(crate) fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
     let exp = base.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(20)));
     let capped = exp.min(max);
     let jitter = rand::random_range(0.75..=1.25);
@@ -85,7 +85,7 @@ pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
 
 impl Dispatcher {
     /// A dispatcher over these services.
-    pub fn new(
+    pub(crate) fn new(
         store: Arc<dyn TaskStore>,
         registry: Arc<Registry>,
         storage: Storage,
@@ -105,7 +105,7 @@ impl Dispatcher {
     }
 
     /// Number of attempts running now.
-    pub fn running(&self) -> usize {
+    pub(crate) fn running(&self) -> usize {
         self.running.lock().expect("running lock").len()
     }
 
@@ -115,12 +115,14 @@ impl Dispatcher {
             .expect("running lock")
             .values()
             .filter(|r| r.task_type == task_type)
-            .count() as u32
+            .count()
+            .try_into()
+            .unwrap_or(u32::MAX)
     }
 
     /// Runs until `shutdown` turns true: then stops claiming, waits up to the grace period for
     /// running attempts, and puts the rest back in the queue.
-    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+    pub(crate) async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let events = self.clone().watch_events();
         let rescue = self.clone().rescue_loop();
         loop {

@@ -38,7 +38,7 @@ const ENTRY_KEYS: [&str; 6] = [
 
 /// The contents of `plugins.toml`. `PluginManifest::default()` is the empty manifest.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct PluginManifest {
+pub(crate) struct PluginManifest {
     /// Directory searched for plugin libraries (absolute once loaded). `None`: entries without
     /// `library` are looked up by the system's library search path, and nothing is autoloaded.
     pub dir: Option<PathBuf>,
@@ -51,7 +51,7 @@ pub struct PluginManifest {
 
 /// One `[[plugin]]` entry.
 #[derive(Debug, Clone, PartialEq)]
-pub struct PluginEntry {
+pub(crate) struct PluginEntry {
     /// The plugin's name; the library must report the same one.
     pub name: String,
     /// The library file (absolute once loaded). `None`: [`platform_library_name`] in `dir`.
@@ -68,7 +68,7 @@ pub struct PluginEntry {
 
 impl PluginEntry {
     /// An entry with every default: enabled, not required, any version, empty config.
-    pub fn new(name: impl Into<String>) -> PluginEntry {
+    pub(crate) fn new(name: impl Into<String>) -> PluginEntry {
         PluginEntry {
             name: name.into(),
             library: None,
@@ -81,7 +81,7 @@ impl PluginEntry {
 
     /// The library file to load: `library` if set, else [`platform_library_name`] of `name` in
     /// `dir` (or the bare file name, for the system's library search, without a `dir`).
-    pub fn library_path(&self, dir: Option<&Path>) -> PathBuf {
+    pub(crate) fn library_path(&self, dir: Option<&Path>) -> PathBuf {
         match (&self.library, dir) {
             (Some(lib), _) => lib.clone(),
             (None, Some(dir)) => dir.join(platform_library_name(&self.name)),
@@ -93,7 +93,7 @@ impl PluginEntry {
 /// The file name cargo gives a `cdylib` built from `crate_name` on this platform:
 /// `aihost-imageops` → `libaihost_imageops.so` (Linux), `libaihost_imageops.dylib` (macOS),
 /// `aihost_imageops.dll` (Windows).
-pub fn platform_library_name(crate_name: &str) -> String {
+pub(crate) fn platform_library_name(crate_name: &str) -> String {
     let stem = crate_name.replace('-', "_");
     format!(
         "{}{stem}{}",
@@ -105,7 +105,7 @@ pub fn platform_library_name(crate_name: &str) -> String {
 impl PluginManifest {
     /// Reads `path`. An absent file gives the empty manifest unless `must_exist`. Relative
     /// `dir` and `library` paths are resolved against the file's directory.
-    pub fn load(path: &Path, must_exist: bool) -> Result<PluginManifest, ConfigErrors> {
+    pub(crate) fn load(path: &Path, must_exist: bool) -> Result<PluginManifest, ConfigErrors> {
         let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         if !must_exist && !abs.exists() {
             return Ok(PluginManifest::default());
@@ -114,16 +114,18 @@ impl PluginManifest {
         Self::from_file(&file)
     }
 
+    #[cfg(test)]
     /// Parses manifest text as if read from `path` (which sets the base of relative paths and
     /// the file named in errors).
-    pub fn parse(text: &str, path: &Path) -> Result<PluginManifest, ConfigErrors> {
+    pub(crate) fn parse(text: &str, path: &Path) -> Result<PluginManifest, ConfigErrors> {
         let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         let file = TomlFile::parse(&abs, text).map_err(ConfigErrors)?;
         Self::from_file(&file)
     }
 
+    #[cfg(test)]
     /// The entry named `name`, if any.
-    pub fn entry(&self, name: &str) -> Option<&PluginEntry> {
+    pub(crate) fn entry(&self, name: &str) -> Option<&PluginEntry> {
         self.plugins.iter().find(|p| p.name == name)
     }
 

@@ -2,17 +2,17 @@
 //! (fetched inputs, uploads, stored outputs).
 
 /// Longest name kept, in bytes.
-pub const MAX_NAME_LEN: usize = 150;
+pub(crate) const MAX_NAME_LEN: usize = 150;
 
 /// The last segment of a `/` or `\` separated path.
-pub fn base_name(path: &str) -> &str {
+pub(crate) fn base_name(path: &str) -> &str {
     path.rsplit(['/', '\\']).next().unwrap_or("")
 }
 
 /// Reduces a name to `[A-Za-z0-9._-]` (other characters become `_`), without leading dots, at
 /// most [`MAX_NAME_LEN`] bytes (keeping a short extension); `fallback` when nothing usable is
 /// left.
-pub fn sanitize(name: &str, fallback: &str) -> String {
+pub(crate) fn sanitize(name: &str, fallback: &str) -> String {
     let mapped: String = name
         .chars()
         .map(|c| {
@@ -36,7 +36,7 @@ pub fn sanitize(name: &str, fallback: &str) -> String {
 }
 
 /// Splits `name` into stem and extension (with its dot; empty when there is none).
-pub fn split_ext(name: &str) -> (&str, &str) {
+pub(crate) fn split_ext(name: &str) -> (&str, &str) {
     match name.rfind('.') {
         Some(i) if i > 0 => name.split_at(i),
         _ => (name, ""),

@@ -23,7 +23,7 @@ use crate::{
 
 /// Why the service could not start. One line each.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub(crate) enum StartError {
     /// Configuration problems (all of them).
     #[error("{0}")]
     Config(#[from] crate::config::ConfigErrors),
@@ -54,7 +54,7 @@ pub enum StartError {
 
 impl StartError {
     /// Stable error code.
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             StartError::Config(_) => "config_invalid",
             StartError::Store(e) => e.code(),
@@ -69,7 +69,7 @@ impl StartError {
 
 /// Which parts of the service this process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Roles {
+pub(crate) struct Roles {
     /// Serve the HTTP API.
     pub api: bool,
     /// Claim and run tasks.
@@ -77,7 +77,7 @@ pub struct Roles {
 }
 
 /// The services built from a config.
-pub struct Services {
+pub(crate) struct Services {
     /// Task state.
     pub store: Arc<dyn TaskStore>,
     /// Storage.
@@ -89,7 +89,7 @@ pub struct Services {
 }
 
 /// Opens the task store the config names.
-pub async fn open_store(config: &Config) -> Result<Arc<dyn TaskStore>, StartError> {
+pub(crate) async fn open_store(config: &Config) -> Result<Arc<dyn TaskStore>, StartError> {
     match config.queue.kind {
         QueueType::Sqlite => Ok(Arc::new(SqliteStore::open(&config.queue.path).await?)),
         QueueType::Postgres => {
@@ -148,14 +148,14 @@ async fn announce_loop(store: Arc<dyn TaskStore>, registry: Arc<Registry>, worke
 }
 
 /// Builds the storage facade the config names (`storage.*`; DESIGN.md §7).
-pub fn open_storage(config: &Config) -> Result<Storage, StartError> {
+pub(crate) fn open_storage(config: &Config) -> Result<Storage, StartError> {
     let files_base = format!("{}/files", config.public_url());
     let settings = StorageSettings::from_config(&config.storage, files_base);
     Ok(Storage::new(settings)?)
 }
 
 /// Loads the plugins of the manifest the config names (blocking work on a blocking thread).
-pub async fn load_plugins(config: &Config) -> Result<Arc<Registry>, StartError> {
+pub(crate) async fn load_plugins(config: &Config) -> Result<Arc<Registry>, StartError> {
     let manifest = PluginManifest::load(&config.plugins.manifest, false)?;
     let registry = tokio::task::spawn_blocking(move || Registry::load(manifest))
         .await
@@ -164,7 +164,7 @@ pub async fn load_plugins(config: &Config) -> Result<Arc<Registry>, StartError> 
 }
 
 /// Builds every service.
-pub async fn build(config: &Config) -> Result<Services, StartError> {
+pub(crate) async fn build(config: &Config) -> Result<Services, StartError> {
     let store = open_store(config).await?;
     let storage = open_storage(config)?;
     let fetcher = Fetcher::new(
@@ -188,7 +188,7 @@ pub async fn build(config: &Config) -> Result<Services, StartError> {
 }
 
 /// Resolves when SIGINT or SIGTERM arrives.
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -205,7 +205,7 @@ pub async fn shutdown_signal() {
 
 /// Runs the service until a signal, then stops: the API stops accepting, the consumer stops
 /// claiming, running tasks get the grace period, the rest go back to the queue.
-pub async fn run(config: Config, roles: Roles) -> Result<(), StartError> {
+pub(crate) async fn run(config: Config, roles: Roles) -> Result<(), StartError> {
     let services = build(&config).await?;
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -141,7 +141,7 @@ impl TaskView {
 }
 
 /// The JSON of one event.
-pub fn event_json(ev: &TaskEvent) -> Value {
+pub(crate) fn event_json(ev: &TaskEvent) -> Value {
     let view = TaskView::from(ev.task.clone());
     serde_json::json!({
         "event": ev.kind,

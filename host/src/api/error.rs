@@ -113,7 +113,7 @@ impl From<StoreError> for ApiError {
 }
 
 /// The HTTP status of a storage error (the one place this mapping lives).
-pub fn storage_status(e: &StorageError) -> StatusCode {
+pub(crate) fn storage_status(e: &StorageError) -> StatusCode {
     match e.code() {
         "storage_not_found" => StatusCode::NOT_FOUND,
         "storage_invalid_key" => StatusCode::BAD_REQUEST,
@@ -134,7 +134,7 @@ impl From<StorageError> for ApiError {
 }
 
 /// A JSON error response outside poem-openapi (plain poem handlers, middleware).
-pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+pub(crate) fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
     let text = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
     Response::builder()
         .status(status)
@@ -144,7 +144,7 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response
 
 /// Rewrites errors raised by poem itself (routing, parsing) into the API's error shape; errors
 /// that already are API responses pass through.
-pub fn normalize(err: poem::Error) -> Response {
+pub(crate) fn normalize(err: poem::Error) -> Response {
     if err.is_from_response() {
         return err.into_response();
     }

@@ -32,7 +32,10 @@ fn snapshot_kind(s: Status) -> EventKind {
 }
 
 /// Subscribes first, then reads the task, so no change between the two is missed.
-pub async fn follow(state: &AppState, id: Uuid) -> Result<BoxStream<'static, Value>, ApiError> {
+pub(crate) async fn follow(
+    state: &AppState,
+    id: Uuid,
+) -> Result<BoxStream<'static, Value>, ApiError> {
     let rx = state.store.subscribe();
     let Some(task) = state.store.get(id).await? else {
         return Err(ApiError::not_found(
@@ -85,7 +88,7 @@ pub async fn follow(state: &AppState, id: Uuid) -> Result<BoxStream<'static, Val
 /// `GET /api/tasks/{task_id}/ws`: the task's events as WebSocket text messages; the server
 /// closes the socket after the terminal state.
 #[handler]
-pub async fn task_ws(
+pub(crate) async fn task_ws(
     Path(task_id): Path<String>,
     ws: WebSocket,
     Data(state): Data<&std::sync::Arc<AppState>>,

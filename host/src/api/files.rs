@@ -30,7 +30,10 @@ fn clean_name(name: Option<&str>) -> String {
 /// under `uploads/{uuid}/{name}`. Answers 201 `{key, url, size, content_type}`; use `key` or
 /// `url` as a task input.
 #[handler]
-pub async fn upload(mut multipart: Multipart, Data(state): Data<&Arc<AppState>>) -> Response {
+pub(crate) async fn upload(
+    mut multipart: Multipart,
+    Data(state): Data<&Arc<AppState>>,
+) -> Response {
     loop {
         let field = match multipart.next_field().await {
             Ok(Some(f)) => f,
@@ -104,7 +107,7 @@ fn parse_range(h: Option<&str>) -> RangeSpec {
 
 /// `GET /files/{key}`: a stored object (fs and memory backends), with `Range` support.
 #[handler]
-pub async fn get_file(req: &Request, Data(state): Data<&Arc<AppState>>) -> Response {
+pub(crate) async fn get_file(req: &Request, Data(state): Data<&Arc<AppState>>) -> Response {
     let key = req.uri().path().trim_start_matches("/files/");
     let key = match crate::percent::decode(key) {
         Some(k) => k,

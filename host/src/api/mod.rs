@@ -14,18 +14,18 @@ use poem_openapi::{OpenApiService, Tags};
 
 use crate::{dispatcher::Dispatcher, plugins::Registry, storage::Storage, store::TaskStore};
 
-pub mod error;
-pub mod events;
-pub mod files;
+pub(crate) mod error;
+pub(crate) mod events;
+pub(crate) mod files;
 mod ids;
-pub mod seed;
-pub mod spec;
-pub mod system;
-pub mod tasks;
+pub(crate) mod seed;
+pub(crate) mod spec;
+pub(crate) mod system;
+pub(crate) mod tasks;
 
 /// Tags grouping the operations in `/docs`.
 #[derive(Tags)]
-pub enum ApiTags {
+pub(crate) enum ApiTags {
     /// Submit and follow tasks.
     Tasks,
     /// Health, status, statistics and plugins.
@@ -33,7 +33,7 @@ pub enum ApiTags {
 }
 
 /// Everything a request handler needs.
-pub struct AppState {
+pub(crate) struct AppState {
     /// Task state.
     pub store: Arc<dyn TaskStore>,
     /// Loaded plugins.
@@ -59,7 +59,7 @@ pub struct AppState {
 }
 
 /// The OpenAPI service (operations documented by poem-openapi).
-pub fn openapi(
+pub(crate) fn openapi(
     state: Arc<AppState>,
 ) -> OpenApiService<
     (
@@ -93,7 +93,7 @@ pub fn openapi(
 }
 
 /// The whole application: API, docs, spec, files, uploads, WebSocket, with middleware.
-pub fn app(state: Arc<AppState>) -> impl Endpoint {
+pub(crate) fn app(state: Arc<AppState>) -> impl Endpoint {
     let service = openapi(state.clone());
     let base_spec = service.spec();
     let docs = spec::Docs::new(base_spec, service.swagger_ui_html(), state.registry.clone());
@@ -220,7 +220,10 @@ async fn limit_body<E: Endpoint>(
             && matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH))
     {
         let body = req.take_body();
-        match body.into_bytes_limit(limit as usize).await {
+        match body
+            .into_bytes_limit(usize::try_from(limit).unwrap_or(usize::MAX))
+            .await
+        {
             Ok(bytes) => {
                 if is_create {
                     create_body = Some(bytes.clone());
@@ -250,7 +253,7 @@ async fn limit_body<E: Endpoint>(
 }
 
 /// The merged OpenAPI document as pretty JSON (what `/openapi.json` serves).
-pub fn openapi_document(state: Arc<AppState>) -> String {
+pub(crate) fn openapi_document(state: Arc<AppState>) -> String {
     let base = openapi(state.clone()).spec();
     serde_json::to_string_pretty(&spec::merge(&base, &state.registry)).unwrap_or_default()
 }

@@ -16,7 +16,7 @@ type Cached = (u64, Arc<String>, Arc<String>);
 
 /// The merged spec and the Swagger UI page, cached per registry generation.
 #[derive(Clone)]
-pub struct Docs {
+pub(crate) struct Docs {
     base_spec: Arc<String>,
     base_html: Arc<String>,
     registry: Arc<Registry>,
@@ -80,7 +80,7 @@ fn extra_paths() -> Value {
 }
 
 /// Merges the run-time parts into poem-openapi's document.
-pub fn merge(base: &str, registry: &Registry) -> Value {
+pub(crate) fn merge(base: &str, registry: &Registry) -> Value {
     let mut spec: Value = serde_json::from_str(base).unwrap_or_else(|_| json!({}));
     if let (Some(paths), Value::Object(extra)) = (
         spec.get_mut("paths").and_then(Value::as_object_mut),
@@ -136,7 +136,7 @@ pub fn merge(base: &str, registry: &Registry) -> Value {
 
 impl Docs {
     /// Docs over poem-openapi's spec and Swagger UI page.
-    pub fn new(base_spec: String, base_html: String, registry: Arc<Registry>) -> Docs {
+    pub(crate) fn new(base_spec: String, base_html: String, registry: Arc<Registry>) -> Docs {
         Docs {
             base_spec: Arc::new(base_spec),
             base_html: Arc::new(base_html),
@@ -165,12 +165,12 @@ impl Docs {
     }
 
     /// The merged spec as JSON text.
-    pub fn spec_json(&self) -> String {
+    pub(crate) fn spec_json(&self) -> String {
         self.current().0.as_ref().clone()
     }
 
     /// The Swagger UI page with the merged spec.
-    pub fn html(&self) -> String {
+    pub(crate) fn html(&self) -> String {
         self.current().1.as_ref().clone()
     }
 }

@@ -9,14 +9,14 @@ use super::{ApiTags, AppState, error::ApiError};
 
 /// Liveness.
 #[derive(Debug, Clone, Object)]
-pub struct Health {
+pub(crate) struct Health {
     /// Always `ok` while the process serves requests.
     pub status: String,
 }
 
 /// A loaded plugin.
 #[derive(Debug, Clone, Object)]
-pub struct PluginView {
+pub(crate) struct PluginView {
     /// Name.
     pub name: String,
     /// Version.
@@ -35,7 +35,7 @@ pub struct PluginView {
 
 /// A task type.
 #[derive(Debug, Clone, Object)]
-pub struct TaskTypeView {
+pub(crate) struct TaskTypeView {
     /// Name, e.g. `imageops.transform`.
     pub name: String,
     /// Description.
@@ -48,7 +48,7 @@ pub struct TaskTypeView {
 
 /// A library that failed to load.
 #[derive(Debug, Clone, Object)]
-pub struct PluginFailureView {
+pub(crate) struct PluginFailureView {
     /// Manifest entry name, if any.
     pub name: Option<String>,
     /// Library path.
@@ -61,7 +61,7 @@ pub struct PluginFailureView {
 
 /// Loaded plugins and failures.
 #[derive(Debug, Clone, Object)]
-pub struct PluginList {
+pub(crate) struct PluginList {
     /// Loaded plugins.
     pub plugins: Vec<PluginView>,
     /// Libraries that failed to load.
@@ -70,7 +70,7 @@ pub struct PluginList {
 
 /// What a reload did.
 #[derive(Debug, Clone, Object)]
-pub struct ReloadView {
+pub(crate) struct ReloadView {
     /// Plugins newly loaded.
     pub loaded: Vec<String>,
     /// Libraries that failed this time (e.g. `plugin_needs_restart` for a replaced library).
@@ -79,7 +79,7 @@ pub struct ReloadView {
 
 /// Service status.
 #[derive(Debug, Clone, Object)]
-pub struct StatusView {
+pub(crate) struct StatusView {
     /// `ok`, or `degraded` when the store, the storage or an engine is unreachable.
     pub status: String,
     /// aihost version.
@@ -105,7 +105,7 @@ pub struct StatusView {
 
 /// A consumer process of the deployment.
 #[derive(Debug, Clone, Object)]
-pub struct ConsumerView {
+pub(crate) struct ConsumerView {
     /// Worker id (the `worker` recorded on the tasks it runs).
     pub worker: String,
     /// Its machine.
@@ -124,7 +124,7 @@ pub struct ConsumerView {
 
 /// Figures for dashboards.
 #[derive(Debug, Clone, Object)]
-pub struct StatsView {
+pub(crate) struct StatsView {
     /// Tasks per status.
     pub by_status: BTreeMap<String, u64>,
     /// Tasks per type and status.
@@ -147,7 +147,7 @@ fn failure_view(f: crate::plugins::LoadFailure) -> PluginFailureView {
 }
 
 /// Plugins as views.
-pub fn plugin_list(state: &AppState) -> PluginList {
+pub(crate) fn plugin_list(state: &AppState) -> PluginList {
     PluginList {
         plugins: state
             .registry
@@ -183,7 +183,7 @@ pub fn plugin_list(state: &AppState) -> PluginList {
 }
 
 /// Service endpoints.
-pub struct SystemApi {
+pub(crate) struct SystemApi {
     /// Shared state.
     pub state: Arc<AppState>,
 }

@@ -20,7 +20,7 @@ use crate::{
 
 /// A new task.
 #[derive(Debug, Clone, Object)]
-pub struct CreateTaskRequest {
+pub(crate) struct CreateTaskRequest {
     /// A registered task type (see `GET /api/plugins`), e.g. `imageops.transform`.
     #[oai(rename = "type")]
     pub task_type: String,
@@ -52,7 +52,7 @@ pub enum CreateResponse {
 
 /// A page of tasks.
 #[derive(Debug, Clone, Object)]
-pub struct TaskPage {
+pub(crate) struct TaskPage {
     /// Tasks, newest first.
     pub tasks: Vec<TaskView>,
     /// Pass as `cursor` for the next page; absent on the last page.
@@ -71,10 +71,14 @@ pub enum CancelResponse {
 }
 
 /// The longest `wait` accepted, in seconds.
-pub const MAX_WAIT_SECS: u64 = 600;
+pub(crate) const MAX_WAIT_SECS: u64 = 600;
 
 /// Validates `input` against the type's schema: 422 naming the first failing field.
-pub fn validate_input(state: &AppState, task_type: &str, input: &Value) -> Result<(), ApiError> {
+pub(crate) fn validate_input(
+    state: &AppState,
+    task_type: &str,
+    input: &Value,
+) -> Result<(), ApiError> {
     let Some(entry) = state.registry.task_type(task_type) else {
         let known: Vec<String> = state
             .registry
@@ -112,7 +116,7 @@ pub fn validate_input(state: &AppState, task_type: &str, input: &Value) -> Resul
 }
 
 /// Creates a task (shared by `POST /api/tasks` and the seed-compatible routes).
-pub async fn create_task(
+pub(crate) async fn create_task(
     state: &AppState,
     req: CreateTaskRequest,
     header_key: Option<String>,
@@ -210,7 +214,7 @@ async fn wait_terminal(
 }
 
 /// Task endpoints.
-pub struct TasksApi {
+pub(crate) struct TasksApi {
     /// Shared state.
     pub state: Arc<AppState>,
 }

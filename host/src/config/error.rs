@@ -8,7 +8,7 @@ use std::{fmt, path::PathBuf};
 
 /// Where a setting, or a problem with it, came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Origin {
+pub(crate) enum Origin {
     /// A file, with the 1-based line when known.
     File {
         /// The file (absolute).
@@ -55,7 +55,7 @@ fn did_you_mean(suggestion: &Option<String>) -> String {
 
 /// One problem in a settings file or the environment. [`ConfigError::code`] is stable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     /// A section, key or `AIHOST_*` variable that means nothing (a typo, usually).
     #[error("{origin}: unknown key `{key}`{}", did_you_mean(.suggestion))]
     UnknownKey {
@@ -127,7 +127,7 @@ pub enum ConfigError {
 impl ConfigError {
     /// Stable, machine-readable code: `unknown_key`, `invalid_type`, `invalid_value`,
     /// `missing_value`, `duplicate`, `unreadable_file`, `toml_syntax`.
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             ConfigError::UnknownKey { .. } => "unknown_key",
             ConfigError::InvalidType { .. } => "invalid_type",
@@ -140,7 +140,7 @@ impl ConfigError {
     }
 
     /// Where the problem is (file and line, variable, or default).
-    pub fn origin(&self) -> &Origin {
+    pub(crate) fn origin(&self) -> &Origin {
         match self {
             ConfigError::UnknownKey { origin, .. }
             | ConfigError::InvalidType { origin, .. }
@@ -153,7 +153,7 @@ impl ConfigError {
     }
 
     /// The dotted key concerned, if the problem is about one key.
-    pub fn key(&self) -> Option<&str> {
+    pub(crate) fn key(&self) -> Option<&str> {
         match self {
             ConfigError::UnknownKey { key, .. }
             | ConfigError::InvalidType { key, .. }
@@ -165,9 +165,10 @@ impl ConfigError {
     }
 }
 
-/// Every problem found while loading settings; displayed one line per problem.
+/// Every problem found while loading settings; displayed one line per problem, each ending
+/// with its code in brackets.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ConfigErrors(
+pub(crate) struct ConfigErrors(
     /// The problems, by file and line, then variables.
     pub Vec<ConfigError>,
 );
@@ -207,7 +208,7 @@ impl fmt::Display for ConfigErrors {
             if i > 0 {
                 f.write_str("\n")?;
             }
-            write!(f, "{e}")?;
+            write!(f, "{e} [{}]", e.code())?;
         }
         Ok(())
     }

@@ -27,7 +27,7 @@
 use super::toml_file::closest;
 
 /// Prefix of the environment variables that override keys: `AIHOST_SECTION__KEY`.
-pub const ENV_PREFIX: &str = "AIHOST_";
+pub(crate) const ENV_PREFIX: &str = "AIHOST_";
 
 /// How a key's value is written in an environment variable (and whether it is a path).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

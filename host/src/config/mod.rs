@@ -32,24 +32,23 @@ mod settings;
 pub(crate) mod toml_file;
 mod validate;
 
-pub use error::{ConfigError, ConfigErrors, Origin};
-pub use keys::ENV_PREFIX;
+pub(crate) use error::{ConfigError, ConfigErrors, Origin};
 use keys::KeyId;
 use layers::Layers;
-pub use settings::{
+pub(crate) use settings::{
     DispatcherConfig, FetchConfig, LogConfig, LogFormat, PluginsConfig, QueueConfig, QueueType,
     ServerConfig, StorageConfig, StorageType,
 };
 use toml_file::{TomlFile, absolute_against};
 
 /// The host file read when no path is given, if it exists in the working directory.
-pub const DEFAULT_FILE: &str = "aihost.toml";
+pub(crate) const DEFAULT_FILE: &str = "aihost.toml";
 
 /// All host settings (`aihost.toml`). `Config::default()` holds the defaults with relative
 /// paths; [`Config::load`] returns them resolved to absolute paths.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Config {
+pub(crate) struct Config {
     /// HTTP server: address, public URL, authentication, body limits.
     pub server: ServerConfig,
     /// The durable task queue.
@@ -75,7 +74,7 @@ impl Config {
     ///
     /// With `path = None`, `aihost.toml` in the working directory is read if it exists; a path
     /// given explicitly must exist. Every problem is reported in the one error.
-    pub fn load(
+    pub(crate) fn load(
         path: Option<&Path>,
         env: &BTreeMap<String, String>,
     ) -> Result<Config, ConfigErrors> {
@@ -161,7 +160,7 @@ impl Config {
 
     /// The base URL clients reach the service at, without a trailing slash: `server.public_url`,
     /// or `http://` + `server.bind`.
-    pub fn public_url(&self) -> String {
+    pub(crate) fn public_url(&self) -> String {
         match &self.server.public_url {
             Some(u) => u.trim_end_matches('/').to_owned(),
             None => format!("http://{}", self.server.bind),
@@ -169,7 +168,7 @@ impl Config {
     }
 
     /// This consumer's id: `dispatcher.worker_id`, or `hostname-pid`.
-    pub fn worker_id(&self) -> String {
+    pub(crate) fn worker_id(&self) -> String {
         self.dispatcher.worker_id.clone().unwrap_or_else(|| {
             let host = std::env::var("HOSTNAME")
                 .ok()
@@ -184,7 +183,7 @@ impl Config {
 
     /// The effective settings as TOML, secrets (`server.api_keys`, `storage.secret_access_key`,
     /// `storage.api_token`, the password in `queue.url`) replaced by `***`.
-    pub fn redacted_toml(&self) -> String {
+    pub(crate) fn redacted_toml(&self) -> String {
         const MASK: &str = "***";
         let mut c = self.clone();
         for k in &mut c.server.api_keys {

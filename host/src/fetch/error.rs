@@ -14,7 +14,7 @@ use url::Url;
 /// Errors of the fetcher. [`FetchError::code`] is stable (`fetch_*`); the message is one line meant for
 /// API users.
 #[derive(Debug, thiserror::Error)]
-pub enum FetchError {
+pub(crate) enum FetchError {
     /// The host is, or resolves to, an address the SSRF guard refuses.
     #[error("refused to fetch {url}: {detail} (allow it with fetch.allow_hosts)")]
     PrivateAddress {
@@ -120,7 +120,7 @@ impl FetchError {
     /// fails on an input says so (a fetch timeout is `fetch_timeout`, not the task's
     /// `timeout`). The codes are those of [`aihost_plugin_api::codes`]; `ctx.fetch` passes
     /// them to plugins unchanged.
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             FetchError::PrivateAddress { .. } | FetchError::RedirectBlocked { .. } => {
                 codes::FETCH_BLOCKED
@@ -142,7 +142,7 @@ impl FetchError {
 
     /// Whether trying again later may succeed: 5xx and 429 answers, timeouts, connection
     /// failures.
-    pub fn retryable(&self) -> bool {
+    pub(crate) fn retryable(&self) -> bool {
         match self {
             FetchError::HttpStatus { status, .. } => *status >= 500 || *status == 429,
             FetchError::Timeout { .. } | FetchError::Unreachable { .. } => true,

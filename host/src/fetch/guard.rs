@@ -238,7 +238,7 @@ fn blocked_v4(ip: Ipv4Addr) -> Option<&'static str> {
 
 fn blocked_v6(ip: Ipv6Addr) -> Option<&'static str> {
     let s = ip.segments();
-    let embedded = |hi: u16, lo: u16| Ipv4Addr::from(((hi as u32) << 16) | lo as u32);
+    let embedded = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
     if let Some(v4) = ip.to_ipv4_mapped() {
         return blocked_v4(v4);
     }

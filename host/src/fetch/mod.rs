@@ -33,7 +33,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use url::Url;
 
-pub use error::FetchError;
+pub(crate) use error::FetchError;
 
 use crate::storage::Storage;
 use error::shown;
@@ -42,7 +42,7 @@ use source::Source;
 
 /// Settings of the fetcher.
 #[derive(Debug, Clone)]
-pub struct FetchSettings {
+pub(crate) struct FetchSettings {
     /// Hosts that may be fetched even though they are (or resolve to) private addresses:
     /// a name or IP literal, optionally with `:port` (`localhost`, `10.0.0.5:8188`,
     /// `[::1]:9000`); case-insensitive. Without a port, every port of the host is allowed.
@@ -61,7 +61,7 @@ pub struct FetchSettings {
 
 /// The fetcher. Cloning is cheap; clones share the HTTP client and the concurrency limit.
 #[derive(Clone)]
-pub struct Fetcher {
+pub(crate) struct Fetcher {
     inner: Arc<Inner>,
 }
 
@@ -85,7 +85,7 @@ impl fmt::Debug for Fetcher {
 impl Fetcher {
     /// Builds the fetcher and its HTTP client. `storage` is the service's own storage: sources
     /// naming its objects are copied from it.
-    pub fn new(settings: FetchSettings, storage: Storage) -> Result<Fetcher, FetchError> {
+    pub(crate) fn new(settings: FetchSettings, storage: Storage) -> Result<Fetcher, FetchError> {
         let guard = Guard::new(&settings.allow_hosts);
         let client = client::build(&settings, &guard)?;
         let permits = Semaphore::new(settings.concurrency.max(1));
@@ -108,7 +108,7 @@ impl Fetcher {
     /// `-2`… suffix is added). A name without extension gets one from the response's content
     /// type. On failure no file is left behind. Retryable failures are retried twice (after
     /// 200 ms and 800 ms).
-    pub async fn fetch_to(
+    pub(crate) async fn fetch_to(
         &self,
         source: &str,
         dest_dir: &Path,
@@ -125,7 +125,11 @@ impl Fetcher {
 
     /// POSTs `body` as JSON to an http(s) URL under the same SSRF guard (used for completion
     /// webhooks). Redirects are not followed. Answers the HTTP status.
-    pub async fn post_json(&self, url: &str, body: &serde_json::Value) -> Result<u16, FetchError> {
+    pub(crate) async fn post_json(
+        &self,
+        url: &str,
+        body: &serde_json::Value,
+    ) -> Result<u16, FetchError> {
         let parsed = Url::parse(url).map_err(|e| FetchError::InvalidUrl {
             input: url.chars().take(200).collect(),
             reason: e.to_string(),

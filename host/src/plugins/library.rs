@@ -18,7 +18,7 @@ use serde_json::Value;
 
 /// A task type as the host keeps it.
 #[derive(Debug, Clone, Serialize)]
-pub struct TaskTypeDesc {
+pub(crate) struct TaskTypeDesc {
     /// Task type name.
     pub name: String,
     /// One sentence.
@@ -31,7 +31,7 @@ pub struct TaskTypeDesc {
 
 /// An engine operation.
 #[derive(Debug, Clone, Serialize)]
-pub struct OpDesc {
+pub(crate) struct OpDesc {
     /// Name.
     pub name: String,
     /// One sentence.
@@ -40,7 +40,7 @@ pub struct OpDesc {
 
 /// What a plugin says about itself, in host types.
 #[derive(Debug, Clone, Serialize)]
-pub struct PluginDesc {
+pub(crate) struct PluginDesc {
     /// Plugin name.
     pub name: String,
     /// Plugin version.
@@ -59,7 +59,7 @@ pub struct PluginDesc {
 
 /// Why a library could not be loaded. Each renders as one line.
 #[derive(Debug, thiserror::Error)]
-pub enum LoadError {
+pub(crate) enum LoadError {
     /// No file at the path.
     #[error("{path}: no such file")]
     MissingFile {
@@ -194,7 +194,7 @@ pub enum LoadError {
 
 impl LoadError {
     /// Stable error code.
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             LoadError::MissingFile { .. } => "plugin_missing_file",
             LoadError::NotALibrary { .. } => "plugin_not_a_library",
@@ -215,7 +215,7 @@ impl LoadError {
 
 /// An opened (not yet initialised) plugin library.
 #[derive(Clone)]
-pub struct Library {
+pub(crate) struct Library {
     /// Where it was loaded from (canonical).
     pub path: PathBuf,
     /// What it says about itself.
@@ -278,7 +278,7 @@ fn describe(module: PluginModRef, path: &Path) -> Result<PluginDesc, LoadError> 
 impl Library {
     /// Opens a library: checks the file, the plugin header, the interface version (with semver,
     /// before the layout), the layout, then calls `describe`.
-    pub fn open(path: &Path) -> Result<Library, LoadError> {
+    pub(crate) fn open(path: &Path) -> Result<Library, LoadError> {
         if !path.is_file() {
             return Err(LoadError::MissingFile { path: path.into() });
         }
@@ -324,7 +324,7 @@ impl Library {
     /// Initialises the plugin with its config (blocking: the plugin builds its runtime and runs
     /// its async init; call from a blocking thread), then describes it again so configured
     /// concurrency limits show.
-    pub fn init(&mut self, host: HostServices, config: &Value) -> Result<(), LoadError> {
+    pub(crate) fn init(&mut self, host: HostServices, config: &Value) -> Result<(), LoadError> {
         let text = if config.is_null() {
             String::new()
         } else {
@@ -342,7 +342,7 @@ impl Library {
     }
 
     /// Runs a task; dropping the returned future aborts the plugin's work.
-    pub async fn run_task(
+    pub(crate) async fn run_task(
         &self,
         req: TaskRequest,
         ctx: TaskContext,
@@ -351,12 +351,12 @@ impl Library {
     }
 
     /// Asks the engine to stop a task.
-    pub async fn cancel_task(&self, task_id: &str) {
+    pub(crate) async fn cancel_task(&self, task_id: &str) {
         (self.module.cancel_task())(RString::from(task_id)).await
     }
 
     /// Calls an engine operation.
-    pub async fn call_op(&self, name: &str, args: &Value) -> Result<Value, PluginError> {
+    pub(crate) async fn call_op(&self, name: &str, args: &Value) -> Result<Value, PluginError> {
         let out = (self.module.call_op())(RString::from(name), RString::from(args.to_string()))
             .await
             .into_result()?;
@@ -364,13 +364,13 @@ impl Library {
     }
 
     /// Asks the plugin for its health.
-    pub async fn health(&self) -> Result<Value, PluginError> {
+    pub(crate) async fn health(&self) -> Result<Value, PluginError> {
         let out = (self.module.health())().await.into_result()?;
         Ok(serde_json::from_str(out.as_str()).unwrap_or(Value::String(out.into_string())))
     }
 
     /// Tells the plugin the host is stopping.
-    pub fn shutdown(&self) {
+    pub(crate) fn shutdown(&self) {
         (self.module.shutdown())()
     }
 }

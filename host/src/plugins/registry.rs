@@ -15,7 +15,7 @@ use std::{
 use serde::Serialize;
 use serde_json::Value;
 
-pub use super::library::Library;
+pub(crate) use super::library::Library;
 use super::{
     library::{LoadError, TaskTypeDesc},
     services::host_services,
@@ -24,7 +24,7 @@ use crate::manifest::{PluginEntry, PluginManifest};
 
 /// A registered task type: its plugin, description and compiled input validator.
 #[derive(Clone)]
-pub struct TaskTypeEntry {
+pub(crate) struct TaskTypeEntry {
     /// The plugin that runs it.
     pub plugin: Arc<Library>,
     /// Name, description, schema, concurrency.
@@ -35,7 +35,7 @@ pub struct TaskTypeEntry {
 
 /// A plugin that could not be loaded.
 #[derive(Debug, Clone, Serialize)]
-pub struct LoadFailure {
+pub(crate) struct LoadFailure {
     /// The manifest entry's name, if it came from one.
     pub name: Option<String>,
     /// The library path.
@@ -59,7 +59,7 @@ impl LoadFailure {
 
 /// What a reload did.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct ReloadReport {
+pub(crate) struct ReloadReport {
     /// Plugins newly loaded.
     pub loaded: Vec<String>,
     /// Libraries that failed (this time).
@@ -90,7 +90,7 @@ struct State {
 }
 
 /// Loaded plugins. Cheap to share behind an `Arc`.
-pub struct Registry {
+pub(crate) struct Registry {
     manifest: PluginManifest,
     state: RwLock<State>,
 }
@@ -98,7 +98,7 @@ pub struct Registry {
 /// A required plugin failed: the host must not start.
 #[derive(Debug, thiserror::Error)]
 #[error("required plugin failed to load: {0}")]
-pub struct RequiredPluginFailed(pub LoadError);
+pub(crate) struct RequiredPluginFailed(pub LoadError);
 
 /// Keywords whose meaning differs from draft 7, or that draft 7 lacks.
 const BEYOND_DRAFT7: &[&str] = &[
@@ -134,7 +134,7 @@ fn uses_beyond_draft7(v: &Value) -> bool {
 /// and the process never builds jsonschema's draft 2020-12 meta-schema validator, which costs
 /// about 40 MiB of resident memory and a few hundred milliseconds at start. Any other schema is
 /// compiled under the draft it declares.
-pub fn compile_schema(schema: &Value) -> Result<jsonschema::Validator, String> {
+pub(crate) fn compile_schema(schema: &Value) -> Result<jsonschema::Validator, String> {
     if uses_beyond_draft7(schema) {
         return jsonschema::validator_for(schema).map_err(|e| e.to_string());
     }
@@ -156,17 +156,9 @@ fn is_library_file(p: &Path) -> bool {
 }
 
 impl Registry {
-    /// A registry with no plugins.
-    pub fn empty() -> Registry {
-        Registry {
-            manifest: PluginManifest::default(),
-            state: RwLock::default(),
-        }
-    }
-
     /// Loads every plugin of the manifest. Blocking (plugins initialise here): call it from a
     /// blocking thread inside a runtime.
-    pub fn load(manifest: PluginManifest) -> Result<Registry, RequiredPluginFailed> {
+    pub(crate) fn load(manifest: PluginManifest) -> Result<Registry, RequiredPluginFailed> {
         let reg = Registry {
             manifest,
             state: RwLock::default(),
@@ -180,7 +172,7 @@ impl Registry {
 
     /// Loads libraries that appeared since the last load (new manifest entries are not
     /// re-read: the manifest is read at start). Blocking.
-    pub fn reload(&self) -> ReloadReport {
+    pub(crate) fn reload(&self) -> ReloadReport {
         // Only `required` entries can fail the load, and those were loaded at start.
         self.load_new(false).unwrap_or_else(|e| ReloadReport {
             loaded: Vec::new(),
@@ -357,7 +349,7 @@ impl Registry {
     }
 
     /// The entry of a task type.
-    pub fn task_type(&self, name: &str) -> Option<TaskTypeEntry> {
+    pub(crate) fn task_type(&self, name: &str) -> Option<TaskTypeEntry> {
         self.state
             .read()
             .expect("registry lock")
@@ -367,7 +359,7 @@ impl Registry {
     }
 
     /// Every registered task type, by name.
-    pub fn task_types(&self) -> Vec<TaskTypeEntry> {
+    pub(crate) fn task_types(&self) -> Vec<TaskTypeEntry> {
         self.state
             .read()
             .expect("registry lock")
@@ -378,12 +370,12 @@ impl Registry {
     }
 
     /// Loaded plugins in load order.
-    pub fn plugins(&self) -> Vec<Arc<Library>> {
+    pub(crate) fn plugins(&self) -> Vec<Arc<Library>> {
         self.state.read().expect("registry lock").plugins.clone()
     }
 
     /// A loaded plugin by name.
-    pub fn plugin(&self, name: &str) -> Option<Arc<Library>> {
+    pub(crate) fn plugin(&self, name: &str) -> Option<Arc<Library>> {
         self.state
             .read()
             .expect("registry lock")
@@ -394,17 +386,17 @@ impl Registry {
     }
 
     /// Libraries that failed to load, latest failure per library.
-    pub fn failures(&self) -> Vec<LoadFailure> {
+    pub(crate) fn failures(&self) -> Vec<LoadFailure> {
         self.state.read().expect("registry lock").failures.clone()
     }
 
     /// Increments on every load or reload (for caches such as the merged OpenAPI spec).
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.state.read().expect("registry lock").generation
     }
 
     /// Calls `shutdown` on every plugin.
-    pub fn shutdown(&self) {
+    pub(crate) fn shutdown(&self) {
         for p in self.plugins() {
             p.shutdown();
         }

@@ -59,7 +59,7 @@ impl HostServicesApi for PluginLog {
 }
 
 /// Host services for the plugin called `plugin`.
-pub fn host_services(plugin: &str) -> HostServices {
+pub(crate) fn host_services(plugin: &str) -> HostServices {
     HostServicesApi_TO::from_ptr(
         RArc::new(PluginLog {
             plugin: plugin.into(),
@@ -70,7 +70,7 @@ pub fn host_services(plugin: &str) -> HostServices {
 
 /// A progress report from a running task.
 #[derive(Debug, Clone)]
-pub struct ProgressReport {
+pub(crate) struct ProgressReport {
     /// 0 to 100.
     pub percent: f32,
     /// Message.
@@ -140,7 +140,7 @@ impl TaskContextApi for TaskServices {
 }
 
 /// Builds the context for one attempt; progress reports arrive on the returned receiver.
-pub fn task_context(
+pub(crate) fn task_context(
     task_id: Uuid,
     plugin: &str,
     fetcher: Fetcher,

@@ -26,8 +26,8 @@ use super::key::content_type_for;
 use super::settings::nonempty;
 use super::stream::{ByteStream, range_bounds, slice_stream};
 use super::{ObjectMeta, Secret, StorageError};
-use crate::percent::encode_segment_into as percent_encode_into;
 use crate::config::StorageConfig;
+use crate::percent::encode_segment_into as percent_encode_into;
 
 /// Settings of the `cf_images` backend.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

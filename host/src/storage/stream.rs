@@ -58,7 +58,9 @@ pub(super) fn slice_stream(
                         let (from, to) = (pos, pos + chunk.len() as u64);
                         pos = to;
                         let (a, b) = (start.max(from), end.min(to));
-                        (a < b).then(|| Ok(chunk.slice((a - from) as usize..(b - from) as usize)))
+                        // Both offsets are inside this chunk, whose length is a usize.
+                        let inside = |x: u64| usize::try_from(x - from).unwrap_or(usize::MAX);
+                        (a < b).then(|| Ok(chunk.slice(inside(a)..inside(b))))
                     }
                 };
                 std::future::ready(out)

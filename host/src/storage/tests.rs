@@ -109,7 +109,9 @@ async fn storage_round_trip() {
 
 async fn big_file(storage: &Storage, dir: &Path) {
     let len = 20 * 1024 * 1024 + 12345;
-    let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+    let data: Vec<u8> = (0..len)
+        .map(|i| u8::try_from(i * 7 % 251).unwrap())
+        .collect();
     let src = dir.join("big.bin");
     tokio::fs::write(&src, &data).await.unwrap();
     let stored = storage

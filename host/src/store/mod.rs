@@ -22,11 +22,11 @@ use uuid::Uuid;
 
 /// How often a consumer refreshes its row in the consumers table (PostgreSQL); `GET
 /// /api/status` lists consumers heard from within three of these.
-pub const CONSUMER_HEARTBEAT: Duration = Duration::from_secs(10);
+pub(crate) const CONSUMER_HEARTBEAT: Duration = Duration::from_secs(10);
 
-pub mod postgres;
+pub(crate) mod postgres;
 mod sql;
-pub mod sqlite;
+pub(crate) mod sqlite;
 
 #[cfg(test)]
 mod conformance;
@@ -144,7 +144,7 @@ pub struct Task {
 
 /// A task to insert.
 #[derive(Debug, Clone)]
-pub struct NewTask {
+pub(crate) struct NewTask {
     /// The id to give it (UUIDv7).
     pub id: Uuid,
     /// Task type.
@@ -164,7 +164,7 @@ pub struct NewTask {
 /// What happened to a task, published to subscribers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum EventKind {
+pub(crate) enum EventKind {
     /// Inserted (PENDING).
     Created,
     /// Claimed by a worker (PROCESSING).
@@ -185,7 +185,7 @@ pub enum EventKind {
 
 /// A state change or progress update of one task, with the task as it is now.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TaskEvent {
+pub(crate) struct TaskEvent {
     /// What happened.
     pub kind: EventKind,
     /// The task after the change.
@@ -194,7 +194,7 @@ pub struct TaskEvent {
 
 /// Filters for [`TaskStore::list`].
 #[derive(Debug, Clone, Default)]
-pub struct ListFilter {
+pub(crate) struct ListFilter {
     /// Only this status.
     pub status: Option<Status>,
     /// Only this type.
@@ -207,7 +207,7 @@ pub struct ListFilter {
 
 /// One page of tasks, newest first.
 #[derive(Debug, Clone)]
-pub struct Page {
+pub(crate) struct Page {
     /// The tasks.
     pub tasks: Vec<Task>,
     /// Cursor of the next page, if there is one.
@@ -216,7 +216,7 @@ pub struct Page {
 
 /// Outcome of [`TaskStore::cancel`].
 #[derive(Debug, Clone, PartialEq)]
-pub enum CancelOutcome {
+pub(crate) enum CancelOutcome {
     /// It was PENDING and is now CANCELLED.
     Cancelled(Task),
     /// It is PROCESSING; `cancel_requested` is set and a CancelRequested event published. The
@@ -230,7 +230,7 @@ pub enum CancelOutcome {
 
 /// Aggregate figures for `GET /api/stats`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Stats {
+pub(crate) struct Stats {
     /// Tasks per status (every status present, zero included).
     pub by_status: BTreeMap<String, u64>,
     /// Tasks per type, then per status.
@@ -250,7 +250,7 @@ pub struct Stats {
 /// A consumer process as it announced itself (PostgreSQL deployments; see
 /// [`TaskStore::announce_consumer`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ConsumerInfo {
+pub(crate) struct ConsumerInfo {
     /// Its worker id (recorded on the tasks it claims).
     pub worker: String,
     /// Host name of its machine.
@@ -278,7 +278,7 @@ impl Stats {
     /// Figures from `(task_type, status, count)` rows: every status present (zero included),
     /// per type too, with the success rate and queue depth derived. Percentiles are left to
     /// the caller.
-    pub fn from_counts(rows: impl IntoIterator<Item = (String, Status, u64)>) -> Stats {
+    pub(crate) fn from_counts(rows: impl IntoIterator<Item = (String, Status, u64)>) -> Stats {
         let mut stats = Stats {
             by_status: zero_counts(),
             ..Stats::default()
@@ -333,11 +333,11 @@ impl StoreError {
 }
 
 /// Result alias of this module.
-pub type StoreResult<T> = Result<T, StoreError>;
+pub(crate) type StoreResult<T> = Result<T, StoreError>;
 
 /// Durable task state. See the module docs for the invariants.
 #[async_trait]
-pub trait TaskStore: Send + Sync + 'static {
+pub(crate) trait TaskStore: Send + Sync + 'static {
     /// Inserts a task, durably. If `idempotency_key` is set and a task with that key exists,
     /// returns that task and `false` and writes nothing; otherwise the new task and `true`.
     async fn insert(&self, task: NewTask) -> StoreResult<(Task, bool)>;

@@ -94,6 +94,15 @@ pub(super) fn into_page(mut tasks: Vec<Task>, limit: u32) -> Page {
 }
 
 /// Progress in range and defined (SQLite would store NaN as NULL).
+/// A stored progress percent (a double in both databases) as the task's `f32`, clamped.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "a percent in 0..=100 fits an f32; the lost digits are noise"
+)]
+pub(super) fn stored_percent(p: f64) -> f32 {
+    clean_percent(p as f32)
+}
+
 pub(super) fn clean_percent(p: f32) -> f32 {
     if p.is_nan() { 0.0 } else { p.clamp(0.0, 100.0) }
 }

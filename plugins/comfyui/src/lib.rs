@@ -152,7 +152,7 @@ impl Plugin for ComfyUi {
             // Twice the slots: while `queue_depth` prompts per instance are in ComfyUI, as many
             // tasks can download their outputs or wait ready for the next free slot (the
             // slots alone bound what is queued in ComfyUI).
-            (self.instances.len() * self.depth() * 2) as u32
+            u32::try_from(self.instances.len() * self.depth() * 2).unwrap_or(u32::MAX)
         } else {
             0
         }

@@ -254,7 +254,8 @@ impl ComfyUi {
         graph: &Value,
         timeout: Duration,
     ) -> Result<Value, PluginError> {
-        let total = graph.as_object().map_or(1, |o| o.len().max(1)) as f32;
+        let node_count = graph.as_object().map_or(1, |o| o.len().max(1));
+        let total = node_count as f32;
         let class_of = |node: &str| graph[node]["class_type"].as_str().unwrap_or("?").to_owned();
         let deadline = tokio::time::Instant::now() + timeout;
         let mut poll =
@@ -289,7 +290,7 @@ impl ComfyUi {
                             for (id, n) in data["nodes"].as_object().into_iter().flatten() {
                                 if n["state"] == "finished" { done.insert(id.clone()); }
                             }
-                            report(done.len(), 0.0, &format!("{} of {} nodes done", done.len(), total as usize));
+                            report(done.len(), 0.0, &format!("{} of {} nodes done", done.len(), node_count));
                         }
                         "executing" => match data["node"].as_str() {
                             None => {
@@ -311,7 +312,7 @@ impl ComfyUi {
                         },
                         "progress" => {
                             let (v, m) = (data["value"].as_f64().unwrap_or(0.0), data["max"].as_f64().unwrap_or(1.0));
-                            if m > 0.0 { partial = (v / m) as f32; }
+                            if m > 0.0 { partial = ratio(v, m); }
                             let node = data["node"].as_str().unwrap_or(&current).to_owned();
                             report(done.len(), partial, &format!("node {node} ({}) {v}/{m}", class_of(&node)));
                         }
@@ -421,4 +422,13 @@ impl ComfyUi {
         }
         Ok((files, json!(listed), Value::Object(texts)))
     }
+}
+
+/// `value / max` of a ComfyUI `progress` message as the fraction of the current node done.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "a fraction in 0..=1 fits an f32"
+)]
+fn ratio(value: f64, max: f64) -> f32 {
+    (value / max).clamp(0.0, 1.0) as f32
 }

@@ -29,7 +29,12 @@ use serde_json::{Map, Value, json};
 #[derive(Debug, Clone, PartialEq)]
 pub enum TemplateError {
     /// A template file is unreadable or malformed.
-    Invalid { file: PathBuf, reason: String },
+    Invalid {
+        /// The template or parameter-map file.
+        file: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// No template has this name.
     NotFound(String),
     /// Parameters do not fit the template.
@@ -150,6 +155,10 @@ impl Param {
     }
 }
 
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "only whole numbers below 2^53 are cast, which i64 holds exactly"
+)]
 fn num(v: f64) -> Value {
     if v.fract() == 0.0 && v.abs() < 9e15 {
         json!(v as i64)

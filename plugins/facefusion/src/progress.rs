@@ -105,6 +105,16 @@ fn stage_span(stage: &str) -> Option<(f32, f32)> {
     }
 }
 
+/// A frames-per-second figure from FaceFusion's output, rounded to a whole number.
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "rounded and clamped to the u32 range first"
+)]
+fn whole_rate(rate: f64) -> u32 {
+    rate.round().clamp(0.0, f64::from(u32::MAX)) as u32
+}
+
 /// Turns stderr lines into progress reports and keeps the tail for error messages.
 #[derive(Debug, Default)]
 pub struct Tracker {
@@ -141,7 +151,7 @@ impl Tracker {
                             .and_then(|p| p.strip_prefix("rate="))
                             .and_then(|r| r.trim().parse::<f64>().ok())
                     {
-                        self.analysis_rate = Some(rate.round() as u32);
+                        self.analysis_rate = Some(whole_rate(rate));
                     }
                     self.last_bar = Some(segment.trim_end().to_owned());
                     if bar.stage == "downloading" {

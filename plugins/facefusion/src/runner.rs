@@ -127,7 +127,7 @@ pub async fn run(
             )));
         }
     };
-    let pgid = child.id().map_or(0, |p| p as i32);
+    let pgid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
     let stderr = child.stderr.take().expect("stderr is piped");
 
     // Reader: stderr → progress reports and the tail.

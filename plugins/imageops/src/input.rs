@@ -42,26 +42,42 @@ fn default_quality() -> u8 {
 pub enum Operation {
     /// Scale the image. Give `width`, `height` or both; with only one, the aspect ratio is kept.
     Resize {
+        /// Target width in pixels.
         width: Option<u32>,
+        /// Target height in pixels.
         height: Option<u32>,
+        /// How the aspect ratio is treated when both sides are given.
         #[serde(default)]
         fit: Fit,
     },
     /// Cut out a rectangle, which must lie inside the image.
     Crop {
+        /// Left edge, in pixels from the left.
         x: u32,
+        /// Top edge, in pixels from the top.
         y: u32,
+        /// Width of the rectangle.
         width: u32,
+        /// Height of the rectangle.
         height: u32,
     },
     /// Rotate clockwise by 90, 180 or 270 degrees.
-    Rotate { degrees: u32 },
+    Rotate {
+        /// 90, 180 or 270.
+        degrees: u32,
+    },
     /// Mirror the image.
-    Flip { direction: Direction },
+    Flip {
+        /// Which way to mirror.
+        direction: Direction,
+    },
     /// Convert to grayscale (an alpha channel is kept).
     Grayscale {},
     /// Blur with the given sigma (a fast box-blur approximation of a Gaussian blur).
-    Blur { sigma: f32 },
+    Blur {
+        /// Standard deviation of the blur, in pixels.
+        sigma: f32,
+    },
 }
 
 /// How `resize` treats the aspect ratio when both `width` and `height` are given.
@@ -92,8 +108,10 @@ pub enum Direction {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Format {
+    /// PNG (the default).
     #[default]
     Png,
+    /// JPEG at the input's `quality`.
     Jpeg,
     /// Lossless WebP.
     Webp,

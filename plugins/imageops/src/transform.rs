@@ -143,6 +143,11 @@ fn resize_target(
     height: Option<u32>,
     fit: Fit,
 ) -> Result<(u32, u32), PluginError> {
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "rounded and clamped to 1..=u32::MAX first"
+    )]
     let scaled = |side: u32, num: u32, den: u32| -> u32 {
         let v = (f64::from(side) * f64::from(num) / f64::from(den)).round();
         v.clamp(1.0, f64::from(u32::MAX)) as u32
@@ -239,7 +244,12 @@ mod tests {
     /// A 40×20 image with a gradient, so flips and rotations change pixels.
     fn sample() -> DynamicImage {
         DynamicImage::ImageRgba8(RgbaImage::from_fn(40, 20, |x, y| {
-            Rgba([x as u8 * 6, y as u8 * 12, 0, 255])
+            Rgba([
+                u8::try_from(x * 6).unwrap(),
+                u8::try_from(y * 12).unwrap(),
+                0,
+                255,
+            ])
         }))
     }
 

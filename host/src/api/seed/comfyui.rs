@@ -32,13 +32,13 @@ use crate::api::{
 use crate::plugins::Registry;
 
 /// The plugin behind these routes.
-pub const PLUGIN: &str = "comfyui";
+pub(crate) const PLUGIN: &str = "comfyui";
 /// Its task type.
-pub const TASK_TYPE: &str = "comfyui.workflow";
+pub(crate) const TASK_TYPE: &str = "comfyui.workflow";
 
 /// Why a ComfyUI route failed (before reaching a task or an op).
 #[derive(Debug)]
-pub enum ComfyRouteError {
+pub(crate) enum ComfyRouteError {
     /// The `comfyui` plugin is not loaded.
     NotLoaded,
     /// The body is not one of the accepted shapes.
@@ -51,7 +51,7 @@ pub enum ComfyRouteError {
 
 impl ComfyRouteError {
     /// Stable code.
-    pub fn code(&self) -> &str {
+    pub(crate) fn code(&self) -> &str {
         match self {
             ComfyRouteError::NotLoaded => "comfyui_not_loaded",
             ComfyRouteError::BadBody(_) => "invalid_body",
@@ -133,7 +133,7 @@ async fn read_json(body: Body) -> Result<Value, ComfyRouteError> {
 }
 
 /// Maps a seed body to `(workflow, params)`.
-pub fn seed_to_input(body: &Value) -> Result<(String, Value), String> {
+pub(crate) fn seed_to_input(body: &Value) -> Result<(String, Value), String> {
     let obj = body.as_object().ok_or("the body must be a JSON object")?;
     let name = obj
         .get("workflow_name")
@@ -214,7 +214,11 @@ async fn create(
 
 /// `POST /api/tasks/create`: the seed's two bodies.
 #[handler]
-pub async fn seed_create(req: &Request, body: Body, Data(state): Data<&Arc<AppState>>) -> Response {
+pub(crate) async fn seed_create(
+    req: &Request,
+    body: Body,
+    Data(state): Data<&Arc<AppState>>,
+) -> Response {
     let body = match read_json(body).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
@@ -229,19 +233,19 @@ pub async fn seed_create(req: &Request, body: Body, Data(state): Data<&Arc<AppSt
 
 /// `GET /api/comfyui-queue-status`.
 #[handler]
-pub async fn queue_status(Data(state): Data<&Arc<AppState>>) -> Response {
+pub(crate) async fn queue_status(Data(state): Data<&Arc<AppState>>) -> Response {
     answer(op(state, "queue_status", json!({})).await)
 }
 
 /// `GET /api/comfyui-system-stats`.
 #[handler]
-pub async fn system_stats(Data(state): Data<&Arc<AppState>>) -> Response {
+pub(crate) async fn system_stats(Data(state): Data<&Arc<AppState>>) -> Response {
     answer(op(state, "system_stats", json!({})).await)
 }
 
 /// `POST /api/comfyui-interrupt` (optional body `{"prompt_id"}`).
 #[handler]
-pub async fn interrupt(body: Body, Data(state): Data<&Arc<AppState>>) -> Response {
+pub(crate) async fn interrupt(body: Body, Data(state): Data<&Arc<AppState>>) -> Response {
     let args = match read_json(body).await {
         Ok(v) if v.is_object() => v,
         Ok(_) => {
@@ -255,13 +259,13 @@ pub async fn interrupt(body: Body, Data(state): Data<&Arc<AppState>>) -> Respons
 
 /// `GET /api/workflows`.
 #[handler]
-pub async fn list_workflows(Data(state): Data<&Arc<AppState>>) -> Response {
+pub(crate) async fn list_workflows(Data(state): Data<&Arc<AppState>>) -> Response {
     answer(op(state, "list_workflows", json!({})).await)
 }
 
 /// `POST /api/workflows/{name}`: the body is the template's parameters.
 #[handler]
-pub async fn run_workflow(
+pub(crate) async fn run_workflow(
     req: &Request,
     Path(name): Path<String>,
     body: Body,
@@ -289,7 +293,7 @@ pub async fn run_workflow(
 }
 
 /// Mounts the routes on `route`.
-pub fn mount(route: poem::Route) -> poem::Route {
+pub(crate) fn mount(route: poem::Route) -> poem::Route {
     use poem::{get, post};
     route
         .at("/api/tasks/create", post(seed_create))
@@ -328,7 +332,7 @@ fn op_answers(what: &str) -> Value {
 
 /// The documented paths of this module, with one `POST /api/workflows/{name}` operation per
 /// template the `comfyui.workflow` task type declares (its schema's `x-workflows`).
-pub fn spec_paths(registry: &Registry) -> Map<String, Value> {
+pub(crate) fn spec_paths(registry: &Registry) -> Map<String, Value> {
     let wait = json!({"name": "wait", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "maximum": 600}, "description": "Seconds to wait for the task to finish"});
     let key = json!({"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string"}});
     let mut paths = Map::new();

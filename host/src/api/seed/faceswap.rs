@@ -17,12 +17,12 @@ use crate::api::{
 };
 
 /// The task type the route creates.
-pub const FACESWAP_TASK_TYPE: &str = "facefusion.faceswap";
+pub(crate) const FACESWAP_TASK_TYPE: &str = "facefusion.faceswap";
 
 /// Kind of the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
 #[oai(rename_all = "lowercase")]
-pub enum FaceswapMediaType {
+pub(crate) enum FaceswapMediaType {
     /// A still image.
     Image,
     /// A video.
@@ -31,7 +31,7 @@ pub enum FaceswapMediaType {
 
 /// The seed's face-swap body.
 #[derive(Debug, Clone, Object)]
-pub struct FaceswapRequest {
+pub(crate) struct FaceswapRequest {
     /// URL (or upload key) of the image with the face to put in.
     pub source_url: String,
     /// URL (or upload key) of the image or video whose faces are replaced.
@@ -52,7 +52,7 @@ pub struct FaceswapRequest {
 
 impl FaceswapRequest {
     /// The task input this body stands for.
-    pub fn to_input(&self) -> Value {
+    pub(crate) fn to_input(&self) -> Value {
         let mut input = Map::new();
         input.insert("source_url".into(), self.source_url.clone().into());
         input.insert("target_url".into(), self.target_url.clone().into());
@@ -71,7 +71,7 @@ impl FaceswapRequest {
 }
 
 /// The seed-compatible face-swap endpoint.
-pub struct FaceswapApi {
+pub(crate) struct FaceswapApi {
     /// Shared state.
     pub state: Arc<AppState>,
 }

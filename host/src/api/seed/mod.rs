@@ -9,5 +9,5 @@
 //! Each maps to a task of a registered type or to a plugin op; nothing here talks to an engine.
 //! aihost's own API (`POST /api/tasks` and the rest) lives in the sibling modules.
 
-pub mod comfyui;
-pub mod faceswap;
+pub(crate) mod comfyui;
+pub(crate) mod faceswap;

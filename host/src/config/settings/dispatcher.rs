@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 /// `[dispatcher]`: the consumer that runs tasks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct DispatcherConfig {
+pub(crate) struct DispatcherConfig {
     /// Tasks run at once per task type when its plugin declares 0. Default 2.
     pub default_concurrency: u32,
     /// Least milliseconds between two progress updates of one task. Default 250.

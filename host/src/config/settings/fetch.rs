@@ -8,7 +8,7 @@ use super::GIB;
 /// `[fetch]`: downloads of remote task inputs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct FetchConfig {
+pub(crate) struct FetchConfig {
     /// Hosts allowed even when they resolve to private addresses (`localhost`, `10.0.0.5`,
     /// `minio:9000`). Default empty: private, loopback and link-local addresses are refused.
     pub allow_hosts: Vec<String>,

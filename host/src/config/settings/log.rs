@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 /// Log line format.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// Human-readable lines.
     #[default]
     Text,
@@ -16,7 +16,7 @@ pub enum LogFormat {
 /// `[log]`: logging.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct LogConfig {
+pub(crate) struct LogConfig {
     /// Level or `tracing` filter (`info`, `debug`, `info,aihost=debug`). Default `info`.
     pub level: String,
     /// `text` (default) or `json`.

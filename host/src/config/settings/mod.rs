@@ -15,13 +15,13 @@ mod queue;
 mod server;
 mod storage;
 
-pub use dispatcher::DispatcherConfig;
-pub use fetch::FetchConfig;
-pub use log::{LogConfig, LogFormat};
-pub use plugins::PluginsConfig;
-pub use queue::{QueueConfig, QueueType};
-pub use server::ServerConfig;
-pub use storage::{StorageConfig, StorageType};
+pub(crate) use dispatcher::DispatcherConfig;
+pub(crate) use fetch::FetchConfig;
+pub(crate) use log::{LogConfig, LogFormat};
+pub(crate) use plugins::PluginsConfig;
+pub(crate) use queue::{QueueConfig, QueueType};
+pub(crate) use server::ServerConfig;
+pub(crate) use storage::{StorageConfig, StorageType};
 
 const MIB: u64 = 1024 * 1024;
 const GIB: u64 = 1024 * MIB;

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 /// `[plugins]`: the plugin manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct PluginsConfig {
+pub(crate) struct PluginsConfig {
     /// The plugin manifest (see [`crate::manifest`]). Default `plugins.toml`.
     pub manifest: PathBuf,
 }

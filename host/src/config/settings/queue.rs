@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 /// Queue backend.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum QueueType {
+pub(crate) enum QueueType {
     /// A local SQLite file (`queue.path`): one machine.
     #[default]
     Sqlite,
@@ -18,7 +18,7 @@ pub enum QueueType {
 /// `[queue]`: the durable task queue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct QueueConfig {
+pub(crate) struct QueueConfig {
     /// Backend (TOML key `type`): `sqlite` (default) or `postgres`.
     #[serde(rename = "type")]
     pub kind: QueueType,

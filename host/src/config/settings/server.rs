@@ -7,7 +7,7 @@ use super::{GIB, MIB};
 /// `[server]`: the HTTP API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct ServerConfig {
+pub(crate) struct ServerConfig {
     /// Socket address to listen on (`host:port`). Default `127.0.0.1:8000`.
     pub bind: String,
     /// Base URL clients reach the service at (for `/files/...` links). Default `http://` + bind;

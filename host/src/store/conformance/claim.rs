@@ -15,7 +15,7 @@ use super::{
 use crate::store::{CancelOutcome, Progress, Status, TaskError};
 
 /// Highest priority first, then oldest first.
-pub async fn claim_order_priority_then_fifo(h: &dyn Harness) {
+pub(super) async fn claim_order_priority_then_fifo(h: &dyn Harness) {
     let store = h.open().await;
     let mut ids = Vec::new();
     for priority in [0, 5, 0, 5, -1, 10] {
@@ -39,7 +39,7 @@ pub async fn claim_order_priority_then_fifo(h: &dyn Harness) {
 }
 
 /// A task whose run_at is in the future, or of another type, is not claimed.
-pub async fn claim_skips_future_run_at_and_other_types(h: &dyn Harness) {
+pub(super) async fn claim_skips_future_run_at_and_other_types(h: &dyn Harness) {
     let store = h.open().await;
     let later = insert(&*store, new_task("delayed", 0)).await;
     claim_one(&*store, "delayed", LEASE).await;
@@ -90,7 +90,7 @@ pub async fn claim_skips_future_run_at_and_other_types(h: &dyn Harness) {
 }
 
 /// `limit` caps a claim; 0 claims nothing.
-pub async fn claim_limit(h: &dyn Harness) {
+pub(super) async fn claim_limit(h: &dyn Harness) {
     let store = h.open().await;
     for _ in 0..5 {
         insert(&*store, new_task("limit", 0)).await;
@@ -115,7 +115,7 @@ pub async fn claim_limit(h: &dyn Harness) {
 }
 
 /// 8 concurrent claimers over 200 tasks: every task handed out exactly once.
-pub async fn concurrent_claims_never_duplicate(h: &dyn Harness) {
+pub(super) async fn concurrent_claims_never_duplicate(h: &dyn Harness) {
     let store = h.open().await;
     let mut inserted = HashSet::new();
     for i in 0..200 {
@@ -152,7 +152,7 @@ pub async fn concurrent_claims_never_duplicate(h: &dyn Harness) {
 }
 
 /// Only the current attempt's worker renews.
-pub async fn renew_by_right_and_wrong_attempt(h: &dyn Harness) {
+pub(super) async fn renew_by_right_and_wrong_attempt(h: &dyn Harness) {
     let store = h.open().await;
     let task = insert(&*store, new_task("renew", 0)).await;
     let claimed = claim_one(&*store, "renew", Duration::from_secs(1)).await;
@@ -193,7 +193,7 @@ pub async fn renew_by_right_and_wrong_attempt(h: &dyn Harness) {
 }
 
 /// Progress is recorded for the current attempt only.
-pub async fn progress_of_current_attempt_only(h: &dyn Harness) {
+pub(super) async fn progress_of_current_attempt_only(h: &dyn Harness) {
     let store = h.open().await;
     let task = insert(&*store, new_task("progress", 0)).await;
     let p = |percent| Progress {
@@ -216,7 +216,7 @@ pub async fn progress_of_current_attempt_only(h: &dyn Harness) {
 }
 
 /// Expired leases go back to the queue, fail when exhausted, or cancel when requested.
-pub async fn rescue_expired_leases(h: &dyn Harness) {
+pub(super) async fn rescue_expired_leases(h: &dyn Harness) {
     let store = h.open().await;
     let short = Duration::from_millis(1);
     let task = insert(&*store, with_attempts(new_task("rescue", 0), 2)).await;

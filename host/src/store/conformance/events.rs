@@ -11,7 +11,7 @@ use super::{Harness, LEASE, claim_one, err, insert, new_task, next_event, with_a
 use crate::store::{EventKind, Progress, Status};
 
 /// Created, Started, Progress, Completed arrive in order with the task as it is then.
-pub async fn events_in_order(h: &dyn Harness) {
+pub(super) async fn events_in_order(h: &dyn Harness) {
     let store = h.open().await;
     let mut rx = store.subscribe();
     let task = insert(&*store, new_task("events", 0)).await;
@@ -43,7 +43,7 @@ pub async fn events_in_order(h: &dyn Harness) {
 }
 
 /// Retrying, Failed, CancelRequested and Cancelled events.
-pub async fn events_of_retries_and_cancels(h: &dyn Harness) {
+pub(super) async fn events_of_retries_and_cancels(h: &dyn Harness) {
     let store = h.open().await;
     let task = insert(&*store, with_attempts(new_task("events2", 0), 2)).await;
     let mut rx = store.subscribe();

@@ -13,7 +13,7 @@ use super::{
 use crate::store::{CancelOutcome, Status};
 
 /// The first completion wins; later or stale ones change nothing.
-pub async fn complete_exactly_once(h: &dyn Harness) {
+pub(super) async fn complete_exactly_once(h: &dyn Harness) {
     let store = h.open().await;
     let task = insert(&*store, new_task("once", 0)).await;
     assert!(
@@ -68,7 +68,7 @@ pub async fn complete_exactly_once(h: &dyn Harness) {
 }
 
 /// A retryable failure goes back to PENDING with the error kept; the last attempt fails.
-pub async fn fail_retry_then_exhausted(h: &dyn Harness) {
+pub(super) async fn fail_retry_then_exhausted(h: &dyn Harness) {
     let store = h.open().await;
     let task = insert(&*store, with_attempts(new_task("retry", 0), 2)).await;
     claim_one(&*store, "retry", LEASE).await;
@@ -125,7 +125,7 @@ pub async fn fail_retry_then_exhausted(h: &dyn Harness) {
 }
 
 /// Without `retry_at` a failure is final even with attempts left.
-pub async fn fail_without_retry_is_final(h: &dyn Harness) {
+pub(super) async fn fail_without_retry_is_final(h: &dyn Harness) {
     let store = h.open().await;
     let task = insert(&*store, with_attempts(new_task("final", 0), 5)).await;
     claim_one(&*store, "final", LEASE).await;
@@ -140,7 +140,7 @@ pub async fn fail_without_retry_is_final(h: &dyn Harness) {
 }
 
 /// A released attempt is not counted and the task is claimable at once.
-pub async fn release_does_not_count_the_attempt(h: &dyn Harness) {
+pub(super) async fn release_does_not_count_the_attempt(h: &dyn Harness) {
     let store = h.open().await;
     let task = insert(&*store, new_task("release", 0)).await;
     claim_one(&*store, "release", LEASE).await;
@@ -162,7 +162,7 @@ pub async fn release_does_not_count_the_attempt(h: &dyn Harness) {
 }
 
 /// Releasing an attempt whose cancel was requested ends the task CANCELLED.
-pub async fn release_with_cancel_requested_cancels(h: &dyn Harness) {
+pub(super) async fn release_with_cancel_requested_cancels(h: &dyn Harness) {
     let store = h.open().await;
     let task = insert(&*store, new_task("release.cancel", 0)).await;
     claim_one(&*store, "release.cancel", LEASE).await;
@@ -184,7 +184,7 @@ pub async fn release_with_cancel_requested_cancels(h: &dyn Harness) {
 }
 
 /// Cancel of a pending, running, finished and unknown task.
-pub async fn cancel_in_each_state(h: &dyn Harness) {
+pub(super) async fn cancel_in_each_state(h: &dyn Harness) {
     let store = h.open().await;
     let pending = insert(&*store, new_task("cancel.pending", 0)).await;
     let CancelOutcome::Cancelled(cancelled) = store.cancel(pending.id).await.unwrap() else {

@@ -37,7 +37,7 @@ use super::{NewTask, Task, TaskError, TaskEvent, TaskStore};
 
 /// Opens the store under test.
 #[async_trait]
-pub trait Harness: Send + Sync {
+pub(super) trait Harness: Send + Sync {
     /// Opens the harness's database: empty on the first call, the same data on later calls.
     async fn open(&self) -> Arc<dyn TaskStore>;
 }

@@ -12,7 +12,7 @@ use super::{Harness, LEASE, claim_one, err, insert, new_task, with_attempts};
 use crate::store::{ListFilter, Status, StoreError};
 
 /// Newest first, every task exactly once across pages, filters, limits, bad cursors.
-pub async fn list_pagination_and_filters(h: &dyn Harness) {
+pub(super) async fn list_pagination_and_filters(h: &dyn Harness) {
     let store = h.open().await;
     let mut ids = Vec::new();
     for i in 0..120 {
@@ -144,7 +144,7 @@ pub async fn list_pagination_and_filters(h: &dyn Harness) {
 }
 
 /// Counts, success rate, percentiles and queue depth of a known set.
-pub async fn stats_on_known_set(h: &dyn Harness) {
+pub(super) async fn stats_on_known_set(h: &dyn Harness) {
     let store = h.open().await;
     let empty = store.stats().await.unwrap();
     assert_eq!(empty.by_status.len(), 5);
@@ -230,7 +230,7 @@ pub async fn stats_on_known_set(h: &dyn Harness) {
 }
 
 /// PENDING counts per type, future run_at included.
-pub async fn pending_by_type_counts(h: &dyn Harness) {
+pub(super) async fn pending_by_type_counts(h: &dyn Harness) {
     let store = h.open().await;
     assert!(store.pending_by_type().await.unwrap().is_empty());
     for _ in 0..3 {
@@ -257,7 +257,7 @@ pub async fn pending_by_type_counts(h: &dyn Harness) {
 }
 
 /// `ping` answers on a healthy store.
-pub async fn ping_answers(h: &dyn Harness) {
+pub(super) async fn ping_answers(h: &dyn Harness) {
     let store = h.open().await;
     store.ping().await.unwrap();
 }

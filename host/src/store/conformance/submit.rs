@@ -12,7 +12,7 @@ use super::{
 use crate::store::{CancelOutcome, ListFilter, Progress, Status};
 
 /// Every field survives insert → get, and every later-set field survives an update → get.
-pub async fn insert_get_round_trip(h: &dyn Harness) {
+pub(super) async fn insert_get_round_trip(h: &dyn Harness) {
     let store = h.open().await;
     let store = &*store;
     let mut new = new_task("round.trip", -7);
@@ -102,7 +102,7 @@ pub async fn insert_get_round_trip(h: &dyn Harness) {
 }
 
 /// A second insert with the same idempotency key returns the first task and writes nothing.
-pub async fn idempotency_key_dedups(h: &dyn Harness) {
+pub(super) async fn idempotency_key_dedups(h: &dyn Harness) {
     let store = h.open().await;
     let mut first = new_task("dedup", 0);
     first.idempotency_key = Some("same".into());
@@ -128,7 +128,7 @@ pub async fn idempotency_key_dedups(h: &dyn Harness) {
 }
 
 /// Tasks survive closing and reopening the store.
-pub async fn durable_across_reopen(h: &dyn Harness) {
+pub(super) async fn durable_across_reopen(h: &dyn Harness) {
     let store = h.open().await;
     let a = insert(&*store, new_task("durable", 1)).await;
     let b = insert(&*store, new_task("durable", 0)).await;

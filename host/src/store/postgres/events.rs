@@ -20,7 +20,7 @@ use super::{
 use crate::store::{EventKind, Status, StoreError, StoreResult, Task, TaskEvent};
 
 /// The NOTIFY channel of task events.
-pub const CHANNEL: &str = "aihost_events";
+pub(crate) const CHANNEL: &str = "aihost_events";
 /// Capacity of the event channel (see the SQLite store).
 pub(super) const EVENT_CAPACITY: usize = 4096;
 /// After a listener reconnect, tasks changed this long before the loss are published again.

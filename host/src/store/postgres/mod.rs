@@ -62,7 +62,6 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tokio::sync::{broadcast, mpsc};
 use uuid::Uuid;
 
-pub use self::events::CHANNEL;
 use self::{events::EVENT_CAPACITY, group_commit::WriteJob, schema::MIGRATIONS};
 use super::{
     CancelOutcome, ConsumerInfo, ListFilter, NewTask, Page, Progress, Stats, StoreError,
@@ -72,7 +71,7 @@ use super::{
 
 /// Connection settings of [`PostgresStore::open`].
 #[derive(Debug, Clone)]
-pub struct PostgresSettings {
+pub(crate) struct PostgresSettings {
     /// `postgres://user:password@host:port/database`.
     pub url: String,
     /// Most connections of this process's pool (the event listener holds one more).
@@ -83,7 +82,7 @@ pub struct PostgresSettings {
 
 impl PostgresSettings {
     /// Settings with the default pool size (10) and acquire timeout (10 s).
-    pub fn new(url: impl Into<String>) -> PostgresSettings {
+    pub(crate) fn new(url: impl Into<String>) -> PostgresSettings {
         PostgresSettings {
             url: url.into(),
             max_connections: 10,
@@ -95,7 +94,7 @@ impl PostgresSettings {
 /// The PostgreSQL [`TaskStore`]. Cheap to clone (pool, channel and listener are shared); the
 /// listener stops when the last clone is dropped.
 #[derive(Clone)]
-pub struct PostgresStore {
+pub(crate) struct PostgresStore {
     inner: Arc<Inner>,
 }
 
@@ -125,7 +124,7 @@ impl std::fmt::Debug for PostgresStore {
 impl PostgresStore {
     /// Connects, applies the pending migrations and starts listening for other processes'
     /// events (before returning, so no event after `open` is missed).
-    pub async fn open(settings: &PostgresSettings) -> StoreResult<PostgresStore> {
+    pub(crate) async fn open(settings: &PostgresSettings) -> StoreResult<PostgresStore> {
         let origin = Uuid::new_v4().simple().to_string();
         let options = PgConnectOptions::from_str(&settings.url)
             .map_err(|e| StoreError::Unavailable(format!("invalid PostgreSQL URL: {e}")))?
@@ -186,7 +185,7 @@ impl PostgresStore {
     }
 
     /// Stops the listener and closes the pools.
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         self.inner.listener.abort();
         self.inner.listen_pool.close().await;
         self.inner.pool.close().await;

@@ -87,7 +87,7 @@ pub(super) fn task_from_json(value: Value) -> StoreResult<Task> {
         attempts: unsigned(r.attempts, "attempts")?,
         max_attempts: unsigned(r.max_attempts, "max_attempts")?,
         progress: r.progress_percent.map(|percent| Progress {
-            percent: percent as f32,
+            percent: crate::store::sql::stored_percent(percent),
             message: r.progress_message.unwrap_or_default(),
         }),
         result: r.result.map(|text| json(&text, "result")).transpose()?,

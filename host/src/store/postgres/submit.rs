@@ -66,7 +66,7 @@ impl PostgresStore {
     /// Copies tasks as they are (every field, the state included) in one transaction; tasks
     /// whose id or idempotency key exists already are skipped. Answers how many were inserted.
     /// Publishes no events: this is for `aihost store migrate`.
-    pub async fn import(&self, tasks: &[Task]) -> StoreResult<u64> {
+    pub(crate) async fn import(&self, tasks: &[Task]) -> StoreResult<u64> {
         let mut tx = self.inner.pool.begin().await.map_err(db_err)?;
         let mut inserted = 0;
         for t in tasks {

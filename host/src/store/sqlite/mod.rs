@@ -66,7 +66,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The embedded SQLite [`TaskStore`]. Cheap to clone (pools and channel are shared).
 #[derive(Debug, Clone)]
-pub struct SqliteStore {
+pub(crate) struct SqliteStore {
     /// One connection: every write goes through it.
     writer: SqlitePool,
     /// Read-only connections for `get`, `list`, `stats`...
@@ -80,7 +80,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating it and its parent directories if needed) the database at `path` and
     /// applies the pending migrations.
-    pub async fn open(path: &Path) -> StoreResult<SqliteStore> {
+    pub(crate) async fn open(path: &Path) -> StoreResult<SqliteStore> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             tokio::fs::create_dir_all(parent).await.map_err(|e| {
                 StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
@@ -134,7 +134,7 @@ impl SqliteStore {
     }
 
     /// Closes both pools, waiting for their connections to close (WAL checkpoint included).
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;
     }

@@ -140,6 +140,12 @@ pub(super) async fn ping(store: &SqliteStore) -> StoreResult<()> {
 }
 
 /// Nearest-rank percentile of sorted values.
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_precision_loss,
+    reason = "the rank is a positive whole number below the sample size, clamped below"
+)]
 pub(super) fn percentile(sorted: &[i64], p: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;

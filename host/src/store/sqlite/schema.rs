@@ -68,7 +68,7 @@ pub(super) fn task_from_row(row: &SqliteRow) -> StoreResult<Task> {
         column::<Option<String>, _>(row, "progress_message")?,
     ) {
         (Some(percent), message) => Some(Progress {
-            percent: percent as f32,
+            percent: crate::store::sql::stored_percent(percent),
             message: message.unwrap_or_default(),
         }),
         (None, _) => None,

@@ -136,5 +136,5 @@ async fn insert_throughput() {
             .unwrap();
     }
     let secs = start.elapsed().as_secs_f64();
-    eprintln!("{n} inserts in {secs:.3}s: {:.0}/s", n as f64 / secs);
+    eprintln!("{n} inserts in {secs:.3}s: {:.0}/s", f64::from(n) / secs);
 }
