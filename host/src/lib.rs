@@ -11,6 +11,7 @@ pub(crate) mod api;
 pub mod cli;
 pub(crate) mod config;
 pub(crate) mod dispatcher;
+pub(crate) mod error_codes;
 pub(crate) mod fetch;
 pub(crate) mod manifest;
 pub(crate) mod names;

@@ -63,7 +63,11 @@ pub struct ProgressView {
 /// Why a task failed.
 #[derive(Debug, Clone, Object)]
 pub struct TaskErrorView {
-    /// Stable code (the plugin's, e.g. `invalid_input`, `engine_error`, or the host's).
+    /// Stable snake_case code, the plugin's (e.g. `invalid_input`, `engine_error`) or the
+    /// host's (e.g. `lease_expired`). `x-error-codes` at the top of this document lists every
+    /// code aihost and the shared plugin interface produce (surface `task`); those also
+    /// answered over HTTP are in `ErrorCode` (`#/components/schemas/ErrorCode`). Plugins may
+    /// add task codes of their own (e.g. `invalid_workflow`).
     pub code: String,
     /// Explanation.
     pub message: String,

@@ -10,7 +10,9 @@ use crate::{storage::StorageError, store::StoreError};
 /// The error object.
 #[derive(Debug, Clone, Object)]
 pub struct ErrorDetail {
-    /// Stable snake_case code.
+    /// Stable snake_case code: one of `ErrorCode` (`#/components/schemas/ErrorCode`, each
+    /// code with its status and meaning). The ComfyUI routes pass on the code of a plugin's
+    /// engine operation, and plugins may add codes of their own.
     pub code: String,
     /// Human-readable explanation.
     pub message: String,

@@ -2,14 +2,16 @@
 //!
 //! Added here: each registered task type's input schema (under `components/schemas` as
 //! `TaskInput.{type}`, and as a `oneOf` of the `POST /api/tasks` body so `/docs` shows one
-//! form per type), and the routes served by plain poem handlers (uploads, files, WebSocket).
+//! form per type), the routes served by plain poem handlers (uploads, files, WebSocket), and
+//! the error codes of [`crate::error_codes`] (the `ErrorCode` schema: every code of an HTTP
+//! error body; the `x-error-codes` extension: every code, wherever it appears).
 //! The document is rebuilt when plugins change (the registry's generation).
 
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 
-use crate::plugins::Registry;
+use crate::{error_codes, plugins::Registry};
 
 /// (registry generation, spec JSON, Swagger UI page).
 type Cached = (u64, Arc<String>, Arc<String>);
@@ -79,6 +81,48 @@ fn extra_paths() -> Value {
     })
 }
 
+/// `components.schemas.ErrorCode`: the codes an HTTP error body can carry, and a table of their
+/// statuses and meanings.
+fn error_code_schema() -> Value {
+    let http: Vec<&error_codes::ErrorCode> =
+        error_codes::ALL.iter().filter(|e| e.is_http()).collect();
+    let mut description = String::from(
+        "The `code` of an HTTP error body (`ErrorBody.error.code`). The ComfyUI routes also \
+         pass on the code of a plugin's engine operation, and plugins may add codes of their \
+         own; `x-error-codes` at the top of this document lists every code aihost produces, \
+         task codes included.\n\n| code | status | meaning |\n|---|---|---|\n",
+    );
+    for e in &http {
+        let status = e.status.map(|s| s.to_string()).unwrap_or_default();
+        description.push_str(&format!("| `{}` | {status} | {} |\n", e.code, e.meaning));
+    }
+    json!({
+        "type": "string",
+        "enum": http.iter().map(|e| e.code).collect::<Vec<_>>(),
+        "description": description,
+    })
+}
+
+/// The `x-error-codes` extension: every code with where it appears (`http`, `task`,
+/// `plugin_report`, `cli`, `library`), its HTTP status when it is an HTTP answer, and its
+/// meaning.
+fn error_code_list() -> Value {
+    error_codes::ALL
+        .iter()
+        .map(|e| {
+            let mut entry = json!({
+                "code": e.code,
+                "surfaces": e.surfaces.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+                "meaning": e.meaning,
+            });
+            if let Some(status) = e.status {
+                entry["status"] = json!(status);
+            }
+            entry
+        })
+        .collect()
+}
+
 /// Merges the run-time parts into poem-openapi's document.
 pub(crate) fn merge(base: &str, registry: &Registry) -> Value {
     let mut spec: Value = serde_json::from_str(base).unwrap_or_else(|_| json!({}));
@@ -98,6 +142,7 @@ pub(crate) fn merge(base: &str, registry: &Registry) -> Value {
         .pointer_mut("/components/schemas")
         .and_then(Value::as_object_mut)
     {
+        schemas.insert("ErrorCode".into(), error_code_schema());
         for t in &types {
             let mut schema = t.desc.input_schema.clone();
             if let Some(obj) = schema.as_object_mut() {
@@ -131,6 +176,7 @@ pub(crate) fn merge(base: &str, registry: &Registry) -> Value {
         }
     }
     spec["x-task-types"] = json!(names);
+    spec["x-error-codes"] = error_code_list();
     spec
 }
 
@@ -172,5 +218,50 @@ impl Docs {
     /// The Swagger UI page with the merged spec.
     pub(crate) fn html(&self) -> String {
         self.current().1.as_ref().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::PluginManifest;
+
+    #[test]
+    fn the_document_lists_the_error_codes() {
+        let registry = Registry::load(PluginManifest::default()).unwrap();
+        let base = json!({"paths": {}, "components": {"schemas": {}}}).to_string();
+        let spec = merge(&base, &registry);
+        let schema = &spec["components"]["schemas"]["ErrorCode"];
+        assert_eq!(schema["type"], "string");
+        let codes: Vec<&str> = schema["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        let http: Vec<&str> = error_codes::ALL
+            .iter()
+            .filter(|e| e.is_http())
+            .map(|e| e.code)
+            .collect();
+        assert_eq!(codes, http);
+        assert!(
+            !codes.contains(&error_codes::LEASE_EXPIRED),
+            "a task code only"
+        );
+        let description = schema["description"].as_str().unwrap();
+        assert!(
+            description.contains(&format!("| `{}` | 404 |", error_codes::TASK_NOT_FOUND)),
+            "{description}"
+        );
+        let all = spec["x-error-codes"].as_array().unwrap();
+        assert_eq!(all.len(), error_codes::ALL.len());
+        let lease = all
+            .iter()
+            .find(|e| e["code"] == error_codes::LEASE_EXPIRED)
+            .unwrap();
+        assert_eq!(lease["surfaces"], json!(["task"]));
+        assert!(lease.get("status").is_none(), "{lease}");
+        registry.shutdown();
     }
 }
