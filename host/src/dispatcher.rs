@@ -281,7 +281,7 @@ impl Dispatcher {
         let work_dir = self.settings.work_dir.join(format!("{id}-{attempt}"));
         if let Err(e) = tokio::fs::create_dir_all(&work_dir).await {
             let err = TaskError {
-                code: "work_dir_failed".into(),
+                code: crate::error_codes::WORK_DIR_FAILED.into(),
                 message: e.to_string(),
             };
             self.record_failure(&task, err, true).await;

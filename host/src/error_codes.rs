@@ -3,7 +3,8 @@
 //! Each module keeps its error enum and its `code()`, but the codes themselves are spelled here
 //! only: one `pub(crate) const` per code, and [`ALL`], which says for each where it appears, the
 //! HTTP status when it is an HTTP answer, and what it means. `/openapi.json` publishes the list
-//! (`components.schemas.ErrorCode`, `x-error-codes`).
+//! (`components.schemas.ErrorCode`, `x-error-codes`). A test below fails when a code is spelled
+//! as a string literal anywhere else in `host/src`.
 //!
 //! The codes plugins share are those of [`aihost_plugin_api::codes`]: they are referenced, not
 //! spelled again. Plugins may add task codes of their own (`invalid_workflow`, ...); those are
@@ -281,7 +282,7 @@ pub(crate) fn find(code: &str) -> Option<&'static ErrorCode> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
 
     use super::*;
 
@@ -346,6 +347,92 @@ mod tests {
         assert!(shared.len() >= 16, "{shared:?}");
         for code in shared {
             assert!(find(code).is_some(), "plugin-api's {code:?} is not in ALL");
+        }
+    }
+
+    /// Literals that are spelled like a code but are not used as one: (file under `host/src`,
+    /// the literal, why).
+    const NOT_CODES: &[(&str, &str, &str)] = &[
+        (
+            "manifest.rs",
+            "\"timeout\"",
+            "a key of a plugin's `config` table in a plugins.toml test",
+        ),
+        (
+            "store/postgres/claim.rs",
+            "'cancelled'",
+            "the event kind (`EventKind::Cancelled`) the rescue statement reports to listeners",
+        ),
+        (
+            "store/postgres/finish.rs",
+            "'cancelled'",
+            "the event kind (`EventKind::Cancelled`) the cancel statements report to listeners",
+        ),
+    ];
+
+    fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                rust_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    /// The tidy check: outside this file no code of [`ALL`] is spelled as a string literal
+    /// (`"code"` in Rust, `'code'` in SQL); modules use the constants.
+    #[test]
+    fn no_code_is_spelled_outside_this_file() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        rust_files(&root, &mut files);
+        files.sort();
+        assert!(
+            files.len() > 50,
+            "{} files under {}",
+            files.len(),
+            root.display()
+        );
+        let mut found = Vec::new();
+        let mut allowed_seen = vec![false; NOT_CODES.len()];
+        for file in &files {
+            let rel = file
+                .strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .replace('\\', "/");
+            if rel == "error_codes.rs" {
+                continue;
+            }
+            let text = std::fs::read_to_string(file).unwrap();
+            for e in ALL {
+                for literal in [format!("\"{}\"", e.code), format!("'{}'", e.code)] {
+                    let hits = text.matches(literal.as_str()).count();
+                    if hits == 0 {
+                        continue;
+                    }
+                    match NOT_CODES
+                        .iter()
+                        .position(|(f, l, _)| *f == rel && *l == literal)
+                    {
+                        Some(i) => allowed_seen[i] = true,
+                        None => found.push(format!("{rel}: {literal} ({hits}x)")),
+                    }
+                }
+            }
+        }
+        assert!(
+            found.is_empty(),
+            "error codes spelled outside error_codes.rs (use the constants):\n{}",
+            found.join("\n")
+        );
+        for ((file, literal, _), seen) in NOT_CODES.iter().zip(allowed_seen) {
+            assert!(
+                seen,
+                "allow-list entry {file} {literal} is stale: remove it"
+            );
         }
     }
 }

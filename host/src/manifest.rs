@@ -363,6 +363,7 @@ fn toml_to_json(v: &toml::Value) -> Result<Json, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error_codes;
 
     fn write(dir: &Path, text: &str) -> PathBuf {
         let p = dir.join("plugins.toml");
@@ -380,7 +381,7 @@ mod tests {
         );
         let e = PluginManifest::load(&p, true).unwrap_err();
         assert_eq!(e.len(), 1);
-        assert_eq!(e[0].code(), "unreadable_file");
+        assert_eq!(e[0].code(), error_codes::CONFIG_UNREADABLE_FILE);
     }
 
     #[test]
@@ -479,14 +480,14 @@ config = 3
         assert_eq!(
             got,
             vec![
-                ("invalid_type", Some("dir")),
-                ("unknown_key", Some("plugins")),
-                ("unknown_key", Some("plugin[0].enable")),
-                ("invalid_value", Some("plugin[1].version")),
-                ("invalid_type", Some("plugin[1].required")),
-                ("duplicate", Some("plugin[2].name")),
-                ("missing_value", Some("plugin[3].name")),
-                ("invalid_type", Some("plugin[3].config")),
+                (error_codes::CONFIG_INVALID_TYPE, Some("dir")),
+                (error_codes::CONFIG_UNKNOWN_KEY, Some("plugins")),
+                (error_codes::CONFIG_UNKNOWN_KEY, Some("plugin[0].enable")),
+                (error_codes::CONFIG_INVALID_VALUE, Some("plugin[1].version")),
+                (error_codes::CONFIG_INVALID_TYPE, Some("plugin[1].required")),
+                (error_codes::CONFIG_DUPLICATE, Some("plugin[2].name")),
+                (error_codes::CONFIG_MISSING_VALUE, Some("plugin[3].name")),
+                (error_codes::CONFIG_INVALID_TYPE, Some("plugin[3].config")),
             ],
             "{e}"
         );
@@ -519,7 +520,7 @@ config = 3
             Path::new("p.toml"),
         )
         .unwrap_err();
-        assert_eq!(e[0].code(), "toml_syntax");
+        assert_eq!(e[0].code(), error_codes::CONFIG_TOML_SYNTAX);
         assert!(
             matches!(e[0].origin(), Origin::File { line: Some(3), .. }),
             "{e:?}"

@@ -10,6 +10,7 @@ use crate::{
     api::{self, AppState},
     config::{Config, QueueType},
     dispatcher::{Dispatcher, DispatcherSettings},
+    error_codes,
     fetch::{FetchSettings, Fetcher},
     manifest::PluginManifest,
     plugins::Registry,
@@ -56,13 +57,13 @@ impl StartError {
     /// Stable error code.
     pub(crate) fn code(&self) -> &'static str {
         match self {
-            StartError::Config(_) => "config_invalid",
+            StartError::Config(_) => error_codes::CONFIG_INVALID,
             StartError::Store(e) => e.code(),
             StartError::Storage(e) => e.code(),
             StartError::Fetch(e) => e.code(),
-            StartError::Plugin(_) => "plugin_required_failed",
-            StartError::Unsupported(_) => "unsupported_backend",
-            StartError::Bind { .. } => "bind_failed",
+            StartError::Plugin(_) => error_codes::PLUGIN_REQUIRED_FAILED,
+            StartError::Unsupported(_) => error_codes::UNSUPPORTED_BACKEND,
+            StartError::Bind { .. } => error_codes::BIND_FAILED,
         }
     }
 }

@@ -5,7 +5,7 @@
 use poem::{Response, http::StatusCode};
 use poem_openapi::{ApiResponse, Object, payload::Json};
 
-use crate::{storage::StorageError, store::StoreError};
+use crate::{error_codes, storage::StorageError, store::StoreError};
 
 /// The error object.
 #[derive(Debug, Clone, Object)]
@@ -117,14 +117,14 @@ impl From<StoreError> for ApiError {
 /// The HTTP status of a storage error (the one place this mapping lives).
 pub(crate) fn storage_status(e: &StorageError) -> StatusCode {
     match e.code() {
-        "storage_not_found" => StatusCode::NOT_FOUND,
-        "storage_invalid_key" => StatusCode::BAD_REQUEST,
-        "storage_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
-        "storage_range_not_satisfiable" => StatusCode::RANGE_NOT_SATISFIABLE,
-        "storage_rejected" => StatusCode::UNPROCESSABLE_ENTITY,
-        "storage_denied" | "storage_misconfigured" | "storage_unsupported" => {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
+        error_codes::STORAGE_NOT_FOUND => StatusCode::NOT_FOUND,
+        error_codes::STORAGE_INVALID_KEY => StatusCode::BAD_REQUEST,
+        error_codes::STORAGE_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
+        error_codes::STORAGE_RANGE_NOT_SATISFIABLE => StatusCode::RANGE_NOT_SATISFIABLE,
+        error_codes::STORAGE_REJECTED => StatusCode::UNPROCESSABLE_ENTITY,
+        error_codes::STORAGE_DENIED
+        | error_codes::STORAGE_MISCONFIGURED
+        | error_codes::STORAGE_UNSUPPORTED => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
@@ -152,25 +152,25 @@ pub(crate) fn normalize(err: poem::Error) -> Response {
     }
     let status = err.status();
     let code = if err.is::<poem::error::NotFoundError>() {
-        "not_found"
+        error_codes::ROUTE_NOT_FOUND
     } else if err.is::<poem::error::MethodNotAllowedError>() {
-        "method_not_allowed"
+        error_codes::METHOD_NOT_ALLOWED
     } else if err.is::<poem_openapi::error::ParseRequestPayloadError>() {
-        "invalid_body"
+        error_codes::INVALID_BODY
     } else if err.is::<poem_openapi::error::ParseParamError>() {
-        "invalid_parameter"
+        error_codes::INVALID_PARAMETER
     } else if err.is::<poem_openapi::error::ContentTypeError>() {
-        "unsupported_content_type"
+        error_codes::UNSUPPORTED_CONTENT_TYPE
     } else {
         match status.as_u16() {
-            400 => "bad_request",
-            401 => "unauthorized",
-            404 => "not_found",
-            405 => "method_not_allowed",
-            413 => "body_too_large",
-            415 => "unsupported_content_type",
-            _ if status.is_server_error() => "internal",
-            _ => "bad_request",
+            400 => error_codes::BAD_REQUEST,
+            401 => error_codes::UNAUTHORIZED,
+            404 => error_codes::ROUTE_NOT_FOUND,
+            405 => error_codes::METHOD_NOT_ALLOWED,
+            413 => error_codes::BODY_TOO_LARGE,
+            415 => error_codes::UNSUPPORTED_CONTENT_TYPE,
+            _ if status.is_server_error() => error_codes::INTERNAL,
+            _ => error_codes::BAD_REQUEST,
         }
     };
     let status = if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
@@ -179,4 +179,80 @@ pub(crate) fn normalize(err: poem::Error) -> Response {
         status
     };
     error_response(status, code, &err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use poem::IntoResponse;
+
+    use super::*;
+
+    /// The status of every HTTP error code is the one `error_codes::ALL` documents.
+    fn assert_documented(code: &str, status: StatusCode) {
+        let entry = error_codes::find(code).unwrap_or_else(|| panic!("{code} is not listed"));
+        assert_eq!(entry.status, Some(status.as_u16()), "{code}");
+    }
+
+    #[test]
+    fn storage_and_store_statuses_are_the_documented_ones() {
+        let key = || "k".to_owned();
+        let storage = [
+            StorageError::NotFound { key: key() },
+            StorageError::InvalidKey {
+                key: key(),
+                reason: "r",
+            },
+            StorageError::TooLarge {
+                key: key(),
+                limit: 1,
+            },
+            StorageError::Unavailable {
+                op: "put",
+                key: key(),
+                source: Box::new(opendal::Error::new(opendal::ErrorKind::Unexpected, "x")),
+            },
+            StorageError::Remote {
+                op: "put",
+                key: key(),
+                detail: String::new(),
+            },
+            StorageError::Denied {
+                op: "put",
+                key: key(),
+                detail: String::new(),
+            },
+            StorageError::Rejected {
+                op: "put",
+                key: key(),
+                status: 400,
+                cf_code: 0,
+                message: String::new(),
+            },
+            StorageError::Unsupported {
+                op: "read",
+                backend: "b",
+            },
+            StorageError::Config {
+                detail: String::new(),
+            },
+            StorageError::Io {
+                op: "put",
+                key: key(),
+                detail: String::new(),
+            },
+        ];
+        for e in storage {
+            assert_documented(e.code(), storage_status(&e));
+            let code = e.code();
+            assert_documented(code, ApiError::from(e).into_response().status());
+        }
+        for e in [
+            StoreError::InvalidCursor,
+            StoreError::Corrupt(String::new()),
+            StoreError::Unavailable(String::new()),
+        ] {
+            let code = e.code();
+            assert_documented(code, ApiError::from(e).into_response().status());
+        }
+    }
 }

@@ -39,7 +39,7 @@ pub(crate) async fn follow(
     let rx = state.store.subscribe();
     let Some(task) = state.store.get(id).await? else {
         return Err(ApiError::not_found(
-            "task_not_found",
+            crate::error_codes::TASK_NOT_FOUND,
             format!("no task {id}"),
         ));
     };

@@ -15,7 +15,7 @@ use poem::{
 use uuid::Uuid;
 
 use super::{AppState, error::error_response};
-use crate::storage::StorageError;
+use crate::{error_codes, storage::StorageError};
 
 fn storage_error(e: &StorageError) -> Response {
     error_response(super::error::storage_status(e), e.code(), &e.to_string())
@@ -40,14 +40,14 @@ pub(crate) async fn upload(
             Ok(None) => {
                 return error_response(
                     StatusCode::BAD_REQUEST,
-                    "missing_file",
+                    error_codes::UPLOAD_MISSING_FILE,
                     "the multipart body has no file field (send the file as a form field named `file`)",
                 );
             }
             Err(e) => {
                 return error_response(
                     StatusCode::BAD_REQUEST,
-                    "invalid_multipart",
+                    error_codes::UPLOAD_INVALID_MULTIPART,
                     &e.to_string(),
                 );
             }
@@ -114,7 +114,7 @@ pub(crate) async fn get_file(req: &Request, Data(state): Data<&Arc<AppState>>) -
         None => {
             return error_response(
                 StatusCode::BAD_REQUEST,
-                "invalid_key",
+                error_codes::FILES_INVALID_KEY,
                 "the key has a malformed %-escape or is not UTF-8",
             );
         }
@@ -167,7 +167,7 @@ pub(crate) async fn get_file(req: &Request, Data(state): Data<&Arc<AppState>>) -
             let size = state.storage.stat(&key).await.map(|m| m.size).unwrap_or(0);
             let mut r = error_response(
                 StatusCode::RANGE_NOT_SATISFIABLE,
-                "range_not_satisfiable",
+                error_codes::FILES_RANGE_NOT_SATISFIABLE,
                 "the range starts past the end of the file",
             );
             if let Ok(v) = format!("bytes */{size}").parse() {

@@ -164,7 +164,7 @@ fn check_api_key(state: &AppState, req: &Request) -> Option<poem::Error> {
         };
         Some(poem::Error::from_response(error::error_response(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            crate::error_codes::UNAUTHORIZED,
             msg,
         )))
     }
@@ -193,7 +193,7 @@ async fn limit_body<E: Endpoint>(
     let too_large = || {
         poem::Error::from_response(error::error_response(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
+            crate::error_codes::BODY_TOO_LARGE,
             &if is_upload {
                 format!(
                     "the upload is over the limit of {} bytes",
@@ -242,7 +242,7 @@ async fn limit_body<E: Endpoint>(
             match create_body.as_deref().map(check_create_envelope) {
                 Some(Err(msg)) => Err(poem::Error::from_response(error::error_response(
                     StatusCode::BAD_REQUEST,
-                    "invalid_body",
+                    crate::error_codes::INVALID_BODY,
                     &msg,
                 ))),
                 _ => Err(e),

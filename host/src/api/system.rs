@@ -225,7 +225,7 @@ impl SystemApi {
                 }
                 Err(_) => {
                     engines_ok = false;
-                    serde_json::json!({"status": "error", "code": "timeout", "message": "health check took over 5 s"})
+                    serde_json::json!({"status": "error", "code": crate::error_codes::TIMEOUT, "message": "health check took over 5 s"})
                 }
             };
             plugins.insert(p.desc.name.clone(), v);
@@ -308,7 +308,7 @@ impl SystemApi {
             .map_err(|e| {
                 ApiError::new(
                     poem::http::StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
+                    crate::error_codes::INTERNAL,
                     e.to_string(),
                 )
             })?;

@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use super::{ApiTags, AppState, error::ApiError, ids::parse_id};
 use crate::{
+    error_codes,
     store::{CancelOutcome, ListFilter, NewTask, Task, TaskEvent, TaskStore},
     task_view::{TaskStatus, TaskView},
 };
@@ -87,7 +88,7 @@ pub(crate) fn validate_input(
             .map(|t| t.desc.name.clone())
             .collect();
         return Err(ApiError::unprocessable(
-            "unknown_task_type",
+            error_codes::UNKNOWN_TASK_TYPE,
             format!(
                 "unknown task type {task_type:?}; registered: {}",
                 known.join(", ")
@@ -111,7 +112,10 @@ pub(crate) fn validate_input(
     if errors.is_empty() {
         Ok(())
     } else {
-        Err(ApiError::unprocessable("invalid_input", errors.join("; ")))
+        Err(ApiError::unprocessable(
+            error_codes::INVALID_INPUT,
+            errors.join("; "),
+        ))
     }
 }
 
@@ -127,7 +131,7 @@ pub(crate) async fn create_task(
         let ok = url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
         if !ok {
             return Err(ApiError::unprocessable(
-                "invalid_webhook_url",
+                error_codes::INVALID_WEBHOOK_URL,
                 "webhook_url must be an http(s) URL",
             ));
         }
@@ -137,7 +141,7 @@ pub(crate) async fn create_task(
         if depth >= state.max_pending {
             let b = super::error::ErrorBody {
                 error: super::error::ErrorDetail {
-                    code: "queue_full".into(),
+                    code: error_codes::QUEUE_FULL.into(),
                     message: format!(
                         "the queue holds {depth} pending tasks (limit {})",
                         state.max_pending
@@ -247,7 +251,7 @@ impl TasksApi {
         match self.state.store.get(id).await? {
             Some(t) => Ok(Json(t.into())),
             None => Err(ApiError::not_found(
-                "task_not_found",
+                error_codes::TASK_NOT_FOUND,
                 format!("no task {id}"),
             )),
         }
@@ -295,11 +299,11 @@ impl TasksApi {
             CancelOutcome::Cancelled(t) => Ok(CancelResponse::Cancelled(Json(t.into()))),
             CancelOutcome::Requested(t) => Ok(CancelResponse::Requested(Json(t.into()))),
             CancelOutcome::AlreadyFinished(t) => Err(ApiError::conflict(
-                "task_finished",
+                error_codes::TASK_FINISHED,
                 format!("task {id} is already {}", t.status.as_str()),
             )),
             CancelOutcome::NotFound => Err(ApiError::not_found(
-                "task_not_found",
+                error_codes::TASK_NOT_FOUND,
                 format!("no task {id}"),
             )),
         }

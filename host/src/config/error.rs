@@ -6,6 +6,8 @@
 
 use std::{fmt, path::PathBuf};
 
+use crate::error_codes;
+
 /// Where a setting, or a problem with it, came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Origin {
@@ -129,13 +131,13 @@ impl ConfigError {
     /// `missing_value`, `duplicate`, `unreadable_file`, `toml_syntax`.
     pub(crate) fn code(&self) -> &'static str {
         match self {
-            ConfigError::UnknownKey { .. } => "unknown_key",
-            ConfigError::InvalidType { .. } => "invalid_type",
-            ConfigError::InvalidValue { .. } => "invalid_value",
-            ConfigError::MissingValue { .. } => "missing_value",
-            ConfigError::Duplicate { .. } => "duplicate",
-            ConfigError::UnreadableFile { .. } => "unreadable_file",
-            ConfigError::TomlSyntax { .. } => "toml_syntax",
+            ConfigError::UnknownKey { .. } => error_codes::CONFIG_UNKNOWN_KEY,
+            ConfigError::InvalidType { .. } => error_codes::CONFIG_INVALID_TYPE,
+            ConfigError::InvalidValue { .. } => error_codes::CONFIG_INVALID_VALUE,
+            ConfigError::MissingValue { .. } => error_codes::CONFIG_MISSING_VALUE,
+            ConfigError::Duplicate { .. } => error_codes::CONFIG_DUPLICATE,
+            ConfigError::UnreadableFile { .. } => error_codes::CONFIG_UNREADABLE_FILE,
+            ConfigError::TomlSyntax { .. } => error_codes::CONFIG_TOML_SYNTAX,
         }
     }
 

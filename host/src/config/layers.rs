@@ -258,6 +258,7 @@ impl Layers {
 #[cfg(test)]
 mod tests {
     use crate::config::{Config, ConfigError, Origin, StorageType, test_support::*};
+    use crate::error_codes;
 
     #[test]
     fn env_overrides_and_precedence() {
@@ -375,9 +376,12 @@ mod tests {
         );
         assert_eq!(
             find("AIHOST_QUEUE__LEASE_SECS").unwrap().code(),
-            "invalid_type"
+            error_codes::CONFIG_INVALID_TYPE
         );
-        assert_eq!(find("AIHOST_QUEUE__TYPE").unwrap().code(), "invalid_value");
+        assert_eq!(
+            find("AIHOST_QUEUE__TYPE").unwrap().code(),
+            error_codes::CONFIG_INVALID_VALUE
+        );
         assert_eq!(err.len(), 4, "{err}");
         assert!(
             err.to_string().contains("env AIHOST_QUEUE__LEASE_SECS"),

@@ -245,6 +245,7 @@ mod test_support {
 #[cfg(test)]
 mod tests {
     use super::{test_support::*, *};
+    use crate::error_codes;
 
     #[test]
     fn defaults_without_file() {
@@ -274,7 +275,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope.toml");
         let e = Config::load(Some(&missing), &BTreeMap::new()).unwrap_err();
-        assert_eq!(codes(&e), vec![("unreadable_file", None)]);
+        assert_eq!(codes(&e), vec![(error_codes::CONFIG_UNREADABLE_FILE, None)]);
         assert!(e.to_string().contains("nope.toml"), "{e}");
     }
 
@@ -338,7 +339,11 @@ format = "json"
         let dir = tempfile::tempdir().unwrap();
         let p = write(dir.path(), "[queue]\ntype = \"postgres\"\nurl = 5\n");
         let e = Config::load(Some(&p), &BTreeMap::new()).unwrap_err();
-        assert_eq!(codes(&e), vec![("invalid_type", Some("queue.url"))], "{e}");
+        assert_eq!(
+            codes(&e),
+            vec![(error_codes::CONFIG_INVALID_TYPE, Some("queue.url"))],
+            "{e}"
+        );
     }
 
     #[test]
@@ -346,7 +351,11 @@ format = "json"
         let dir = tempfile::tempdir().unwrap();
         let p = write(dir.path(), "[server]\nbind = \"x\"\nbind = \"y\"\n[queue\n");
         let e = Config::load(Some(&p), &BTreeMap::new()).unwrap_err();
-        assert!(e.iter().all(|e| e.code() == "toml_syntax"), "{e}");
+        assert!(
+            e.iter()
+                .all(|e| e.code() == error_codes::CONFIG_TOML_SYNTAX),
+            "{e}"
+        );
         assert!(
             e.iter().any(|e| matches!(
                 e.origin(),

@@ -212,6 +212,7 @@ fn check_log_level(level: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    use crate::error_codes;
     use std::collections::BTreeMap;
 
     use super::*;
@@ -244,16 +245,22 @@ level = "verbose"
         let e = Config::load(Some(&p), &BTreeMap::new()).unwrap_err();
         let got = codes(&e);
         for want in [
-            ("unknown_key", Some("server.bnd")),
-            ("invalid_value", Some("server.bind")),
-            ("invalid_type", Some("server.max_body_bytes")),
-            ("invalid_value", Some("server.public_url")),
-            ("missing_value", Some("queue.url")),
-            ("invalid_value", Some("queue.lease_secs")),
-            ("invalid_value", Some("queue.default_max_attempts")),
-            ("unknown_key", Some("storag")),
-            ("invalid_value", Some("log.format")),
-            ("invalid_value", Some("log.level")),
+            (error_codes::CONFIG_UNKNOWN_KEY, Some("server.bnd")),
+            (error_codes::CONFIG_INVALID_VALUE, Some("server.bind")),
+            (
+                error_codes::CONFIG_INVALID_TYPE,
+                Some("server.max_body_bytes"),
+            ),
+            (error_codes::CONFIG_INVALID_VALUE, Some("server.public_url")),
+            (error_codes::CONFIG_MISSING_VALUE, Some("queue.url")),
+            (error_codes::CONFIG_INVALID_VALUE, Some("queue.lease_secs")),
+            (
+                error_codes::CONFIG_INVALID_VALUE,
+                Some("queue.default_max_attempts"),
+            ),
+            (error_codes::CONFIG_UNKNOWN_KEY, Some("storag")),
+            (error_codes::CONFIG_INVALID_VALUE, Some("log.format")),
+            (error_codes::CONFIG_INVALID_VALUE, Some("log.level")),
         ] {
             assert!(got.contains(&want), "missing {want:?} in {got:?}\n{e}");
         }
@@ -299,8 +306,11 @@ level = "verbose"
         assert_eq!(
             codes(&e),
             vec![
-                ("missing_value", Some("storage.account_id")),
-                ("missing_value", Some("storage.api_token"))
+                (
+                    error_codes::CONFIG_MISSING_VALUE,
+                    Some("storage.account_id")
+                ),
+                (error_codes::CONFIG_MISSING_VALUE, Some("storage.api_token"))
             ]
         );
         assert_eq!(
@@ -308,7 +318,10 @@ level = "verbose"
             &Origin::Env("AIHOST_STORAGE__TYPE".to_owned())
         );
         let e = Config::load(None, &env(&[("STORAGE_PROVIDER", "gcs")])).unwrap_err();
-        assert_eq!(codes(&e), vec![("missing_value", Some("storage.bucket"))]);
+        assert_eq!(
+            codes(&e),
+            vec![(error_codes::CONFIG_MISSING_VALUE, Some("storage.bucket"))]
+        );
     }
 
     #[test]

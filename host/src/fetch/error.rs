@@ -196,7 +196,7 @@ mod tests {
                     addr: IpAddr::from([10, 0, 0, 1]),
                     detail: String::new(),
                 },
-                "fetch_blocked",
+                codes::FETCH_BLOCKED,
             ),
             (
                 FetchError::RedirectBlocked {
@@ -204,21 +204,21 @@ mod tests {
                     to: url(),
                     detail: String::new(),
                 },
-                "fetch_blocked",
+                codes::FETCH_BLOCKED,
             ),
             (
                 FetchError::UnsupportedScheme {
                     url: url(),
                     scheme: "ftp".into(),
                 },
-                "fetch_invalid_url",
+                codes::FETCH_INVALID_URL,
             ),
             (
                 FetchError::InvalidUrl {
                     input: url(),
                     reason: String::new(),
                 },
-                "fetch_invalid_url",
+                codes::FETCH_INVALID_URL,
             ),
             (
                 FetchError::TooLarge {
@@ -226,32 +226,35 @@ mod tests {
                     limit: 1,
                     size: None,
                 },
-                "fetch_too_large",
+                codes::FETCH_TOO_LARGE,
             ),
-            (status(404), "fetch_not_found"),
-            (status(410), "fetch_not_found"),
-            (status(403), "fetch_failed"),
-            (status(503), "fetch_failed"),
+            (status(404), codes::FETCH_NOT_FOUND),
+            (status(410), codes::FETCH_NOT_FOUND),
+            (status(403), codes::FETCH_FAILED),
+            (status(503), codes::FETCH_FAILED),
             (
                 FetchError::Timeout {
                     url: url(),
                     after: Duration::from_secs(1),
                 },
-                "fetch_timeout",
+                codes::FETCH_TIMEOUT,
             ),
             (
                 FetchError::Unreachable {
                     url: url(),
                     detail: String::new(),
                 },
-                "fetch_failed",
+                codes::FETCH_FAILED,
             ),
-            (FetchError::NotFound { key: "k".into() }, "fetch_not_found"),
+            (
+                FetchError::NotFound { key: "k".into() },
+                codes::FETCH_NOT_FOUND,
+            ),
             (
                 FetchError::Io {
                     detail: String::new(),
                 },
-                "fetch_failed",
+                codes::FETCH_FAILED,
             ),
         ];
         for (err, code) in cases {

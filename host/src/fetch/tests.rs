@@ -5,6 +5,7 @@
 
 use super::client::classify;
 use super::*;
+use crate::error_codes;
 use crate::storage::{StorageKind, StorageSettings};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -163,7 +164,7 @@ async fn fetch_refuses_private_addresses() {
         ("http://[fd00:ec2::254]/".to_owned(), "fd00:ec2::254"),
     ] {
         let err = f.fetch_to(&url, dir.path(), None).await.unwrap_err();
-        assert_eq!(err.code(), "fetch_blocked", "{url}: {err}");
+        assert_eq!(err.code(), error_codes::FETCH_BLOCKED, "{url}: {err}");
         assert!(!err.retryable());
         let msg = err.to_string();
         assert!(msg.contains(shows), "{msg}");
@@ -208,7 +209,7 @@ async fn fetch_resolver_refuses_private_names() {
         .unwrap_err();
     let url = Url::parse("http://localhost/").unwrap();
     let err = classify(err, &url, Duration::from_secs(1));
-    assert_eq!(err.code(), "fetch_blocked", "{err}");
+    assert_eq!(err.code(), error_codes::FETCH_BLOCKED, "{err}");
     assert_eq!(server.hits.load(Ordering::SeqCst), 0);
 
     // An allow-listed name passes the resolver.
@@ -264,7 +265,7 @@ async fn fetch_allow_listed_host() {
         .fetch_to("http://127.0.0.1:1/file.bin", dir.path(), None)
         .await
         .unwrap_err();
-    assert_eq!(err.code(), "fetch_blocked");
+    assert_eq!(err.code(), error_codes::FETCH_BLOCKED);
 }
 
 #[tokio::test]
@@ -278,7 +279,7 @@ async fn fetch_redirects_are_checked() {
         .fetch_to(&format!("{base}/redirect-private"), dir.path(), None)
         .await
         .unwrap_err();
-    assert_eq!(err.code(), "fetch_blocked", "{err}");
+    assert_eq!(err.code(), error_codes::FETCH_BLOCKED, "{err}");
     let msg = err.to_string();
     assert!(msg.contains("http://10.0.0.1/secret"), "{msg}");
     assert!(msg.contains("10.0.0.1 is a private address"), "{msg}");
@@ -287,13 +288,13 @@ async fn fetch_redirects_are_checked() {
         .fetch_to(&format!("{base}/redirect-ftp"), dir.path(), None)
         .await
         .unwrap_err();
-    assert_eq!(err.code(), "fetch_blocked", "{err}");
+    assert_eq!(err.code(), error_codes::FETCH_BLOCKED, "{err}");
 
     let err = f
         .fetch_to(&format!("{base}/loop"), dir.path(), None)
         .await
         .unwrap_err();
-    assert_eq!(err.code(), "fetch_blocked", "{err}");
+    assert_eq!(err.code(), error_codes::FETCH_BLOCKED, "{err}");
     assert!(err.to_string().contains("more than 3 redirects"), "{err}");
     assert!(files_in(dir.path()).is_empty());
 }
@@ -309,7 +310,7 @@ async fn fetch_too_large_leaves_nothing() {
     for path in ["/big-len", "/big-nolen"] {
         let url = format!("http://127.0.0.1:{port}{path}");
         let err = f.fetch_to(&url, dir.path(), None).await.unwrap_err();
-        assert_eq!(err.code(), "fetch_too_large", "{err}");
+        assert_eq!(err.code(), error_codes::FETCH_TOO_LARGE, "{err}");
         assert!(!err.retryable());
     }
     assert!(files_in(dir.path()).is_empty());
@@ -325,11 +326,19 @@ async fn fetch_refuses_other_schemes_and_bad_input() {
         "gopher://x/",
     ] {
         let err = f.fetch_to(source, dir.path(), None).await.unwrap_err();
-        assert_eq!(err.code(), "fetch_invalid_url", "{source}: {err}");
+        assert_eq!(
+            err.code(),
+            error_codes::FETCH_INVALID_URL,
+            "{source}: {err}"
+        );
     }
     for source in ["/etc/passwd", "a/../../b", "http://", ""] {
         let err = f.fetch_to(source, dir.path(), None).await.unwrap_err();
-        assert_eq!(err.code(), "fetch_invalid_url", "{source}: {err}");
+        assert_eq!(
+            err.code(),
+            error_codes::FETCH_INVALID_URL,
+            "{source}: {err}"
+        );
     }
     assert!(files_in(dir.path()).is_empty());
 }
@@ -363,7 +372,7 @@ async fn fetch_own_storage_objects() {
         .fetch_to("uploads/0190/absent.png", dir.path(), None)
         .await
         .unwrap_err();
-    assert_eq!(err.code(), "fetch_not_found", "{err}");
+    assert_eq!(err.code(), error_codes::FETCH_NOT_FOUND, "{err}");
     let err = f
         .fetch_to(
             &storage.public_url("uploads/x/absent.png"),
@@ -372,7 +381,7 @@ async fn fetch_own_storage_objects() {
         )
         .await
         .unwrap_err();
-    assert_eq!(err.code(), "fetch_not_found", "{err}");
+    assert_eq!(err.code(), error_codes::FETCH_NOT_FOUND, "{err}");
     assert_eq!(files_in(dir.path()).len(), 3);
 }
 
@@ -390,7 +399,7 @@ async fn fetch_http_status_and_retries() {
         )
         .await
         .unwrap_err();
-    assert_eq!(err.code(), "fetch_not_found");
+    assert_eq!(err.code(), error_codes::FETCH_NOT_FOUND);
     assert!(!err.retryable());
     assert!(err.to_string().contains("HTTP 404"), "{err}");
     assert_eq!(server.hits.load(Ordering::SeqCst), 1, "404 is not retried");
@@ -409,7 +418,7 @@ async fn fetch_http_status_and_retries() {
         .fetch_to("http://127.0.0.1:1/x", dir.path(), None)
         .await
         .unwrap_err();
-    assert_eq!(err.code(), "fetch_failed", "{err}");
+    assert_eq!(err.code(), error_codes::FETCH_FAILED, "{err}");
     assert!(err.retryable());
 }
 
@@ -425,7 +434,7 @@ async fn fetch_timeout() {
         .fetch_to(&format!("http://127.0.0.1:{port}/slow"), dir.path(), None)
         .await
         .unwrap_err();
-    assert_eq!(err.code(), "fetch_timeout", "{err}");
+    assert_eq!(err.code(), error_codes::FETCH_TIMEOUT, "{err}");
     assert!(err.retryable());
     assert_eq!(server.hits.load(Ordering::SeqCst), 3, "tried three times");
     assert!(files_in(dir.path()).is_empty());

@@ -16,6 +16,8 @@ use aihost_plugin_api::{
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::error_codes;
+
 /// A task type as the host keeps it.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct TaskTypeDesc {
@@ -196,19 +198,21 @@ impl LoadError {
     /// Stable error code.
     pub(crate) fn code(&self) -> &'static str {
         match self {
-            LoadError::MissingFile { .. } => "plugin_missing_file",
-            LoadError::NotALibrary { .. } => "plugin_not_a_library",
-            LoadError::NotAPlugin { .. } | LoadError::ForeignModule { .. } => "plugin_not_a_plugin",
-            LoadError::WrongInterface { .. } => "plugin_wrong_interface",
-            LoadError::LayoutMismatch { .. } => "plugin_layout_mismatch",
-            LoadError::DescribeFailed { .. } => "plugin_describe_failed",
-            LoadError::VersionMismatch { .. } => "plugin_version_mismatch",
-            LoadError::NameMismatch { .. } => "plugin_name_mismatch",
-            LoadError::InitFailed { .. } => "plugin_init_failed",
-            LoadError::DuplicateTaskType { .. } => "plugin_duplicate_task_type",
-            LoadError::DuplicateName { .. } => "plugin_duplicate_name",
-            LoadError::NeedsRestart { .. } => "plugin_needs_restart",
-            LoadError::InvalidSchema { .. } => "plugin_invalid_schema",
+            LoadError::MissingFile { .. } => error_codes::PLUGIN_MISSING_FILE,
+            LoadError::NotALibrary { .. } => error_codes::PLUGIN_NOT_A_LIBRARY,
+            LoadError::NotAPlugin { .. } | LoadError::ForeignModule { .. } => {
+                error_codes::PLUGIN_NOT_A_PLUGIN
+            }
+            LoadError::WrongInterface { .. } => error_codes::PLUGIN_WRONG_INTERFACE,
+            LoadError::LayoutMismatch { .. } => error_codes::PLUGIN_LAYOUT_MISMATCH,
+            LoadError::DescribeFailed { .. } => error_codes::PLUGIN_DESCRIBE_FAILED,
+            LoadError::VersionMismatch { .. } => error_codes::PLUGIN_VERSION_MISMATCH,
+            LoadError::NameMismatch { .. } => error_codes::PLUGIN_NAME_MISMATCH,
+            LoadError::InitFailed { .. } => error_codes::PLUGIN_INIT_FAILED,
+            LoadError::DuplicateTaskType { .. } => error_codes::PLUGIN_DUPLICATE_TASK_TYPE,
+            LoadError::DuplicateName { .. } => error_codes::PLUGIN_DUPLICATE_NAME,
+            LoadError::NeedsRestart { .. } => error_codes::PLUGIN_NEEDS_RESTART,
+            LoadError::InvalidSchema { .. } => error_codes::PLUGIN_INVALID_SCHEMA,
         }
     }
 }

@@ -130,7 +130,7 @@ impl TaskContextApi for TaskServices {
             match handle.await {
                 Ok(r) => r.into(),
                 Err(e) => RResult::RErr(PluginError::fatal(
-                    "internal",
+                    crate::error_codes::INTERNAL,
                     format!("fetch task failed: {e}"),
                 )),
             }

@@ -538,6 +538,7 @@ pub fn map_error(op: &'static str, key: &str, status: u16, body: &Bytes) -> Stor
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error_codes;
 
     fn body(s: &str) -> Bytes {
         Bytes::from(s.to_owned())
@@ -547,7 +548,7 @@ mod tests {
     fn cf_images_errors_are_mapped() {
         let auth = r#"{"success":false,"errors":[{"code":10000,"message":"Authentication error"}],"messages":[],"result":null}"#;
         let e = map_error("put", "k", 400, &body(auth));
-        assert_eq!(e.code(), "storage_denied");
+        assert_eq!(e.code(), error_codes::STORAGE_DENIED);
         assert!(
             e.to_string().contains("Authentication error (10000)"),
             "{e}"
@@ -555,7 +556,7 @@ mod tests {
 
         let bad = r#"{"success":false,"errors":[{"code":5400,"message":"Bad request: ERROR 5400: Invalid image"}],"messages":[],"result":null}"#;
         let e = map_error("put", "k", 400, &body(bad));
-        assert_eq!(e.code(), "storage_rejected");
+        assert_eq!(e.code(), error_codes::STORAGE_REJECTED);
         assert!(e.to_string().contains("5400"), "{e}");
 
         let e = map_error(
@@ -564,18 +565,18 @@ mod tests {
             415,
             &body(r#"{"success":false,"errors":[{"code":5550,"message":"x"}]}"#),
         );
-        assert_eq!(e.code(), "storage_rejected");
+        assert_eq!(e.code(), error_codes::STORAGE_REJECTED);
         assert_eq!(
             map_error("stat", "k", 404, &body("{}")).code(),
-            "storage_not_found"
+            error_codes::STORAGE_NOT_FOUND
         );
         assert_eq!(
             map_error("put", "k", 502, &body("<html>")).code(),
-            "storage_unavailable"
+            error_codes::STORAGE_UNAVAILABLE
         );
         assert_eq!(
             map_error("put", "k", 429, &body("")).code(),
-            "storage_unavailable"
+            error_codes::STORAGE_UNAVAILABLE
         );
         // `success: false` with a 200 is a refusal too.
         let e = map_error(
@@ -584,7 +585,7 @@ mod tests {
             200,
             &body(r#"{"success":false,"errors":[{"code":5455,"message":"Unsupported"}]}"#),
         );
-        assert_eq!(e.code(), "storage_rejected");
+        assert_eq!(e.code(), error_codes::STORAGE_REJECTED);
     }
 
     #[test]
@@ -592,7 +593,10 @@ mod tests {
         let storage = crate::storage::tests::remote(crate::storage::StorageKind::CfImages(
             CfImagesSettings::default(),
         ));
-        assert_eq!(storage.unwrap_err().code(), "storage_misconfigured");
+        assert_eq!(
+            storage.unwrap_err().code(),
+            error_codes::STORAGE_MISCONFIGURED
+        );
     }
 
     #[test]
@@ -633,7 +637,7 @@ mod tests {
         };
         assert_eq!(
             c.delivery_url("k", &none).unwrap_err().code(),
-            "storage_unavailable"
+            error_codes::STORAGE_UNAVAILABLE
         );
     }
 }

@@ -9,6 +9,8 @@ use std::path::Path;
 
 use opendal::ErrorKind;
 
+use crate::error_codes;
+
 /// Errors of the storage facade. [`StorageError::code`] is stable and meant for API clients.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -119,16 +121,18 @@ impl StorageError {
     /// Stable machine-readable code of this error.
     pub fn code(&self) -> &'static str {
         match self {
-            StorageError::NotFound { .. } => "storage_not_found",
-            StorageError::InvalidKey { .. } => "storage_invalid_key",
-            StorageError::TooLarge { .. } => "storage_too_large",
-            StorageError::RangeNotSatisfiable { .. } => "storage_range_not_satisfiable",
-            StorageError::Unavailable { .. } | StorageError::Remote { .. } => "storage_unavailable",
-            StorageError::Denied { .. } => "storage_denied",
-            StorageError::Rejected { .. } => "storage_rejected",
-            StorageError::Unsupported { .. } => "storage_unsupported",
-            StorageError::Config { .. } => "storage_misconfigured",
-            StorageError::Io { .. } => "storage_io",
+            StorageError::NotFound { .. } => error_codes::STORAGE_NOT_FOUND,
+            StorageError::InvalidKey { .. } => error_codes::STORAGE_INVALID_KEY,
+            StorageError::TooLarge { .. } => error_codes::STORAGE_TOO_LARGE,
+            StorageError::RangeNotSatisfiable { .. } => error_codes::STORAGE_RANGE_NOT_SATISFIABLE,
+            StorageError::Unavailable { .. } | StorageError::Remote { .. } => {
+                error_codes::STORAGE_UNAVAILABLE
+            }
+            StorageError::Denied { .. } => error_codes::STORAGE_DENIED,
+            StorageError::Rejected { .. } => error_codes::STORAGE_REJECTED,
+            StorageError::Unsupported { .. } => error_codes::STORAGE_UNSUPPORTED,
+            StorageError::Config { .. } => error_codes::STORAGE_MISCONFIGURED,
+            StorageError::Io { .. } => error_codes::STORAGE_IO,
         }
     }
 

@@ -81,6 +81,7 @@ pub(super) fn backend(s: &GcsSettings) -> Result<OpBackend, StorageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error_codes;
     use crate::storage::StorageKind;
     use crate::storage::tests::remote;
 
@@ -109,7 +110,7 @@ mod tests {
             remote(StorageKind::Gcs(GcsSettings::default()))
                 .unwrap_err()
                 .code(),
-            "storage_misconfigured"
+            error_codes::STORAGE_MISCONFIGURED
         );
     }
 }

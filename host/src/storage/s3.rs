@@ -118,6 +118,7 @@ pub(super) fn backend(s: &S3Settings, r2: bool) -> Result<OpBackend, StorageErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error_codes;
     use crate::storage::StorageKind;
     use crate::storage::tests::{BASE, remote};
 
@@ -171,7 +172,7 @@ mod tests {
             let name = kind.name();
             assert_eq!(
                 remote(kind).unwrap_err().code(),
-                "storage_misconfigured",
+                error_codes::STORAGE_MISCONFIGURED,
                 "{name}"
             );
         }

@@ -3,6 +3,7 @@
 //!
 //! A file of its own because the facade's file should hold the facade only.
 
+use crate::error_codes;
 use std::path::PathBuf;
 
 use super::key::FS_TMP_DIR;
@@ -65,7 +66,7 @@ async fn round_trip(storage: &Storage, dir: &Path) {
         .await
         .err()
         .unwrap();
-    assert_eq!(err.code(), "storage_range_not_satisfiable");
+    assert_eq!(err.code(), error_codes::STORAGE_RANGE_NOT_SATISFIABLE);
 
     let dest = dir.join("copy.bin");
     assert_eq!(storage.copy_to_file(key, &dest).await.unwrap(), 10);
@@ -81,7 +82,7 @@ async fn round_trip(storage: &Storage, dir: &Path) {
     storage.delete(key).await.unwrap();
     let err = storage.stat(key).await.unwrap_err();
     assert!(err.is_not_found(), "{err}");
-    assert_eq!(err.code(), "storage_not_found");
+    assert_eq!(err.code(), error_codes::STORAGE_NOT_FOUND);
     assert!(
         storage
             .read_range(key, None)
@@ -149,7 +150,7 @@ async fn too_large(storage: &Storage) {
         )
         .await
         .unwrap_err();
-    assert_eq!(err.code(), "storage_too_large");
+    assert_eq!(err.code(), error_codes::STORAGE_TOO_LARGE);
     assert!(
         storage
             .stat("uploads/u2/x.bin")
@@ -187,7 +188,7 @@ async fn too_large(storage: &Storage) {
         )
         .await
         .unwrap_err();
-    assert_eq!(err.code(), "storage_io");
+    assert_eq!(err.code(), error_codes::STORAGE_IO);
     assert!(
         storage
             .stat("uploads/u2/z.bin")
@@ -228,14 +229,14 @@ async fn invalid_keys(storage: &Storage, dir: &Path) {
         long.as_str(),
     ] {
         let err = storage.put_file(key, &src, "").await.unwrap_err();
-        assert_eq!(err.code(), "storage_invalid_key", "{key:?}");
+        assert_eq!(err.code(), error_codes::STORAGE_INVALID_KEY, "{key:?}");
         assert_eq!(
             storage.stat(key).await.unwrap_err().code(),
-            "storage_invalid_key"
+            error_codes::STORAGE_INVALID_KEY
         );
         assert_eq!(
             storage.delete(key).await.unwrap_err().code(),
-            "storage_invalid_key"
+            error_codes::STORAGE_INVALID_KEY
         );
     }
     assert!(validate_key(&"a".repeat(MAX_KEY_LEN)).is_ok());

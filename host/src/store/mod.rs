@@ -20,6 +20,8 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
+use crate::error_codes;
+
 /// How often a consumer refreshes its row in the consumers table (PostgreSQL); `GET
 /// /api/status` lists consumers heard from within three of these.
 pub(crate) const CONSUMER_HEARTBEAT: Duration = Duration::from_secs(10);
@@ -324,10 +326,10 @@ impl StoreError {
     /// Stable error code.
     pub fn code(&self) -> &'static str {
         match self {
-            StoreError::Unavailable(_) => "store_unavailable",
-            StoreError::Migration(_) => "store_migration_failed",
-            StoreError::InvalidCursor => "invalid_cursor",
-            StoreError::Corrupt(_) => "store_corrupt",
+            StoreError::Unavailable(_) => error_codes::STORE_UNAVAILABLE,
+            StoreError::Migration(_) => error_codes::STORE_MIGRATION_FAILED,
+            StoreError::InvalidCursor => error_codes::INVALID_CURSOR,
+            StoreError::Corrupt(_) => error_codes::STORE_CORRUPT,
         }
     }
 }

@@ -29,7 +29,7 @@ use crate::api::{
     error::error_response,
     tasks::{CreateTaskRequest, create_task},
 };
-use crate::plugins::Registry;
+use crate::{error_codes, plugins::Registry};
 
 /// The plugin behind these routes.
 pub(crate) const PLUGIN: &str = "comfyui";
@@ -53,9 +53,9 @@ impl ComfyRouteError {
     /// Stable code.
     pub(crate) fn code(&self) -> &str {
         match self {
-            ComfyRouteError::NotLoaded => "comfyui_not_loaded",
-            ComfyRouteError::BadBody(_) => "invalid_body",
-            ComfyRouteError::UnknownWorkflow(_) => "workflow_not_found",
+            ComfyRouteError::NotLoaded => error_codes::COMFYUI_NOT_LOADED,
+            ComfyRouteError::BadBody(_) => error_codes::INVALID_BODY,
+            ComfyRouteError::UnknownWorkflow(_) => error_codes::COMFYUI_WORKFLOW_NOT_FOUND,
             ComfyRouteError::Op(code, _) => code,
         }
     }
@@ -74,8 +74,10 @@ impl ComfyRouteError {
             ),
             ComfyRouteError::Op(code, m) => {
                 let status = match code.as_str() {
-                    "invalid_input" => StatusCode::UNPROCESSABLE_ENTITY,
-                    "unknown_op" | "internal" | "plugin_panic" => StatusCode::INTERNAL_SERVER_ERROR,
+                    error_codes::INVALID_INPUT => StatusCode::UNPROCESSABLE_ENTITY,
+                    error_codes::UNKNOWN_OP | error_codes::INTERNAL | error_codes::PLUGIN_PANIC => {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    }
                     _ => StatusCode::SERVICE_UNAVAILABLE,
                 };
                 (status, m.clone())
@@ -418,15 +420,48 @@ mod tests {
 
     #[test]
     fn route_errors_have_stable_codes() {
-        assert_eq!(ComfyRouteError::NotLoaded.code(), "comfyui_not_loaded");
+        assert_eq!(
+            ComfyRouteError::NotLoaded.code(),
+            error_codes::COMFYUI_NOT_LOADED
+        );
         assert_eq!(
             ComfyRouteError::UnknownWorkflow("x".into()).code(),
-            "workflow_not_found"
+            error_codes::COMFYUI_WORKFLOW_NOT_FOUND
         );
-        assert_eq!(ComfyRouteError::BadBody("x".into()).code(), "invalid_body");
-        let r = ComfyRouteError::Op("engine_unavailable".into(), "down".into()).into_response();
+        assert_eq!(
+            ComfyRouteError::BadBody("x".into()).code(),
+            error_codes::INVALID_BODY
+        );
+        let r = ComfyRouteError::Op(error_codes::ENGINE_UNAVAILABLE.into(), "down".into())
+            .into_response();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         let r = ComfyRouteError::NotLoaded.into_response();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn route_and_op_statuses_are_the_documented_ones() {
+        let errors = [
+            ComfyRouteError::NotLoaded,
+            ComfyRouteError::BadBody("x".into()),
+            ComfyRouteError::UnknownWorkflow("x".into()),
+        ];
+        // The shared plugin codes an op can answer that are documented as HTTP answers.
+        let ops = [
+            error_codes::INVALID_INPUT,
+            error_codes::ENGINE_UNAVAILABLE,
+            error_codes::ENGINE_ERROR,
+            error_codes::PLUGIN_PANIC,
+            error_codes::NOT_INITIALIZED,
+            error_codes::UNKNOWN_OP,
+            error_codes::INTERNAL,
+        ]
+        .map(|code| ComfyRouteError::Op(code.into(), "m".into()));
+        for e in errors.into_iter().chain(ops) {
+            let code = e.code().to_owned();
+            let status = e.into_response().status().as_u16();
+            let entry = error_codes::find(&code).unwrap();
+            assert_eq!(entry.status, Some(status), "{code}");
+        }
     }
 }

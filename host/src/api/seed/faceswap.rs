@@ -96,7 +96,7 @@ impl FaceswapApi {
         if self.state.registry.task_type(FACESWAP_TASK_TYPE).is_none() {
             return Err(ApiError::new(
                 poem::http::StatusCode::SERVICE_UNAVAILABLE,
-                "engine_unavailable",
+                crate::error_codes::ENGINE_UNAVAILABLE,
                 "face swapping needs the facefusion plugin, which is not loaded \
                  (see GET /api/plugins and plugins.toml)",
             ));

@@ -2,6 +2,7 @@
 //! concurrent claimers, lease renewal, progress, and the rescue of expired leases. One file per
 //! topic keeps each concern readable; the suite (`conformance_suite!` in `mod.rs`) runs them all.
 
+use crate::error_codes;
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use chrono::Utc;
@@ -257,7 +258,7 @@ pub(super) async fn rescue_expired_leases(h: &dyn Harness) {
     assert_eq!(
         failed.error,
         Some(TaskError {
-            code: "lease_expired".into(),
+            code: error_codes::LEASE_EXPIRED.into(),
             message: "the worker running attempt 2 stopped renewing its lease".into(),
         })
     );

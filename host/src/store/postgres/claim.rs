@@ -41,7 +41,8 @@ const SQL_PROGRESS: &str = notifying!(
 
 /// Expired leases: CANCELLED if a cancel was requested, FAILED `lease_expired` without attempts
 /// left, else back to PENDING. Rows another statement holds (a renewal, a completion) are
-/// skipped: they are being dealt with.
+/// skipped: they are being dealt with. `$1`: the code
+/// [`LEASE_EXPIRED`](crate::error_codes::LEASE_EXPIRED).
 const SQL_RESCUE: &str = notifying!(
     "UPDATE tasks SET \
        status = CASE WHEN cancel_requested THEN 'CANCELLED' \
@@ -54,7 +55,7 @@ const SQL_RESCUE: &str = notifying!(
                      ELSE statement_timestamp() END, \
        worker = CASE WHEN cancel_requested OR attempts >= max_attempts THEN worker \
                      ELSE NULL END, \
-       error_code = CASE WHEN cancel_requested THEN error_code ELSE 'lease_expired' END, \
+       error_code = CASE WHEN cancel_requested THEN error_code ELSE $1::text END, \
        error_message = CASE WHEN cancel_requested THEN error_message \
                             ELSE 'the worker running attempt ' || attempts || \
                                  ' stopped renewing its lease' END, \
@@ -129,7 +130,12 @@ pub(super) async fn set_progress(
 
 /// [`TaskStore::rescue_expired`](crate::store::TaskStore::rescue_expired).
 pub(super) async fn rescue_expired(store: &PostgresStore) -> StoreResult<u64> {
-    let mut changed = store.write(sqlx::query(SQL_RESCUE), false).await?;
+    let mut changed = store
+        .write(
+            sqlx::query(SQL_RESCUE).bind(crate::error_codes::LEASE_EXPIRED),
+            false,
+        )
+        .await?;
     changed.sort_by_key(|(_, t)| t.id);
     for (kind, task) in &changed {
         store.publish(*kind, task);

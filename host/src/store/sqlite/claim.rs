@@ -39,6 +39,7 @@ const SQL_PROGRESS: &str = concat!(
 
 /// Expired leases: CANCELLED if a cancel was requested, FAILED `lease_expired` without attempts
 /// left, else back to PENDING (claimable at once) with `lease_expired` as the last error.
+/// `?1`: now; `?2`: the code [`LEASE_EXPIRED`](crate::error_codes::LEASE_EXPIRED).
 pub(super) const SQL_RESCUE: &str = concat!(
     "UPDATE tasks SET \
        status = CASE WHEN cancel_requested = 1 THEN 'CANCELLED' \
@@ -50,7 +51,7 @@ pub(super) const SQL_RESCUE: &str = concat!(
                      ELSE ?1 END, \
        worker = CASE WHEN cancel_requested = 1 OR attempts >= max_attempts THEN worker \
                      ELSE NULL END, \
-       error_code = CASE WHEN cancel_requested = 1 THEN error_code ELSE 'lease_expired' END, \
+       error_code = CASE WHEN cancel_requested = 1 THEN error_code ELSE ?2 END, \
        error_message = CASE WHEN cancel_requested = 1 THEN error_message \
                             ELSE 'the worker running attempt ' || attempts || \
                                  ' stopped renewing its lease' END, \
@@ -132,7 +133,11 @@ pub(super) async fn set_progress(
 /// [`TaskStore::rescue_expired`](crate::store::TaskStore::rescue_expired).
 pub(super) async fn rescue_expired(store: &SqliteStore) -> StoreResult<u64> {
     let mut tasks = store
-        .write_tasks_lazy(sqlx::query(SQL_RESCUE).bind(now_ms()))
+        .write_tasks_lazy(
+            sqlx::query(SQL_RESCUE)
+                .bind(now_ms())
+                .bind(crate::error_codes::LEASE_EXPIRED),
+        )
         .await?;
     tasks.sort_by_key(|t| t.id);
     for task in &tasks {
