@@ -204,7 +204,7 @@ error_codes! {
         "A call reached a plugin that was not initialised.";
     UNKNOWN_OP = codes::UNKNOWN_OP, [Http] 500,
         "An engine operation the plugin does not offer was called.";
-    INTERNAL = codes::INTERNAL, [Http, Task, PluginReport] 500,
+    INTERNAL = codes::INTERNAL, [Http, Task, PluginReport, Cli] 500,
         "An internal error of the host or of a plugin (a bug).";
     FETCH_FAILED = codes::FETCH_FAILED, [Task, Cli] -,
         "An input could not be fetched (network, HTTP status, local I/O); retried when it may help.";

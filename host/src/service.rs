@@ -43,6 +43,9 @@ pub(crate) enum StartError {
     /// A backend this build does not support yet.
     #[error("{0}")]
     Unsupported(String),
+    /// A bug: a part of the start-up panicked.
+    #[error("{0}")]
+    Internal(String),
     /// Binding the listener failed.
     #[error("cannot listen on {bind}: {reason}")]
     Bind {
@@ -63,6 +66,7 @@ impl StartError {
             StartError::Fetch(e) => e.code(),
             StartError::Plugin(_) => error_codes::PLUGIN_REQUIRED_FAILED,
             StartError::Unsupported(_) => error_codes::UNSUPPORTED_BACKEND,
+            StartError::Internal(_) => error_codes::INTERNAL,
             StartError::Bind { .. } => error_codes::BIND_FAILED,
         }
     }
@@ -160,7 +164,7 @@ pub(crate) async fn load_plugins(config: &Config) -> Result<Arc<Registry>, Start
     let manifest = PluginManifest::load(&config.plugins.manifest, false)?;
     let registry = tokio::task::spawn_blocking(move || Registry::load(manifest))
         .await
-        .map_err(|e| StartError::Unsupported(format!("plugin loading panicked: {e}")))??;
+        .map_err(|e| StartError::Internal(format!("plugin loading panicked: {e}")))??;
     Ok(Arc::new(registry))
 }
 
