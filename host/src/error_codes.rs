@@ -3,8 +3,9 @@
 //! Each module keeps its error enum and its `code()`, but the codes themselves are spelled here
 //! only: one `pub(crate) const` per code, and [`ALL`], which says for each where it appears, the
 //! HTTP status when it is an HTTP answer, and what it means. `/openapi.json` publishes the list
-//! (`components.schemas.ErrorCode`, `x-error-codes`). A test below fails when a code is spelled
-//! as a string literal anywhere else in `host/src`.
+//! (`components.schemas.ErrorCode`, `x-error-codes`) and `README.md` has it as a table; tests
+//! below keep both honest and fail when a code is spelled as a string literal anywhere else in
+//! `host/src`.
 //!
 //! The codes plugins share are those of [`aihost_plugin_api::codes`]: they are referenced, not
 //! spelled again. Plugins may add task codes of their own (`invalid_workflow`, ...); those are
@@ -434,5 +435,44 @@ mod tests {
                 "allow-list entry {file} {literal} is stale: remove it"
             );
         }
+    }
+
+    /// `README.md` lists every code, with its surfaces, status and meaning as here, so the user
+    /// docs cannot drift from [`ALL`].
+    #[test]
+    fn readme_lists_every_code() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+        let readme = std::fs::read_to_string(&path).unwrap();
+        let section = readme
+            .split("\n## ")
+            .find(|s| s.starts_with("Error codes"))
+            .expect("README.md has an `## Error codes` section");
+        let rows = readme_rows();
+        let missing: Vec<&str> = rows
+            .lines()
+            .filter(|row| !section.lines().any(|l| l == *row))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "README.md's error code table lacks or differs in\n{}\n\nits rows are\n{rows}",
+            missing.join("\n")
+        );
+    }
+
+    /// The README table's rows, as the failing test prints them.
+    fn readme_rows() -> String {
+        ALL.iter()
+            .map(|e| {
+                let surfaces: Vec<&str> = e.surfaces.iter().map(|s| s.as_str()).collect();
+                let status = e.status.map_or("".to_owned(), |s| s.to_string());
+                format!(
+                    "| `{}` | {} | {} | {} |\n",
+                    e.code,
+                    surfaces.join(", "),
+                    status,
+                    e.meaning
+                )
+            })
+            .collect()
     }
 }
