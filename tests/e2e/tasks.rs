@@ -531,6 +531,111 @@ async fn docs_and_spec_show_every_endpoint_and_the_task_schemas() {
     assert_eq!(status["store_ok"], true);
 }
 
+/// `/openapi.json` lists the error codes: `ErrorCode` those of HTTP error bodies, with a table
+/// of statuses and meanings; `x-error-codes` every code with where it appears. Every host code
+/// the integration tests meet is in them (plugins' own codes, like comfyui's
+/// `invalid_workflow`, are not the host's and are not listed).
+#[tokio::test]
+async fn the_spec_lists_every_error_code_the_tests_meet() {
+    let s = Server::start().await;
+    let (st, spec) = s.get("/openapi.json").await;
+    assert_eq!(st, 200);
+    let schema = &spec["components"]["schemas"]["ErrorCode"];
+    assert_eq!(schema["type"], "string", "{schema}");
+    let http: Vec<&str> = schema["enum"]
+        .as_array()
+        .unwrap_or_else(|| panic!("ErrorCode has no enum: {schema}"))
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    let table = schema["description"].as_str().unwrap();
+    // (code, status) of every error body asserted in tests/e2e.
+    for (code, status) in [
+        ("task_not_found", 404),
+        ("not_found", 404),
+        ("invalid_body", 400),
+        ("unknown_task_type", 422),
+        ("invalid_input", 422),
+        ("invalid_webhook_url", 422),
+        ("body_too_large", 413),
+        ("unauthorized", 401),
+        ("task_finished", 409),
+        ("workflow_not_found", 404),
+        ("comfyui_not_loaded", 503),
+        ("engine_unavailable", 503),
+    ] {
+        assert!(http.contains(&code), "ErrorCode lacks {code}: {http:?}");
+        assert!(
+            table.contains(&format!("| `{code}` | {status} |")),
+            "ErrorCode's table lacks {code} with {status}:\n{table}"
+        );
+    }
+    assert!(
+        !http.contains(&"lease_expired") && !http.contains(&"fetch_timeout"),
+        "task-only codes are not HTTP codes: {http:?}"
+    );
+
+    let all = spec["x-error-codes"].as_array().unwrap();
+    let find = |code: &str| {
+        all.iter()
+            .find(|e| e["code"] == code)
+            .unwrap_or_else(|| panic!("x-error-codes lacks {code}"))
+    };
+    let surfaces = |code: &str| -> Vec<String> {
+        find(code)["surfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect()
+    };
+    // Codes of task errors and plugin reports asserted in tests/e2e.
+    for code in [
+        "invalid_input",
+        "engine_unavailable",
+        "engine_error",
+        "timeout",
+        "plugin_panic",
+        "fetch_blocked",
+        "fetch_invalid_url",
+        "fetch_not_found",
+        "fetch_timeout",
+    ] {
+        assert!(surfaces(code).iter().any(|s| s == "task"), "{code}");
+    }
+    for code in ["plugin_duplicate_task_type", "plugin_needs_restart"] {
+        assert!(
+            surfaces(code).iter().any(|s| s == "plugin_report"),
+            "{code}"
+        );
+    }
+    assert_eq!(find("lease_expired")["surfaces"], json!(["task"]));
+    assert_eq!(find("task_not_found")["status"], 404);
+    for e in all {
+        assert!(e["meaning"].as_str().is_some_and(|m| !m.is_empty()), "{e}");
+        let listed = http.contains(&e["code"].as_str().unwrap());
+        assert_eq!(e["status"].is_u64(), listed, "{e}");
+    }
+
+    // The `code` of an error body and of a task error point at the list.
+    let schemas = &spec["components"]["schemas"];
+    for (schema, says) in [
+        ("ErrorDetail", "plugins may add"),
+        ("TaskErrorView", "Plugins may add"),
+    ] {
+        let description = schemas[schema]["properties"]["code"]["description"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{schema}.code has no description"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            description.contains("ErrorCode") && description.contains(says),
+            "{schema}.code: {description}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn graceful_shutdown_puts_unfinished_work_back() {
     let mut s = Server::start().await;
