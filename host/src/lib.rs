@@ -13,6 +13,8 @@ pub(crate) mod config;
 pub(crate) mod dispatcher;
 pub(crate) mod error_codes;
 pub(crate) mod fetch;
+#[cfg(test)]
+mod layers;
 pub(crate) mod manifest;
 pub(crate) mod names;
 pub(crate) mod percent;

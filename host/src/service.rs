@@ -152,7 +152,7 @@ async fn announce_loop(store: Arc<dyn TaskStore>, registry: Arc<Registry>, worke
     }
 }
 
-/// Builds the storage facade the config names (`storage.*`; DESIGN.md §7).
+/// Builds the storage facade the config names (`storage.*`).
 pub(crate) fn open_storage(config: &Config) -> Result<Storage, StartError> {
     let files_base = format!("{}/files", config.public_url());
     let settings = StorageSettings::from_config(&config.storage, files_base);

@@ -1,4 +1,4 @@
-//! Storage backends on real local servers (DESIGN.md §7, §9).
+//! Storage backends on real local servers.
 //!
 //! - One conformance suite (put, stat, ranged reads, overwrite, copy, delete, URLs fetched over
 //!   plain HTTP without credentials, the probe check) run against `fs`, `memory`, `s3`

@@ -1,4 +1,4 @@
-//! The HTTP API (DESIGN §5): poem-openapi services, the plain poem handlers for files,
+//! The HTTP API: poem-openapi services, the plain poem handlers for files,
 //! uploads and WebSocket, and the middleware every route shares (API keys, body limit, the one
 //! error shape).
 

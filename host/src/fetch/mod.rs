@@ -1,5 +1,5 @@
 //! The one fetcher for remote task inputs, with one policy: size limit, timeout, bounded
-//! concurrency, retries, and an SSRF guard (DESIGN.md §2, §7).
+//! concurrency, retries, and an SSRF guard.
 //!
 //! This file is the facade: the settings, [`Fetcher`] and its two entry points. The parts:
 //! - `guard.rs`: the SSRF guard (refused addresses, `allow_hosts`, the guarded resolver);

@@ -12,29 +12,10 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 use super::cf_images::{self, CfImages};
+use super::object::{ObjectRef, Written};
 use super::operator::OpBackend;
 use super::stream::ByteStream;
 use super::{ObjectMeta, StorageError, StorageKind, StorageSettings, fs, gcs, memory, s3};
-
-/// One object as a backend sees it: its logical key (for errors and content types) and its
-/// backend path (the configured prefix + the key).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct ObjectRef<'a> {
-    /// The logical key.
-    pub(super) key: &'a str,
-    /// The backend path.
-    pub(super) path: &'a str,
-}
-
-/// What a backend reports of an object it just wrote.
-#[derive(Debug)]
-pub(super) struct Written {
-    /// Bytes stored.
-    pub(super) size: u64,
-    /// The object's URL when the write answered with one (`cf_images`); `None`: ask
-    /// [`Backend::url`].
-    pub(super) url: Option<String>,
-}
 
 /// The backend of a [`Storage`](super::Storage).
 pub(super) enum Backend {

@@ -20,9 +20,9 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 
-use super::backend::{ObjectRef, Written};
 use super::error::config_error;
 use super::key::content_type_for;
+use super::object::{ObjectRef, Written};
 use super::settings::nonempty;
 use super::stream::{ByteStream, range_bounds, slice_stream};
 use super::{ObjectMeta, Secret, StorageError};

@@ -1,4 +1,4 @@
-//! The one `Storage` facade over opendal (DESIGN.md §7).
+//! The one `Storage` facade over opendal and Cloudflare Images.
 //!
 //! Callers speak in *logical keys* such as `outputs/{task_id}/{name}` or `uploads/{uuid}/{name}`.
 //! The facade validates each key ([`validate_key`]), prepends the configured prefix before it
@@ -28,6 +28,7 @@ mod fs;
 mod gcs;
 mod key;
 mod memory;
+mod object;
 mod operator;
 mod s3;
 mod settings;
@@ -45,12 +46,13 @@ use futures_util::{Stream, StreamExt};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
-use backend::{Backend, ObjectRef, Written};
+use backend::Backend;
 pub use cf_images::CfImagesSettings;
 pub use error::StorageError;
 pub use gcs::GcsSettings;
 pub use key::{MAX_KEY_LEN, validate_key};
 use key::{PROBE_DIR, content_type_for, normalise_prefix};
+use object::{ObjectRef, Written};
 pub use s3::S3Settings;
 pub use settings::{Secret, StorageKind, StorageSettings};
 pub use stream::ByteStream;

@@ -17,8 +17,8 @@ use futures_util::{Stream, StreamExt};
 use opendal::Operator;
 use tokio::io::AsyncReadExt;
 
-use super::backend::{ObjectRef, Written};
 use super::key::content_type_for;
+use super::object::{ObjectRef, Written};
 use super::stream::{ByteStream, range_bounds};
 use super::url::{presign_duration, url_under};
 use super::{ObjectMeta, StorageError};

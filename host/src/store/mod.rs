@@ -1,6 +1,6 @@
 //! Task state: the [`TaskStore`] trait and its implementations.
 //!
-//! Every read and write of task state goes through this trait (DESIGN §2). Implementations:
+//! Every read and write of task state goes through this trait. Implementations:
 //! [`sqlite::SqliteStore`] (embedded default) and [`postgres::PostgresStore`] (scale-out: many
 //! processes on many machines); both pass the same conformance suite (`conformance/`).
 //!

@@ -1,5 +1,5 @@
-//! The routes of the Python service aihost replaces, kept with the same paths and bodies
-//! (DESIGN.md §5, "seed-compatible surface"), so its clients keep working unchanged.
+//! The routes of the Python service aihost replaces, kept with the same paths and bodies so its
+//! clients keep working unchanged (README, "ComfyUI" and "FaceFusion").
 //!
 //! - `comfyui.rs`: `POST /api/tasks/create` (both seed bodies), the ComfyUI queue, stats and
 //!   interrupt routes, and beside them the workflow-template routes (`/api/workflows`), which
