@@ -209,11 +209,20 @@ impl Dispatcher {
             let every = (self.settings.lease / 2).max(Duration::from_millis(100));
             loop {
                 match self.store.rescue_expired().await {
-                    Ok(n) if n > 0 => {
-                        tracing::warn!(count = n, "rescued tasks whose lease expired");
-                        self.wake.notify_one();
+                    Ok(tasks) => {
+                        for t in &tasks {
+                            tracing::warn!(
+                                task_id = %t.id,
+                                task_type = %t.task_type,
+                                attempt = t.attempts,
+                                status = t.status.as_str(),
+                                "task rescued: its lease expired"
+                            );
+                        }
+                        if !tasks.is_empty() {
+                            self.wake.notify_one();
+                        }
                     }
-                    Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "lease rescue failed"),
                 }
                 tokio::time::sleep(every).await;
@@ -343,8 +352,11 @@ impl Dispatcher {
         match outcome {
             Outcome::Done(Ok(output)) => match self.store_outputs(id, &output).await {
                 Ok(result) => match self.store.complete(id, attempt, result).await {
-                    Ok(Some(done)) => self.notify_webhook(done),
-                    Ok(None) => {}
+                    Ok(Some(done)) => {
+                        tracing::debug!(task_id = %id, task_type = %task.task_type, attempt, "task completed");
+                        self.notify_webhook(done)
+                    }
+                    Ok(None) => stale_attempt(&task, "completion"),
                     Err(e) => {
                         tracing::error!(task_id = %id, error = %e, "could not record completion")
                     }
@@ -365,8 +377,20 @@ impl Dispatcher {
                     plugin.cancel_task(&id.to_string()),
                 )
                 .await;
-                if let Ok(Some(done)) = self.store.finish_cancelled(id, attempt).await {
-                    self.notify_webhook(done);
+                match self.store.finish_cancelled(id, attempt).await {
+                    Ok(Some(done)) => {
+                        tracing::info!(
+                            task_id = %id,
+                            task_type = %task.task_type,
+                            attempt,
+                            "task cancelled while running"
+                        );
+                        self.notify_webhook(done);
+                    }
+                    Ok(None) => stale_attempt(&task, "cancellation"),
+                    Err(e) => {
+                        tracing::error!(task_id = %id, error = %e, "could not record the cancellation")
+                    }
                 }
             }
             Outcome::Released => {
@@ -378,7 +402,12 @@ impl Dispatcher {
                 let _ = self.store.release(id, attempt).await;
             }
             Outcome::LeaseLost => {
-                tracing::warn!(task_id = %id, attempt, "lease lost; abandoning this attempt");
+                tracing::warn!(
+                    task_id = %id,
+                    task_type = %task.task_type,
+                    attempt,
+                    "lease lost; abandoning this attempt"
+                );
             }
         }
         let _ = tokio::fs::remove_dir_all(&work_dir).await;
@@ -411,17 +440,38 @@ impl Dispatcher {
     }
 
     async fn record_failure(&self, task: &Task, err: TaskError, retryable: bool) {
-        let retry_at = (retryable && task.attempts < task.max_attempts).then(|| {
-            let delay = backoff(
+        let delay = (retryable && task.attempts < task.max_attempts).then(|| {
+            backoff(
                 task.attempts,
                 self.settings.backoff_base,
                 self.settings.backoff_max,
-            );
-            Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default()
+            )
         });
+        let retry_at =
+            delay.map(|d| Utc::now() + chrono::Duration::from_std(d).unwrap_or_default());
+        let (code, message) = (err.code.clone(), err.message.clone());
         match self.store.fail(task.id, task.attempts, err, retry_at).await {
-            Ok(Some(t)) if t.status.is_terminal() => self.notify_webhook(t),
-            Ok(_) => {}
+            Ok(Some(t)) if t.status.is_terminal() => {
+                tracing::warn!(
+                    task_id = %task.id,
+                    task_type = %task.task_type,
+                    attempt = task.attempts,
+                    code = %code,
+                    message = %message,
+                    "task failed"
+                );
+                self.notify_webhook(t)
+            }
+            Ok(Some(_)) => tracing::info!(
+                task_id = %task.id,
+                task_type = %task.task_type,
+                attempt = task.attempts,
+                code = %code,
+                message = %message,
+                delay_ms = delay.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                "retry scheduled"
+            ),
+            Ok(None) => stale_attempt(task, "failure"),
             Err(e) => tracing::error!(task_id = %task.id, error = %e, "could not record failure"),
         }
     }
@@ -530,6 +580,17 @@ enum Outcome {
 }
 
 /// An output name as stored: its last path segment under the one file-name rule.
+/// Logs a terminal write the store refused because the attempt is no longer current (rescued,
+/// cancelled or finished by another consumer meanwhile): the recorded outcome stands.
+fn stale_attempt(task: &Task, what: &str) {
+    tracing::warn!(
+        task_id = %task.id,
+        task_type = %task.task_type,
+        attempt = task.attempts,
+        "stale attempt dropped: its {what} was not recorded (the task moved on)"
+    );
+}
+
 fn sanitize_name(name: &str) -> String {
     crate::names::sanitize(crate::names::base_name(name), "output")
 }

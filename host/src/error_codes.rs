@@ -107,6 +107,10 @@ error_codes! {
         "The request was refused while being read, for a reason without a code of its own.";
     UNAUTHORIZED = "unauthorized", [Http] 401,
         "The API key is missing or is not one of `server.api_keys`.";
+    CORS_REFUSED = "cors_refused", [Http] 403,
+        "A browser request from an origin not in `server.cors_origins`, or a preflight asking for a method or header the API does not accept.";
+    NOT_READY = "not_ready", [Http] 503,
+        "`GET /api/ready`: the store or storage is failing, or more tasks are pending than `server.max_queue_depth` (the message says which).";
     ROUTE_NOT_FOUND = "not_found", [Http] 404,
         "No route has this path.";
     METHOD_NOT_ALLOWED = "method_not_allowed", [Http] 405,

@@ -544,6 +544,14 @@ impl TestDatabase {
         rows
     }
 
+    /// Drops the database now, with its connections (a store that is gone, as after a failed
+    /// disk or a dropped database); dropping `self` later does nothing more.
+    pub async fn drop_now(&self) {
+        reset_database(&self.name, false)
+            .await
+            .unwrap_or_else(|e| panic!("drop test database: {e}"));
+    }
+
     /// Terminates every other connection to this database (as a failover or a network cut
     /// would); answers how many were terminated.
     pub async fn terminate_connections(&self) -> usize {

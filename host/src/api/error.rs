@@ -153,6 +153,8 @@ pub(crate) fn normalize(err: poem::Error) -> Response {
     let status = err.status();
     let code = if err.is::<poem::error::NotFoundError>() {
         error_codes::ROUTE_NOT_FOUND
+    } else if err.is::<poem::error::CorsError>() {
+        crate::error_codes::CORS_REFUSED
     } else if err.is::<poem::error::MethodNotAllowedError>() {
         error_codes::METHOD_NOT_ALLOWED
     } else if err.is::<poem_openapi::error::ParseRequestPayloadError>() {

@@ -14,6 +14,7 @@ use poem_openapi::{OpenApiService, Tags};
 
 use crate::{dispatcher::Dispatcher, plugins::Registry, storage::Storage, store::TaskStore};
 
+mod access_log;
 pub(crate) mod error;
 pub(crate) mod events;
 pub(crate) mod files;
@@ -44,6 +45,12 @@ pub(crate) struct AppState {
     pub dispatcher: Option<Arc<Dispatcher>>,
     /// Accepted API keys; empty means no authentication.
     pub api_keys: Vec<String>,
+    /// Readiness answers 503 above this many pending tasks (0: no limit).
+    pub max_queue_depth: u64,
+    /// Origins allowed to call the API from a browser (empty: CORS off).
+    pub cors_origins: Vec<String>,
+    /// The last readiness verdict, reused for a moment so probes stay cheap.
+    pub readiness: system::ReadinessCache,
     /// Largest JSON body.
     pub max_body_bytes: u64,
     /// Largest upload.
@@ -101,6 +108,8 @@ pub(crate) fn app(state: Arc<AppState>) -> impl Endpoint {
     let docs_json = docs.clone();
     let auth_state = state.clone();
     let limit_state = state.clone();
+    let cors_origins = state.cors_origins.clone();
+    let public_url = state.public_url.clone();
     seed::comfyui::mount(Route::new().nest("/", service))
         .at("/api/uploads", post(files::upload))
         .at("/api/tasks/:task_id/ws", get(events::task_ws))
@@ -130,16 +139,49 @@ pub(crate) fn app(state: Arc<AppState>) -> impl Endpoint {
             async move { limit_body(&st, ep, req).await }
         })
         .catch_all_error(|err| async move { error::normalize(err) })
+        .with_if(!cors_origins.is_empty(), cors(&cors_origins, &public_url))
+        .catch_all_error(|err| async move { error::normalize(err) })
+        .around(access_log::observe)
 }
 
-/// Requires a key on `/api/*` except `/api/health` when keys are configured: header
+/// CORS for `server.cors_origins`: preflight requests are answered here (before the API-key
+/// check, which browsers cannot pass on a preflight), and answers carry the CORS headers. The
+/// service's own origin (`server.public_url`) is always allowed, so `/docs` keeps working.
+fn cors(origins: &[String], public_url: &str) -> poem::middleware::Cors {
+    let cors = poem::middleware::Cors::new()
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::HeaderName::from_static("x-api-key"),
+            header::HeaderName::from_static("idempotency-key"),
+            header::HeaderName::from_static(access_log::REQUEST_ID),
+        ])
+        .expose_headers([
+            header::HeaderName::from_static(access_log::REQUEST_ID),
+            header::RETRY_AFTER,
+            header::CONTENT_RANGE,
+        ])
+        .max_age(600);
+    if origins.iter().any(|o| o == "*") {
+        cors
+    } else {
+        let own = url::Url::parse(public_url)
+            .ok()
+            .map(|u| u.origin().ascii_serialization());
+        cors.allow_origins(origins.iter().cloned().chain(own))
+    }
+}
+
+/// Requires a key on `/api/*` except the probes `/api/health` and `/api/ready` when keys are
+/// configured: header
 /// `Authorization: Bearer KEY` or `X-API-Key: KEY`.
 fn check_api_key(state: &AppState, req: &Request) -> Option<poem::Error> {
     if state.api_keys.is_empty() {
         return None;
     }
     let path = req.uri().path();
-    if !path.starts_with("/api/") || path == "/api/health" {
+    if !path.starts_with("/api/") || path == "/api/health" || path == "/api/ready" {
         return None;
     }
     let headers = req.headers();

@@ -1,6 +1,10 @@
 //! Service endpoints: health, status, stats, plugins.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use poem_openapi::{Object, OpenApi, payload::Json};
 use serde_json::Value;
@@ -182,6 +186,59 @@ pub(crate) fn plugin_list(state: &AppState) -> PluginList {
     }
 }
 
+/// `GET /api/ready` when the service can take work.
+#[derive(Debug, Clone, Object)]
+pub(crate) struct ReadyView {
+    /// `ready`.
+    pub status: String,
+    /// Pending tasks.
+    pub queue_depth: u64,
+}
+
+/// How long a readiness verdict is reused: probes every second cost one store ping and one
+/// storage probe per this period, not per probe.
+const READINESS_TTL: Duration = Duration::from_secs(2);
+
+/// The last readiness verdict and when it was taken.
+#[derive(Debug, Default)]
+pub(crate) struct ReadinessCache(Mutex<Option<(Instant, Result<u64, String>)>>);
+
+/// Checks what a load balancer needs before sending work: the store answers, storage accepts
+/// a probe, and the queue is not deeper than `server.max_queue_depth`. `Ok(queue depth)` or
+/// `Err(every reason, joined)`.
+async fn readiness(st: &AppState) -> Result<u64, String> {
+    if let Some((at, verdict)) = st.readiness.0.lock().expect("readiness lock").as_ref()
+        && at.elapsed() < READINESS_TTL
+    {
+        return verdict.clone();
+    }
+    let mut problems = Vec::new();
+    let mut depth = 0;
+    match st.store.pending_by_type().await {
+        Ok(by_type) => depth = by_type.values().sum(),
+        Err(e) => problems.push(format!("the task store is failing: {e}")),
+    }
+    if let Err(e) = st.storage.check().await {
+        problems.push(format!("storage is failing: {e}"));
+    }
+    if st.max_queue_depth > 0 && depth > st.max_queue_depth {
+        problems.push(format!(
+            "{depth} tasks are pending, more than server.max_queue_depth ({})",
+            st.max_queue_depth
+        ));
+    }
+    let verdict = if problems.is_empty() {
+        Ok(depth)
+    } else {
+        Err(problems.join("; "))
+    };
+    if let Err(reason) = &verdict {
+        tracing::warn!(reason = %reason, "not ready");
+    }
+    *st.readiness.0.lock().expect("readiness lock") = Some((Instant::now(), verdict.clone()));
+    verdict
+}
+
 /// Service endpoints.
 pub(crate) struct SystemApi {
     /// Shared state.
@@ -198,7 +255,26 @@ impl SystemApi {
         })
     }
 
-    /// Readiness and detail: store, storage, plugins and their engines, queue depth.
+    /// Readiness: 200 when the store and storage work and the queue is not deeper than
+    /// `server.max_queue_depth`; 503 `not_ready` with the reasons otherwise. For load balancers
+    /// and autoscalers; needs no API key. `/api/status` has the detail.
+    #[oai(path = "/api/ready", method = "get")]
+    async fn ready(&self) -> Result<Json<ReadyView>, ApiError> {
+        match readiness(&self.state).await {
+            Ok(queue_depth) => Ok(Json(ReadyView {
+                status: "ready".into(),
+                queue_depth,
+            })),
+            Err(reason) => Err(ApiError::new(
+                poem::http::StatusCode::SERVICE_UNAVAILABLE,
+                crate::error_codes::NOT_READY,
+                reason,
+            )),
+        }
+    }
+
+    /// Detail: store, storage, plugins and their engines, queue depth, consumers. Always 200
+    /// (read `status`: `ok` or `degraded`); `/api/ready` is the probe that answers 503.
     #[oai(path = "/api/status", method = "get")]
     async fn status(&self) -> Result<Json<StatusView>, ApiError> {
         let st = &self.state;

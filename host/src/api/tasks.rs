@@ -296,8 +296,14 @@ impl TasksApi {
     async fn cancel(&self, task_id: Path<String>) -> Result<CancelResponse, ApiError> {
         let id = parse_id(&task_id.0)?;
         match self.state.store.cancel(id).await? {
-            CancelOutcome::Cancelled(t) => Ok(CancelResponse::Cancelled(Json(t.into()))),
-            CancelOutcome::Requested(t) => Ok(CancelResponse::Requested(Json(t.into()))),
+            CancelOutcome::Cancelled(t) => {
+                tracing::info!(task_id = %id, task_type = %t.task_type, attempt = t.attempts, "task cancelled while pending");
+                Ok(CancelResponse::Cancelled(Json(t.into())))
+            }
+            CancelOutcome::Requested(t) => {
+                tracing::info!(task_id = %id, task_type = %t.task_type, attempt = t.attempts, "cancel requested for a running task");
+                Ok(CancelResponse::Requested(Json(t.into())))
+            }
             CancelOutcome::AlreadyFinished(t) => Err(ApiError::conflict(
                 error_codes::TASK_FINISHED,
                 format!("task {id} is already {}", t.status.as_str()),

@@ -60,6 +60,8 @@ pub(super) const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
             ("max_body_bytes", Int),
             ("max_upload_bytes", Int),
             ("shutdown_grace_secs", Int),
+            ("max_queue_depth", Int),
+            ("cors_origins", List),
         ],
     ),
     (

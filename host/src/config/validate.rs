@@ -30,6 +30,14 @@ impl Config {
         if self.server.api_keys.iter().any(|k| k.trim().is_empty()) {
             l.invalid(("server", "api_keys"), "an API key is empty");
         }
+        for origin in &self.server.cors_origins {
+            if origin != "*" && !is_origin(origin) {
+                l.invalid(
+                    ("server", "cors_origins"),
+                    format!("`{origin}` is not an origin (scheme://host[:port], no path; or `*`)"),
+                );
+            }
+        }
         for (key, v) in [
             ("max_body_bytes", self.server.max_body_bytes),
             ("max_upload_bytes", self.server.max_upload_bytes),
@@ -179,6 +187,22 @@ fn is_socket_address(s: &str) -> bool {
         && host.split('.').all(|label| {
             !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         })
+}
+
+/// A browser origin: `http(s)://host[:port]` with nothing after it.
+fn is_origin(s: &str) -> bool {
+    match url::Url::parse(s) {
+        Ok(u) => {
+            matches!(u.scheme(), "http" | "https")
+                && u.host_str().is_some()
+                && u.path() == "/"
+                && !s.ends_with('/')
+                && u.query().is_none()
+                && u.fragment().is_none()
+                && u.username().is_empty()
+        }
+        Err(_) => false,
+    }
 }
 
 /// An `http://` or `https://` URL with a host.

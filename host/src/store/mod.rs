@@ -401,8 +401,8 @@ pub(crate) trait TaskStore: Send + Sync + 'static {
 
     /// Stalled-task rescue: every PROCESSING task whose lease expired goes back to PENDING, or
     /// to FAILED with code `lease_expired` when it has no attempts left (or CANCELLED if a cancel
-    /// was requested). Returns how many tasks changed.
-    async fn rescue_expired(&self) -> StoreResult<u64>;
+    /// was requested). Answers the tasks it changed, in their new state.
+    async fn rescue_expired(&self) -> StoreResult<Vec<Task>>;
 
     /// Aggregate figures.
     async fn stats(&self) -> StoreResult<Stats>;

@@ -21,6 +21,12 @@ pub(crate) struct ServerConfig {
     pub max_upload_bytes: u64,
     /// Seconds to let running requests and tasks finish on shutdown. Default 30.
     pub shutdown_grace_secs: u64,
+    /// `GET /api/ready` answers 503 while more tasks than this are pending, so a load balancer
+    /// or autoscaler backs off. 0 (the default): queue depth does not affect readiness.
+    pub max_queue_depth: u64,
+    /// Origins a browser page may call the API from (CORS), e.g. `https://app.example.com`;
+    /// `*` allows any origin. Empty (the default): no CORS headers, cross-origin calls fail.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -32,6 +38,8 @@ impl Default for ServerConfig {
             max_body_bytes: 10 * MIB,
             max_upload_bytes: GIB,
             shutdown_grace_secs: 30,
+            max_queue_depth: 0,
+            cors_origins: Vec::new(),
         }
     }
 }

@@ -227,7 +227,7 @@ pub(super) async fn rescue_expired_leases(h: &dyn Harness) {
     // Attempt 1 expires: back to PENDING.
     claim_one(&*store, "rescue", short).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert_eq!(store.rescue_expired().await.unwrap(), 1);
+    assert_eq!(store.rescue_expired().await.unwrap().len(), 1);
     let pending = get(&*store, task.id).await;
     assert_eq!(pending.status, Status::Pending);
     assert_eq!(pending.attempts, 1);
@@ -252,7 +252,7 @@ pub(super) async fn rescue_expired_leases(h: &dyn Harness) {
     let second = claim_one(&*store, "rescue", short).await;
     assert_eq!(second.attempts, 2);
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert_eq!(store.rescue_expired().await.unwrap(), 1);
+    assert_eq!(store.rescue_expired().await.unwrap().len(), 1);
     let failed = get(&*store, task.id).await;
     assert_eq!(failed.status, Status::Failed);
     assert_eq!(
@@ -272,10 +272,10 @@ pub(super) async fn rescue_expired_leases(h: &dyn Harness) {
         CancelOutcome::Requested(_)
     ));
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert_eq!(store.rescue_expired().await.unwrap(), 1);
+    assert_eq!(store.rescue_expired().await.unwrap().len(), 1);
     let cancelled = get(&*store, cancel.id).await;
     assert_eq!(cancelled.status, Status::Cancelled);
     assert!(cancelled.finished_at.is_some());
 
-    assert_eq!(store.rescue_expired().await.unwrap(), 0);
+    assert_eq!(store.rescue_expired().await.unwrap().len(), 0);
 }

@@ -129,7 +129,7 @@ pub(super) async fn set_progress(
 }
 
 /// [`TaskStore::rescue_expired`](crate::store::TaskStore::rescue_expired).
-pub(super) async fn rescue_expired(store: &PostgresStore) -> StoreResult<u64> {
+pub(super) async fn rescue_expired(store: &PostgresStore) -> StoreResult<Vec<Task>> {
     let mut changed = store
         .write(
             sqlx::query(SQL_RESCUE).bind(crate::error_codes::LEASE_EXPIRED),
@@ -140,5 +140,5 @@ pub(super) async fn rescue_expired(store: &PostgresStore) -> StoreResult<u64> {
     for (kind, task) in &changed {
         store.publish(*kind, task);
     }
-    Ok(changed.len() as u64)
+    Ok(changed.into_iter().map(|(_, task)| task).collect())
 }

@@ -256,7 +256,7 @@ impl TaskStore for PostgresStore {
         finish::finish_cancelled(self, id, attempt).await
     }
 
-    async fn rescue_expired(&self) -> StoreResult<u64> {
+    async fn rescue_expired(&self) -> StoreResult<Vec<Task>> {
         claim::rescue_expired(self).await
     }
 

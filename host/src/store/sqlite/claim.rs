@@ -131,7 +131,7 @@ pub(super) async fn set_progress(
 }
 
 /// [`TaskStore::rescue_expired`](crate::store::TaskStore::rescue_expired).
-pub(super) async fn rescue_expired(store: &SqliteStore) -> StoreResult<u64> {
+pub(super) async fn rescue_expired(store: &SqliteStore) -> StoreResult<Vec<Task>> {
     let mut tasks = store
         .write_tasks_lazy(
             sqlx::query(SQL_RESCUE)
@@ -148,5 +148,5 @@ pub(super) async fn rescue_expired(store: &SqliteStore) -> StoreResult<u64> {
         };
         store.publish(kind, task);
     }
-    Ok(tasks.len() as u64)
+    Ok(tasks)
 }

@@ -214,7 +214,7 @@ impl TaskStore for SqliteStore {
         finish::finish_cancelled(self, id, attempt).await
     }
 
-    async fn rescue_expired(&self) -> StoreResult<u64> {
+    async fn rescue_expired(&self) -> StoreResult<Vec<Task>> {
         claim::rescue_expired(self).await
     }
 
