@@ -11,7 +11,7 @@ use std::{
     collections::HashMap,
     path::PathBuf,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use aihost_plugin_api::{PluginError, TaskRequest};
@@ -23,6 +23,7 @@ use uuid::Uuid;
 
 use crate::{
     fetch::Fetcher,
+    metrics::AttemptEnd,
     plugins::{Registry, services::task_context},
     storage::Storage,
     store::{EventKind, Progress, Task, TaskError, TaskStore},
@@ -109,7 +110,8 @@ impl Dispatcher {
         self.running.lock().expect("running lock").len()
     }
 
-    fn running_of(&self, task_type: &str) -> u32 {
+    /// Attempts of `task_type` running now.
+    pub(crate) fn running_of(&self, task_type: &str) -> u32 {
         self.running
             .lock()
             .expect("running lock")
@@ -221,12 +223,18 @@ impl Dispatcher {
         })
     }
 
+    /// Attempts of a type this consumer runs at once: the plugin's `max_concurrency`, or the
+    /// host default when it is 0.
+    pub(crate) fn limit_of(&self, max_concurrency: u32) -> u32 {
+        match max_concurrency {
+            0 => self.settings.default_concurrency.max(1),
+            n => n,
+        }
+    }
+
     async fn claim_round(self: &Arc<Self>) -> Result<(), crate::store::StoreError> {
         for entry in self.registry.task_types() {
-            let limit = match entry.desc.max_concurrency {
-                0 => self.settings.default_concurrency.max(1),
-                n => n,
-            };
+            let limit = self.limit_of(entry.desc.max_concurrency);
             let free = limit.saturating_sub(self.running_of(&entry.desc.name));
             if free == 0 {
                 continue;
@@ -252,6 +260,12 @@ impl Dispatcher {
         if task.cancel_requested {
             let _ = tx.send(Stop::Cancel);
         }
+        crate::metrics::task_started(
+            &task.task_type,
+            task.attempts,
+            task.created_at,
+            task.started_at.unwrap_or_else(Utc::now),
+        );
         self.running.lock().expect("running lock").insert(
             task.id,
             Running {
@@ -269,13 +283,25 @@ impl Dispatcher {
         });
     }
 
-    async fn run_attempt(self: &Arc<Self>, task: Task, mut stop: watch::Receiver<Stop>) {
+    async fn run_attempt(self: &Arc<Self>, task: Task, stop: watch::Receiver<Stop>) {
+        let began = Instant::now();
+        if let Some(end) = self.attempt(&task, stop).await {
+            crate::metrics::attempt_ended(&task.task_type, began, end);
+        }
+    }
+
+    /// Runs one attempt; answers how it ended (`None` when the type is not loaded).
+    async fn attempt(
+        self: &Arc<Self>,
+        task: &Task,
+        mut stop: watch::Receiver<Stop>,
+    ) -> Option<AttemptEnd> {
         let id = task.id;
         let attempt = task.attempts;
         let Some(entry) = self.registry.task_type(&task.task_type) else {
             // Unreachable in practice: we claim only registered types.
             let _ = self.store.release(id, attempt).await;
-            return;
+            return None;
         };
         let plugin = entry.plugin.clone();
         let work_dir = self.settings.work_dir.join(format!("{id}-{attempt}"));
@@ -284,8 +310,7 @@ impl Dispatcher {
                 code: crate::error_codes::WORK_DIR_FAILED.into(),
                 message: e.to_string(),
             };
-            self.record_failure(&task, err, true).await;
-            return;
+            return Some(self.record_failure(task, err, true).await);
         }
         let (ctx, progress_rx) = task_context(
             id,
@@ -340,16 +365,21 @@ impl Dispatcher {
         {
             abort.abort();
         }
-        match outcome {
+        let end = match outcome {
             Outcome::Done(Ok(output)) => match self.store_outputs(id, &output).await {
                 Ok(result) => match self.store.complete(id, attempt, result).await {
-                    Ok(Some(done)) => self.notify_webhook(done),
-                    Ok(None) => {}
+                    Ok(Some(done)) => {
+                        crate::metrics::task_completed(&done.task_type);
+                        self.notify_webhook(done);
+                        AttemptEnd::Completed
+                    }
+                    Ok(None) => AttemptEnd::Abandoned,
                     Err(e) => {
-                        tracing::error!(task_id = %id, error = %e, "could not record completion")
+                        tracing::error!(task_id = %id, error = %e, "could not record completion");
+                        AttemptEnd::Abandoned
                     }
                 },
-                Err(err) => self.record_failure(&task, err, true).await,
+                Err(err) => self.record_failure(task, err, true).await,
             },
             Outcome::Done(Err(e)) => {
                 let retryable = e.retryable;
@@ -357,7 +387,7 @@ impl Dispatcher {
                     code: e.code.to_string(),
                     message: e.message.to_string(),
                 };
-                self.record_failure(&task, err, retryable).await;
+                self.record_failure(task, err, retryable).await
             }
             Outcome::Cancelled => {
                 let _ = tokio::time::timeout(
@@ -366,7 +396,11 @@ impl Dispatcher {
                 )
                 .await;
                 if let Ok(Some(done)) = self.store.finish_cancelled(id, attempt).await {
+                    crate::metrics::task_cancelled(&done.task_type);
                     self.notify_webhook(done);
+                    AttemptEnd::Cancelled
+                } else {
+                    AttemptEnd::Abandoned
                 }
             }
             Outcome::Released => {
@@ -376,12 +410,15 @@ impl Dispatcher {
                 )
                 .await;
                 let _ = self.store.release(id, attempt).await;
+                AttemptEnd::Released
             }
             Outcome::LeaseLost => {
                 tracing::warn!(task_id = %id, attempt, "lease lost; abandoning this attempt");
+                AttemptEnd::Abandoned
             }
-        }
+        };
         let _ = tokio::fs::remove_dir_all(&work_dir).await;
+        Some(end)
     }
 
     /// Renews the lease every third of its length; resolves if the lease is lost.
@@ -410,7 +447,8 @@ impl Dispatcher {
         })
     }
 
-    async fn record_failure(&self, task: &Task, err: TaskError, retryable: bool) {
+    /// Records a failed attempt: FAILED, or PENDING again for a retry; answers which.
+    async fn record_failure(&self, task: &Task, err: TaskError, retryable: bool) -> AttemptEnd {
         let retry_at = (retryable && task.attempts < task.max_attempts).then(|| {
             let delay = backoff(
                 task.attempts,
@@ -419,10 +457,22 @@ impl Dispatcher {
             );
             Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default()
         });
+        let code = err.code.clone();
         match self.store.fail(task.id, task.attempts, err, retry_at).await {
-            Ok(Some(t)) if t.status.is_terminal() => self.notify_webhook(t),
-            Ok(_) => {}
-            Err(e) => tracing::error!(task_id = %task.id, error = %e, "could not record failure"),
+            Ok(Some(t)) if t.status.is_terminal() => {
+                crate::metrics::task_failed(&t.task_type, &code);
+                self.notify_webhook(t);
+                AttemptEnd::Failed
+            }
+            Ok(Some(t)) => {
+                crate::metrics::task_retried(&t.task_type, &code);
+                AttemptEnd::Retried
+            }
+            Ok(None) => AttemptEnd::Abandoned,
+            Err(e) => {
+                tracing::error!(task_id = %task.id, error = %e, "could not record failure");
+                AttemptEnd::Abandoned
+            }
         }
     }
 
@@ -438,9 +488,13 @@ impl Dispatcher {
         tokio::spawn(async move {
             for attempt in 0..4u32 {
                 match fetcher.post_json(&url, &body).await {
-                    Ok(status) if status < 300 => return,
+                    Ok(status) if status < 300 => {
+                        crate::metrics::webhook_delivery("delivered");
+                        return;
+                    }
                     Ok(status) if status != 429 && status < 500 => {
                         tracing::warn!(task_id = %task.id, status, "webhook refused the notification");
+                        crate::metrics::webhook_delivery("refused");
                         return;
                     }
                     Ok(status) => {
@@ -448,6 +502,7 @@ impl Dispatcher {
                     }
                     Err(e) if !e.retryable() => {
                         tracing::warn!(task_id = %task.id, error = %e, "webhook not delivered");
+                        crate::metrics::webhook_delivery("failed");
                         return;
                     }
                     Err(e) => {
@@ -456,6 +511,7 @@ impl Dispatcher {
                 }
                 tokio::time::sleep(Duration::from_millis(500 * 4u64.pow(attempt))).await;
             }
+            crate::metrics::webhook_delivery("failed");
         });
     }
 

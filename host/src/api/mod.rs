@@ -18,6 +18,7 @@ pub(crate) mod error;
 pub(crate) mod events;
 pub(crate) mod files;
 mod ids;
+pub(crate) mod metrics;
 pub(crate) mod seed;
 pub(crate) mod spec;
 pub(crate) mod system;
@@ -105,6 +106,7 @@ pub(crate) fn app(state: Arc<AppState>) -> impl Endpoint {
         .at("/api/uploads", post(files::upload))
         .at("/api/tasks/:task_id/ws", get(events::task_ws))
         .at("/files/*key", get(files::get_file))
+        .at("/metrics", get(metrics::scrape))
         .at(
             "/openapi.json",
             get(poem::endpoint::make_sync(move |_| {
@@ -130,16 +132,17 @@ pub(crate) fn app(state: Arc<AppState>) -> impl Endpoint {
             async move { limit_body(&st, ep, req).await }
         })
         .catch_all_error(|err| async move { error::normalize(err) })
+        .around(metrics::track)
 }
 
-/// Requires a key on `/api/*` except `/api/health` when keys are configured: header
-/// `Authorization: Bearer KEY` or `X-API-Key: KEY`.
+/// Requires a key on `/api/*` except `/api/health`, and on `/metrics`, when keys are
+/// configured: header `Authorization: Bearer KEY` or `X-API-Key: KEY`.
 fn check_api_key(state: &AppState, req: &Request) -> Option<poem::Error> {
     if state.api_keys.is_empty() {
         return None;
     }
     let path = req.uri().path();
-    if !path.starts_with("/api/") || path == "/api/health" {
+    if !(path.starts_with("/api/") || path == "/metrics") || path == "/api/health" {
         return None;
     }
     let headers = req.headers();

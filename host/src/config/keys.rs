@@ -60,6 +60,7 @@ pub(super) const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
             ("max_body_bytes", Int),
             ("max_upload_bytes", Int),
             ("shutdown_grace_secs", Int),
+            ("metrics_bind", Str),
         ],
     ),
     (

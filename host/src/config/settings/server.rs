@@ -21,6 +21,9 @@ pub(crate) struct ServerConfig {
     pub max_upload_bytes: u64,
     /// Seconds to let running requests and tasks finish on shutdown. Default 30.
     pub shutdown_grace_secs: u64,
+    /// A second listen address (`host:port`) that serves only `GET /metrics`, without API
+    /// keys, for a Prometheus on a private network. Empty (the default): none.
+    pub metrics_bind: String,
 }
 
 impl Default for ServerConfig {
@@ -32,6 +35,7 @@ impl Default for ServerConfig {
             max_body_bytes: 10 * MIB,
             max_upload_bytes: GIB,
             shutdown_grace_secs: 30,
+            metrics_bind: String::new(),
         }
     }
 }
