@@ -11,7 +11,7 @@ use std::{
     collections::HashMap,
     path::PathBuf,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use aihost_plugin_api::{PluginError, TaskRequest};
@@ -23,6 +23,7 @@ use uuid::Uuid;
 
 use crate::{
     fetch::Fetcher,
+    metrics::AttemptEnd,
     plugins::{Registry, services::task_context},
     storage::Storage,
     store::{EventKind, Progress, Task, TaskError, TaskStore},
@@ -109,7 +110,8 @@ impl Dispatcher {
         self.running.lock().expect("running lock").len()
     }
 
-    fn running_of(&self, task_type: &str) -> u32 {
+    /// Attempts of `task_type` running now.
+    pub(crate) fn running_of(&self, task_type: &str) -> u32 {
         self.running
             .lock()
             .expect("running lock")
@@ -230,12 +232,18 @@ impl Dispatcher {
         })
     }
 
+    /// Attempts of a type this consumer runs at once: the plugin's `max_concurrency`, or the
+    /// host default when it is 0.
+    pub(crate) fn limit_of(&self, max_concurrency: u32) -> u32 {
+        match max_concurrency {
+            0 => self.settings.default_concurrency.max(1),
+            n => n,
+        }
+    }
+
     async fn claim_round(self: &Arc<Self>) -> Result<(), crate::store::StoreError> {
         for entry in self.registry.task_types() {
-            let limit = match entry.desc.max_concurrency {
-                0 => self.settings.default_concurrency.max(1),
-                n => n,
-            };
+            let limit = self.limit_of(entry.desc.max_concurrency);
             let free = limit.saturating_sub(self.running_of(&entry.desc.name));
             if free == 0 {
                 continue;
@@ -261,6 +269,12 @@ impl Dispatcher {
         if task.cancel_requested {
             let _ = tx.send(Stop::Cancel);
         }
+        crate::metrics::task_started(
+            &task.task_type,
+            task.attempts,
+            task.created_at,
+            task.started_at.unwrap_or_else(Utc::now),
+        );
         self.running.lock().expect("running lock").insert(
             task.id,
             Running {
@@ -278,13 +292,25 @@ impl Dispatcher {
         });
     }
 
-    async fn run_attempt(self: &Arc<Self>, task: Task, mut stop: watch::Receiver<Stop>) {
+    async fn run_attempt(self: &Arc<Self>, task: Task, stop: watch::Receiver<Stop>) {
+        let began = Instant::now();
+        if let Some(end) = self.attempt(&task, stop).await {
+            crate::metrics::attempt_ended(&task.task_type, began, end);
+        }
+    }
+
+    /// Runs one attempt; answers how it ended (`None` when the type is not loaded).
+    async fn attempt(
+        self: &Arc<Self>,
+        task: &Task,
+        mut stop: watch::Receiver<Stop>,
+    ) -> Option<AttemptEnd> {
         let id = task.id;
         let attempt = task.attempts;
         let Some(entry) = self.registry.task_type(&task.task_type) else {
             // Unreachable in practice: we claim only registered types.
             let _ = self.store.release(id, attempt).await;
-            return;
+            return None;
         };
         let plugin = entry.plugin.clone();
         let work_dir = self.settings.work_dir.join(format!("{id}-{attempt}"));
@@ -293,8 +319,7 @@ impl Dispatcher {
                 code: crate::error_codes::WORK_DIR_FAILED.into(),
                 message: e.to_string(),
             };
-            self.record_failure(&task, err, true).await;
-            return;
+            return Some(self.record_failure(task, err, true).await);
         }
         let (ctx, progress_rx) = task_context(
             id,
@@ -349,19 +374,25 @@ impl Dispatcher {
         {
             abort.abort();
         }
-        match outcome {
+        let end = match outcome {
             Outcome::Done(Ok(output)) => match self.store_outputs(id, &output).await {
                 Ok(result) => match self.store.complete(id, attempt, result).await {
                     Ok(Some(done)) => {
                         tracing::debug!(task_id = %id, task_type = %task.task_type, attempt, "task completed");
-                        self.notify_webhook(done)
+                        crate::metrics::task_completed(&done.task_type);
+                        self.notify_webhook(done);
+                        AttemptEnd::Completed
                     }
-                    Ok(None) => stale_attempt(&task, "completion"),
+                    Ok(None) => {
+                        stale_attempt(task, "completion");
+                        AttemptEnd::Abandoned
+                    }
                     Err(e) => {
-                        tracing::error!(task_id = %id, error = %e, "could not record completion")
+                        tracing::error!(task_id = %id, error = %e, "could not record completion");
+                        AttemptEnd::Abandoned
                     }
                 },
-                Err(err) => self.record_failure(&task, err, true).await,
+                Err(err) => self.record_failure(task, err, true).await,
             },
             Outcome::Done(Err(e)) => {
                 let retryable = e.retryable;
@@ -369,7 +400,7 @@ impl Dispatcher {
                     code: e.code.to_string(),
                     message: e.message.to_string(),
                 };
-                self.record_failure(&task, err, retryable).await;
+                self.record_failure(task, err, retryable).await
             }
             Outcome::Cancelled => {
                 let _ = tokio::time::timeout(
@@ -385,11 +416,17 @@ impl Dispatcher {
                             attempt,
                             "task cancelled while running"
                         );
+                        crate::metrics::task_cancelled(&done.task_type);
                         self.notify_webhook(done);
+                        AttemptEnd::Cancelled
                     }
-                    Ok(None) => stale_attempt(&task, "cancellation"),
+                    Ok(None) => {
+                        stale_attempt(task, "cancellation");
+                        AttemptEnd::Abandoned
+                    }
                     Err(e) => {
-                        tracing::error!(task_id = %id, error = %e, "could not record the cancellation")
+                        tracing::error!(task_id = %id, error = %e, "could not record the cancellation");
+                        AttemptEnd::Abandoned
                     }
                 }
             }
@@ -400,6 +437,7 @@ impl Dispatcher {
                 )
                 .await;
                 let _ = self.store.release(id, attempt).await;
+                AttemptEnd::Released
             }
             Outcome::LeaseLost => {
                 tracing::warn!(
@@ -408,9 +446,11 @@ impl Dispatcher {
                     attempt,
                     "lease lost; abandoning this attempt"
                 );
+                AttemptEnd::Abandoned
             }
-        }
+        };
         let _ = tokio::fs::remove_dir_all(&work_dir).await;
+        Some(end)
     }
 
     /// Renews the lease every third of its length; resolves if the lease is lost.
@@ -439,7 +479,8 @@ impl Dispatcher {
         })
     }
 
-    async fn record_failure(&self, task: &Task, err: TaskError, retryable: bool) {
+    /// Records a failed attempt: FAILED, or PENDING again for a retry; answers which.
+    async fn record_failure(&self, task: &Task, err: TaskError, retryable: bool) -> AttemptEnd {
         let delay = (retryable && task.attempts < task.max_attempts).then(|| {
             backoff(
                 task.attempts,
@@ -460,19 +501,31 @@ impl Dispatcher {
                     message = %message,
                     "task failed"
                 );
-                self.notify_webhook(t)
+                crate::metrics::task_failed(&t.task_type, &code);
+                self.notify_webhook(t);
+                AttemptEnd::Failed
             }
-            Ok(Some(_)) => tracing::info!(
-                task_id = %task.id,
-                task_type = %task.task_type,
-                attempt = task.attempts,
-                code = %code,
-                message = %message,
-                delay_ms = delay.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-                "retry scheduled"
-            ),
-            Ok(None) => stale_attempt(task, "failure"),
-            Err(e) => tracing::error!(task_id = %task.id, error = %e, "could not record failure"),
+            Ok(Some(t)) => {
+                tracing::info!(
+                    task_id = %task.id,
+                    task_type = %task.task_type,
+                    attempt = task.attempts,
+                    code = %code,
+                    message = %message,
+                    delay_ms = delay.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                    "retry scheduled"
+                );
+                crate::metrics::task_retried(&t.task_type, &code);
+                AttemptEnd::Retried
+            }
+            Ok(None) => {
+                stale_attempt(task, "failure");
+                AttemptEnd::Abandoned
+            }
+            Err(e) => {
+                tracing::error!(task_id = %task.id, error = %e, "could not record failure");
+                AttemptEnd::Abandoned
+            }
         }
     }
 
@@ -488,9 +541,13 @@ impl Dispatcher {
         tokio::spawn(async move {
             for attempt in 0..4u32 {
                 match fetcher.post_json(&url, &body).await {
-                    Ok(status) if status < 300 => return,
+                    Ok(status) if status < 300 => {
+                        crate::metrics::webhook_delivery("delivered");
+                        return;
+                    }
                     Ok(status) if status != 429 && status < 500 => {
                         tracing::warn!(task_id = %task.id, status, "webhook refused the notification");
+                        crate::metrics::webhook_delivery("refused");
                         return;
                     }
                     Ok(status) => {
@@ -498,6 +555,7 @@ impl Dispatcher {
                     }
                     Err(e) if !e.retryable() => {
                         tracing::warn!(task_id = %task.id, error = %e, "webhook not delivered");
+                        crate::metrics::webhook_delivery("failed");
                         return;
                     }
                     Err(e) => {
@@ -506,6 +564,7 @@ impl Dispatcher {
                 }
                 tokio::time::sleep(Duration::from_millis(500 * 4u64.pow(attempt))).await;
             }
+            crate::metrics::webhook_delivery("failed");
         });
     }
 

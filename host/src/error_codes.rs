@@ -364,6 +364,11 @@ mod tests {
             "a key of a plugin's `config` table in a plugins.toml test",
         ),
         (
+            "metrics.rs",
+            "\"cancelled\"",
+            "a value of the `outcome` label of the run-time histogram and of rescues",
+        ),
+        (
             "store/postgres/claim.rs",
             "'cancelled'",
             "the event kind (`EventKind::Cancelled`) the rescue statement reports to listeners",

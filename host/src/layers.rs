@@ -17,12 +17,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("names", &[]),
     ("percent", &[]),
     ("error_codes", &[]),
-    ("store", &["error_codes"]),
+    // Metric names and recording: every layer records the facts it owns.
+    ("metrics", &[]),
+    ("store", &["error_codes", "metrics"]),
     ("config", &["error_codes"]),
     // Shapes and settings built on the ground floor.
     ("task_view", &["store"]),
     ("manifest", &["config", "error_codes"]),
-    ("storage", &["config", "percent", "error_codes"]),
+    ("storage", &["config", "percent", "error_codes", "metrics"]),
     // Remote inputs: may read the host's own storage, never task state.
     ("fetch", &["storage", "names", "percent", "error_codes"]),
     // Plugins: loading and the callbacks plugins call.
@@ -39,6 +41,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "task_view",
             "config",
             "error_codes",
+            "metrics",
         ],
     ),
     // HTTP: everything below, never the wiring above it.
@@ -56,6 +59,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "config",
             "manifest",
             "error_codes",
+            "metrics",
         ],
     ),
     // Wiring and the command line.
@@ -71,6 +75,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "config",
             "manifest",
             "error_codes",
+            "metrics",
         ],
     ),
     (

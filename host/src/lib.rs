@@ -16,6 +16,7 @@ pub(crate) mod fetch;
 #[cfg(test)]
 mod layers;
 pub(crate) mod manifest;
+pub(crate) mod metrics;
 pub(crate) mod names;
 pub(crate) mod percent;
 pub(crate) mod plugins;

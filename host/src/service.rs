@@ -208,9 +208,39 @@ pub(crate) async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// Serves `GET /metrics` alone, without API keys, on `server.metrics_bind` (any role: a
+/// consumer-only process has its metrics too) until `stop` turns true.
+async fn serve_metrics(
+    bind: &str,
+    state: Arc<AppState>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, StartError> {
+    let acceptor = poem::listener::Listener::into_acceptor(TcpListener::bind(bind.to_owned()))
+        .await
+        .map_err(|e| StartError::Bind {
+            bind: bind.to_owned(),
+            reason: e.to_string(),
+        })?;
+    tracing::info!(bind = %bind, "metrics listening at /metrics (no API key)");
+    let app = api::metrics::metrics_only(state);
+    Ok(tokio::spawn(async move {
+        Server::new_with_acceptor(acceptor)
+            .run_with_graceful_shutdown(
+                app,
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+                Some(Duration::from_secs(5)),
+            )
+            .await
+    }))
+}
+
 /// Runs the service until a signal, then stops: the API stops accepting, the consumer stops
 /// claiming, running tasks get the grace period, the rest go back to the queue.
 pub(crate) async fn run(config: Config, roles: Roles) -> Result<(), StartError> {
+    crate::metrics::install();
+    let upkeep = tokio::spawn(crate::metrics::upkeep());
     let services = build(&config).await?;
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -270,7 +300,7 @@ pub(crate) async fn run(config: Config, roles: Roles) -> Result<(), StartError> 
                 reason: e.to_string(),
             })?;
         let mut rx = stop_rx.clone();
-        let app = api::app(state);
+        let app = api::app(state.clone());
         tracing::info!(bind = %bind, public_url = %config.public_url(), "aihost listening; docs at /docs");
         Some(tokio::spawn(async move {
             Server::new_with_acceptor(acceptor)
@@ -286,6 +316,11 @@ pub(crate) async fn run(config: Config, roles: Roles) -> Result<(), StartError> 
     } else {
         None
     };
+    let metrics_server = if config.server.metrics_bind.is_empty() {
+        None
+    } else {
+        Some(serve_metrics(&config.server.metrics_bind, state.clone(), stop_rx.clone()).await?)
+    };
     tracing::info!(api = roles.api, consumer = roles.consumer, "aihost ready");
     shutdown_signal().await;
     tracing::info!("signal received: stopping");
@@ -296,6 +331,10 @@ pub(crate) async fn run(config: Config, roles: Roles) -> Result<(), StartError> 
     if let Some(s) = server {
         let _ = s.await;
     }
+    if let Some(s) = metrics_server {
+        let _ = s.await;
+    }
+    upkeep.abort();
     if let Some(a) = announcer {
         a.abort();
         let _ = services.store.retire_consumer(&worker_id).await;

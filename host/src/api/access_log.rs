@@ -5,8 +5,8 @@
 //! either way it is answered in `X-Request-Id` and carried by every log line written while the
 //! request runs (a span), so a client's report can be matched to the log.
 //!
-//! Routes are logged by their template (`/api/tasks/{task_id}`), never their concrete path, so
-//! the line can be aggregated and no id or file name becomes a label elsewhere.
+//! Routes are logged by their template (`/api/tasks/{task_id}`, the same one the HTTP metrics
+//! use, from `api/metrics.rs`), never their concrete path.
 
 use std::{sync::Arc, time::Instant};
 
@@ -15,59 +15,6 @@ use tracing::Instrument;
 
 /// The request-id header, accepted and answered.
 pub(crate) const REQUEST_ID: &str = "x-request-id";
-
-/// Every route of the API as a template: `{name}` matches one path segment, a trailing `{*key}`
-/// the rest of the path. The first match wins.
-const ROUTES: &[&str] = &[
-    "/api/health",
-    "/api/ready",
-    "/api/status",
-    "/api/stats",
-    "/api/plugins",
-    "/api/plugins/reload",
-    "/api/tasks",
-    "/api/tasks/create",
-    "/api/tasks/{task_id}",
-    "/api/tasks/{task_id}/cancel",
-    "/api/tasks/{task_id}/events",
-    "/api/tasks/{task_id}/ws",
-    "/api/uploads",
-    "/api/faceswap/create",
-    "/api/comfyui-queue-status",
-    "/api/comfyui-system-stats",
-    "/api/comfyui-interrupt",
-    "/api/workflows",
-    "/api/workflows/{name}",
-    "/files/{*key}",
-    "/openapi.json",
-    "/docs",
-    "/metrics",
-];
-
-/// The template of `path` among [`ROUTES`], or `other` (a bounded set of values).
-pub(crate) fn route_template(path: &str) -> &'static str {
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    ROUTES
-        .iter()
-        .find(|route| {
-            let pattern: Vec<&str> = route.trim_start_matches('/').split('/').collect();
-            if let Some(last) = pattern.last()
-                && last.starts_with("{*")
-            {
-                let fixed = &pattern[..pattern.len() - 1];
-                return segments.len() > fixed.len()
-                    && fixed.iter().zip(&segments).all(|(p, s)| p == s)
-                    && segments[fixed.len()..].iter().all(|s| !s.is_empty());
-            }
-            pattern.len() == segments.len()
-                && pattern
-                    .iter()
-                    .zip(&segments)
-                    .all(|(p, s)| (p.starts_with('{') && !s.is_empty()) || p == s)
-        })
-        .copied()
-        .unwrap_or("other")
-}
 
 /// A client's request id is kept when it is 1 to 128 characters of `A-Za-z0-9._:-`.
 fn client_request_id(req: &Request) -> Option<String> {
@@ -84,7 +31,7 @@ fn client_request_id(req: &Request) -> Option<String> {
 pub(crate) async fn observe<E: Endpoint>(ep: Arc<E>, req: Request) -> poem::Result<Response> {
     let started = Instant::now();
     let method = req.method().clone();
-    let route = route_template(req.uri().path());
+    let route = super::metrics::route_template(req.uri().path());
     let request_id = client_request_id(&req).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let span = tracing::info_span!("request", request_id = %request_id);
     let mut response = match ep.call(req).instrument(span).await {
@@ -102,32 +49,4 @@ pub(crate) async fn observe<E: Endpoint>(ep: Arc<E>, req: Request) -> poem::Resu
         tracing::info!(target: "aihost::access", method = %method, route, status, duration_ms, request_id = %request_id, "request");
     }
     Ok(response)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn concrete_paths_become_their_templates_and_the_rest_is_other() {
-        for (path, template) in [
-            ("/api/tasks", "/api/tasks"),
-            ("/api/tasks/create", "/api/tasks/create"),
-            (
-                "/api/tasks/0190f5d6-0000-7000-8000-000000000000",
-                "/api/tasks/{task_id}",
-            ),
-            ("/api/tasks/abc/cancel", "/api/tasks/{task_id}/cancel"),
-            ("/api/tasks/abc/events", "/api/tasks/{task_id}/events"),
-            ("/files/outputs/x/out.png", "/files/{*key}"),
-            ("/api/workflows/basic", "/api/workflows/{name}"),
-            ("/api/health", "/api/health"),
-            ("/nope", "other"),
-            ("/files/", "other"),
-            ("/api/tasks/a/b/c", "other"),
-            ("/api/tasks//cancel", "other"),
-        ] {
-            assert_eq!(route_template(path), template, "{path}");
-        }
-    }
 }

@@ -102,6 +102,7 @@ pub(crate) async fn task_ws(
         Err(e) => return poem::Error::from(e).into_response(),
     };
     ws.on_upgrade(move |socket| async move {
+        let _open = crate::metrics::StreamGuard::open("ws");
         let mut events = events.into_inner().unwrap_or_else(|p| p.into_inner());
         let (mut sink, mut incoming) = socket.split();
         loop {

@@ -19,6 +19,7 @@ pub(crate) mod error;
 pub(crate) mod events;
 pub(crate) mod files;
 mod ids;
+pub(crate) mod metrics;
 pub(crate) mod seed;
 pub(crate) mod spec;
 pub(crate) mod system;
@@ -114,6 +115,7 @@ pub(crate) fn app(state: Arc<AppState>) -> impl Endpoint {
         .at("/api/uploads", post(files::upload))
         .at("/api/tasks/:task_id/ws", get(events::task_ws))
         .at("/files/*key", get(files::get_file))
+        .at("/metrics", get(metrics::scrape))
         .at(
             "/openapi.json",
             get(poem::endpoint::make_sync(move |_| {
@@ -141,6 +143,7 @@ pub(crate) fn app(state: Arc<AppState>) -> impl Endpoint {
         .catch_all_error(|err| async move { error::normalize(err) })
         .with_if(!cors_origins.is_empty(), cors(&cors_origins, &public_url))
         .catch_all_error(|err| async move { error::normalize(err) })
+        .around(metrics::track)
         .around(access_log::observe)
 }
 
@@ -173,15 +176,18 @@ fn cors(origins: &[String], public_url: &str) -> poem::middleware::Cors {
     }
 }
 
-/// Requires a key on `/api/*` except the probes `/api/health` and `/api/ready` when keys are
-/// configured: header
-/// `Authorization: Bearer KEY` or `X-API-Key: KEY`.
+/// Requires a key on `/api/*` except the probes `/api/health` and `/api/ready`, and on
+/// `/metrics`, when keys are configured: header `Authorization: Bearer KEY` or
+/// `X-API-Key: KEY`.
 fn check_api_key(state: &AppState, req: &Request) -> Option<poem::Error> {
     if state.api_keys.is_empty() {
         return None;
     }
     let path = req.uri().path();
-    if !path.starts_with("/api/") || path == "/api/health" || path == "/api/ready" {
+    if !(path.starts_with("/api/") || path == "/metrics")
+        || path == "/api/health"
+        || path == "/api/ready"
+    {
         return None;
     }
     let headers = req.headers();

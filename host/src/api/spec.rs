@@ -62,6 +62,16 @@ fn extra_paths() -> Value {
                 "404": {"description": "Unknown task", "content": error_ref()}
             }
         }},
+        "/metrics": {"get": {
+            "tags": ["System"],
+            "summary": "Metrics in the Prometheus text format",
+            "description": "Every metric with its labels is listed in the README (\"Metrics\"). Needs an API key when keys are configured; `server.metrics_bind` serves the same without a key on a separate address.",
+            "operationId": "metrics",
+            "responses": {
+                "200": {"description": "The exposition", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                "401": {"description": "Missing or wrong API key", "content": error_ref()}
+            }
+        }},
         "/files/{key}": {"get": {
             "tags": ["Tasks"],
             "summary": "Download a stored output or upload (fs and memory storage)",

@@ -2,7 +2,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, stream::BoxStream};
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
     param::{Header, Path, Query},
@@ -168,7 +168,9 @@ pub(crate) async fn create_task(
             webhook_url: req.webhook_url,
         })
         .await?;
-    if !created {
+    if created {
+        crate::metrics::task_submitted(&task.task_type);
+    } else {
         tracing::debug!(task_id = %task.id, "idempotency key matched an existing task");
     }
     let task = match (wait, events.as_mut()) {
@@ -298,6 +300,7 @@ impl TasksApi {
         match self.state.store.cancel(id).await? {
             CancelOutcome::Cancelled(t) => {
                 tracing::info!(task_id = %id, task_type = %t.task_type, attempt = t.attempts, "task cancelled while pending");
+                crate::metrics::task_cancelled(&t.task_type);
                 Ok(CancelResponse::Cancelled(Json(t.into())))
             }
             CancelOutcome::Requested(t) => {
@@ -327,6 +330,14 @@ impl TasksApi {
     ) -> Result<EventStream<BoxStream<'static, Value>>, ApiError> {
         let id = parse_id(&task_id.0)?;
         let stream = super::events::follow(&self.state, id).await?;
+        // Counted as open until the stream is dropped (ended or the client went away).
+        let open = crate::metrics::StreamGuard::open("sse");
+        let stream = stream
+            .map(move |v| {
+                let _ = &open;
+                v
+            })
+            .boxed();
         Ok(EventStream::new(stream)
             .keep_alive(Duration::from_secs(15))
             .to_event(|v| {

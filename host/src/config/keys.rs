@@ -62,6 +62,7 @@ pub(super) const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
             ("shutdown_grace_secs", Int),
             ("max_queue_depth", Int),
             ("cors_origins", List),
+            ("metrics_bind", Str),
         ],
     ),
     (

@@ -22,6 +22,22 @@ impl Config {
                 ),
             );
         }
+        let metrics_bind = &self.server.metrics_bind;
+        if !metrics_bind.is_empty() {
+            if !is_socket_address(metrics_bind) {
+                l.invalid(
+                    ("server", "metrics_bind"),
+                    format!(
+                        "`{metrics_bind}` is not a socket address (host:port, e.g. 127.0.0.1:9100), or empty for none"
+                    ),
+                );
+            } else if *metrics_bind == self.server.bind {
+                l.invalid(
+                    ("server", "metrics_bind"),
+                    "must differ from server.bind (it is a second listener)",
+                );
+            }
+        }
         if let Some(u) = &self.server.public_url
             && let Err(m) = check_http_url(u)
         {

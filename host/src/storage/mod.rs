@@ -167,6 +167,7 @@ impl Storage {
         written: Written,
         content_type: String,
     ) -> Result<StoredObject, StorageError> {
+        crate::metrics::storage_written(written.size);
         let url = match written.url {
             Some(url) => url,
             None => self.url(key).await?,
@@ -249,10 +250,18 @@ impl Storage {
         range: Option<(u64, Option<u64>)>,
     ) -> Result<(ObjectMeta, ByteStream), StorageError> {
         let full = self.path(key)?;
-        self.inner
+        let (meta, stream) = self
+            .inner
             .backend
             .read(ObjectRef { key, path: &full }, range)
-            .await
+            .await?;
+        // Counted as the bytes go by: a client that stops reading early is not counted the rest.
+        let counted = stream.inspect(|chunk| {
+            if let Ok(bytes) = chunk {
+                crate::metrics::storage_read(bytes.len() as u64);
+            }
+        });
+        Ok((meta, Box::pin(counted)))
     }
 
     /// Copies the object under `key` into the local file `dest` (created or truncated),

@@ -27,6 +27,9 @@ pub(crate) struct ServerConfig {
     /// Origins a browser page may call the API from (CORS), e.g. `https://app.example.com`;
     /// `*` allows any origin. Empty (the default): no CORS headers, cross-origin calls fail.
     pub cors_origins: Vec<String>,
+    /// A second listen address (`host:port`) that serves only `GET /metrics`, without API
+    /// keys, for a Prometheus on a private network. Empty (the default): none.
+    pub metrics_bind: String,
 }
 
 impl Default for ServerConfig {
@@ -40,6 +43,7 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 30,
             max_queue_depth: 0,
             cors_origins: Vec::new(),
+            metrics_bind: String::new(),
         }
     }
 }

@@ -138,6 +138,11 @@ pub(super) async fn rescue_expired(store: &PostgresStore) -> StoreResult<Vec<Tas
         .await?;
     changed.sort_by_key(|(_, t)| t.id);
     for (kind, task) in &changed {
+        crate::metrics::task_rescued(
+            &task.task_type,
+            task.status.as_str(),
+            crate::error_codes::LEASE_EXPIRED,
+        );
         store.publish(*kind, task);
     }
     Ok(changed.into_iter().map(|(_, task)| task).collect())

@@ -3,7 +3,7 @@
 //! concurrent writes share one WAL flush. Separate because it is the one place writes reach
 //! the database, and its batching and failure rules stand apart from what each write does.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use sqlx::{
     Connection, Execute, Postgres, SqlStr,
@@ -16,6 +16,9 @@ use crate::store::{
     EventKind, StoreError, StoreResult, Task,
     sql::{column, db_err},
 };
+
+/// The `store` label of this store's commit metrics.
+const STORE: &str = "postgres";
 
 /// Most write statements one group commit runs in one transaction.
 const MAX_BATCH: usize = 256;
@@ -41,6 +44,7 @@ pub(super) struct WriteJob {
 /// Starts the group committers of a pool of `max_connections`; answers where to send writes.
 /// They stop when every sender is dropped.
 pub(super) fn start(pool: &PgPool, max_connections: u32) -> mpsc::UnboundedSender<WriteJob> {
+    crate::metrics::store_opened(STORE);
     let (writes, jobs) = mpsc::unbounded_channel();
     let jobs = Arc::new(Mutex::new(jobs));
     for _ in 0..WRITERS.min(max_connections.max(1)) {
@@ -76,11 +80,16 @@ async fn group_commit(pool: PgPool, jobs: Arc<Mutex<mpsc::UnboundedReceiver<Writ
         let durable = batch.iter().any(|j| j.durable);
         if batch.len() == 1 {
             let job = batch.pop().expect("one job");
+            let began = Instant::now();
             let r = run_alone(&pool, job.sql, job.args, job.durable).await;
+            crate::metrics::store_commit(STORE, began, r.is_ok());
             let _ = job.reply.send(r);
             continue;
         }
-        match run_together(&pool, &batch, durable).await {
+        let began = Instant::now();
+        let together = run_together(&pool, &batch, durable).await;
+        crate::metrics::store_commit(STORE, began, together.is_ok());
+        match together {
             Ok(answers) => {
                 for (job, rows) in batch.drain(..).zip(answers) {
                     let _ = job.reply.send(Ok(rows));
@@ -94,7 +103,9 @@ async fn group_commit(pool: PgPool, jobs: Arc<Mutex<mpsc::UnboundedReceiver<Writ
             }
             Err(BatchError::Statement) => {
                 for job in batch.drain(..) {
+                    let began = Instant::now();
                     let r = run_alone(&pool, job.sql, job.args, job.durable).await;
+                    crate::metrics::store_commit(STORE, began, r.is_ok());
                     let _ = job.reply.send(r);
                 }
             }

@@ -141,6 +141,11 @@ pub(super) async fn rescue_expired(store: &SqliteStore) -> StoreResult<Vec<Task>
         .await?;
     tasks.sort_by_key(|t| t.id);
     for task in &tasks {
+        crate::metrics::task_rescued(
+            &task.task_type,
+            task.status.as_str(),
+            crate::error_codes::LEASE_EXPIRED,
+        );
         let kind = match task.status {
             Status::Cancelled => EventKind::Cancelled,
             Status::Failed => EventKind::Failed,

@@ -10,6 +10,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::{SqliteStore, schema::task_from_row};
 use crate::store::{StoreError, StoreResult, Task, sql::db_err};
 
+/// The `store` label of this store's commit metrics.
+const STORE: &str = "sqlite";
+
 /// Most write statements committed together in one transaction (group commit).
 const MAX_BATCH: usize = 512;
 
@@ -28,6 +31,7 @@ pub(super) struct WriteJob {
 /// Starts the group committer of the writer pool; answers where to send writes. It stops when
 /// every sender is dropped.
 pub(super) fn start(writer: &SqlitePool) -> mpsc::UnboundedSender<WriteJob> {
+    crate::metrics::store_opened(STORE);
     let (writes, rx) = mpsc::unbounded_channel();
     tokio::spawn(group_commit(writer.clone(), rx));
     writes
@@ -50,9 +54,11 @@ async fn group_commit(writer: SqlitePool, mut rx: mpsc::UnboundedReceiver<WriteJ
                 Err(_) => break,
             }
         }
+        let began = std::time::Instant::now();
         let mut conn = match writer.acquire().await {
             Ok(c) => c,
             Err(e) => {
+                crate::metrics::store_commit(STORE, began, false);
                 let msg = e.to_string();
                 for job in batch.drain(..) {
                     let _ = job.reply.send(Err(sqlx::Error::Protocol(msg.clone())));
@@ -74,10 +80,12 @@ async fn group_commit(writer: SqlitePool, mut rx: mpsc::UnboundedReceiver<WriteJ
         if batch.len() == 1 {
             let job = batch.pop().expect("one job");
             let r = job.query.fetch_all(&mut *conn).await;
+            crate::metrics::store_commit(STORE, began, r.is_ok());
             let _ = job.reply.send(r);
             continue;
         }
         if let Err(e) = sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await {
+            crate::metrics::store_commit(STORE, began, false);
             let msg = e.to_string();
             for job in batch.drain(..) {
                 let _ = job.reply.send(Err(sqlx::Error::Protocol(msg.clone())));
@@ -89,7 +97,9 @@ async fn group_commit(writer: SqlitePool, mut rx: mpsc::UnboundedReceiver<WriteJ
             let r = job.query.fetch_all(&mut *conn).await;
             answers.push((job.reply, r));
         }
-        match sqlx::raw_sql("COMMIT").execute(&mut *conn).await {
+        let committed = sqlx::raw_sql("COMMIT").execute(&mut *conn).await;
+        crate::metrics::store_commit(STORE, began, committed.is_ok());
+        match committed {
             Ok(_) => {
                 for (reply, r) in answers {
                     let _ = reply.send(r);
