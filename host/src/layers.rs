@@ -19,6 +19,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("error_codes", &[]),
     ("store", &["error_codes"]),
     ("config", &["error_codes"]),
+    // Trace export and the W3C trace context: knows no task, request or setting.
+    ("telemetry", &[]),
     // Shapes and settings built on the ground floor.
     ("task_view", &["store"]),
     ("manifest", &["config", "error_codes"]),
@@ -37,6 +39,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "fetch",
             "names",
             "task_view",
+            "telemetry",
             "config",
             "error_codes",
         ],
@@ -53,6 +56,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "names",
             "percent",
             "task_view",
+            "telemetry",
             "config",
             "manifest",
             "error_codes",
@@ -81,6 +85,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "plugins",
             "store",
             "storage",
+            "telemetry",
             "config",
             "manifest",
             "error_codes",
