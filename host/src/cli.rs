@@ -4,9 +4,10 @@
 use std::{collections::BTreeMap, path::PathBuf, process::ExitCode};
 
 use crate::{
-    config::{Config, LogFormat},
+    config::{Config, LogConfig, LogFormat},
     plugins::Library,
     service::{self, Roles},
+    telemetry,
 };
 use clap::{Parser, Subcommand};
 
@@ -93,22 +94,49 @@ enum PluginsCommand {
     },
 }
 
-fn init_logging(level: &str, format: LogFormat) {
-    use tracing_subscriber::{EnvFilter, fmt};
+/// Starts the log (stderr, filtered by `log.level` or `RUST_LOG`) and, when `log.otlp_endpoint`
+/// is set, the trace export, whose exporter is answered so that it can flush at exit.
+fn init_logging(log: &LogConfig) -> Option<telemetry::Exporter> {
+    use std::io::IsTerminal as _;
+    use tracing_subscriber::{
+        EnvFilter, Layer as _, Registry, fmt, layer::SubscriberExt as _,
+        util::SubscriberInitExt as _,
+    };
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|s| EnvFilter::try_new(s).ok())
-        .or_else(|| EnvFilter::try_new(level).ok())
+        .or_else(|| EnvFilter::try_new(&log.level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    use std::io::IsTerminal as _;
-    let builder = fmt()
-        .with_env_filter(filter)
+    let lines = fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+    let lines = match log.format {
+        LogFormat::Json => lines.json().with_filter(filter).boxed(),
+        LogFormat::Text => lines.with_filter(filter).boxed(),
+    };
+    let mut layers: Vec<Box<dyn tracing_subscriber::Layer<Registry> + Send + Sync>> = vec![lines];
+    let mut exporter = None;
+    let mut refused = None;
+    if let Some(endpoint) = log.otlp() {
+        match telemetry::otlp_layer(endpoint, &log.otlp_service_name) {
+            Ok((layer, e)) => {
+                layers.push(layer.boxed());
+                exporter = Some(e);
+            }
+            Err(e) => refused = Some(e),
+        }
     }
+    tracing_subscriber::registry().with(layers).init();
+    match (log.otlp(), &exporter, refused) {
+        (Some(endpoint), Some(_), _) => {
+            tracing::info!(endpoint, service_name = %log.otlp_service_name, "exporting traces over OTLP")
+        }
+        (Some(endpoint), None, Some(e)) => {
+            tracing::error!(endpoint, error = %e, "OTLP trace export could not start; running without it")
+        }
+        _ => {}
+    }
+    exporter
 }
 
 fn load_config(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
@@ -126,7 +154,7 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    init_logging(&config.log.level, config.log.format);
+    let exporter = init_logging(&config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -137,7 +165,12 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(cli.command.unwrap_or(Command::Serve), config))
+    let code = runtime.block_on(run(cli.command.unwrap_or(Command::Serve), config));
+    // Outside the runtime: the exporter's flush blocks until the last spans are sent.
+    if let Some(exporter) = exporter {
+        exporter.shutdown();
+    }
+    code
 }
 
 async fn run(command: Command, config: Config) -> ExitCode {

@@ -19,6 +19,7 @@ use chrono::Utc;
 use futures_util::{StreamExt, stream};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc, watch};
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::{
@@ -282,10 +283,19 @@ impl Dispatcher {
                 cancel: tx,
             },
         );
+        // One span per attempt, continuing the submitting request's trace when it was recorded.
+        let span = tracing::info_span!(
+            parent: None,
+            "task",
+            task_id = %task.id,
+            task_type = %task.task_type,
+            attempt = task.attempts
+        );
+        crate::telemetry::continue_trace(&span, task.trace_parent.as_deref());
         let this = self.clone();
         tokio::spawn(async move {
             let id = task.id;
-            this.run_attempt(task, rx).await;
+            this.run_attempt(task, rx).instrument(span).await;
             this.running.lock().expect("running lock").remove(&id);
             this.idle.notify_waiters();
             this.wake.notify_one();
@@ -344,7 +354,9 @@ impl Dispatcher {
         };
         let lease_lost = self.clone().renew_loop(id, attempt);
         let outcome = {
-            let run = plugin.run_task(req, ctx);
+            let run = plugin
+                .run_task(req, ctx)
+                .instrument(tracing::info_span!("plugin.run_task", plugin = %plugin.desc.name));
             tokio::pin!(run);
             let mut lost = lease_lost;
             let outcome = loop {

@@ -21,6 +21,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("metrics", &[]),
     ("store", &["error_codes", "metrics"]),
     ("config", &["error_codes"]),
+    // Trace export and the W3C trace context: knows no task, request or setting.
+    ("telemetry", &[]),
     // Shapes and settings built on the ground floor.
     ("task_view", &["store"]),
     ("manifest", &["config", "error_codes"]),
@@ -39,6 +41,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "fetch",
             "names",
             "task_view",
+            "telemetry",
             "config",
             "error_codes",
             "metrics",
@@ -56,6 +59,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "names",
             "percent",
             "task_view",
+            "telemetry",
             "config",
             "manifest",
             "error_codes",
@@ -86,6 +90,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "plugins",
             "store",
             "storage",
+            "telemetry",
             "config",
             "manifest",
             "error_codes",

@@ -24,3 +24,4 @@ pub(crate) mod service;
 pub mod storage;
 pub(crate) mod store;
 pub(crate) mod task_view;
+pub(crate) mod telemetry;

@@ -7,6 +7,9 @@
 //!
 //! Routes are logged by their template (`/api/tasks/{task_id}`, the same one the HTTP metrics
 //! use, from `api/metrics.rs`), never their concrete path.
+//!
+//! The span (`request`: request id, method, route) is also the root of the request's trace
+//! when traces are exported (`crate::telemetry`).
 
 use std::{sync::Arc, time::Instant};
 
@@ -33,7 +36,7 @@ pub(crate) async fn observe<E: Endpoint>(ep: Arc<E>, req: Request) -> poem::Resu
     let method = req.method().clone();
     let route = super::metrics::route_template(req.uri().path());
     let request_id = client_request_id(&req).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    let span = tracing::info_span!("request", request_id = %request_id);
+    let span = tracing::info_span!("request", request_id = %request_id, method = %method, route);
     let mut response = match ep.call(req).instrument(span).await {
         Ok(r) => r.into_response(),
         Err(e) => e.into_response(),

@@ -166,6 +166,7 @@ pub(crate) async fn create_task(
                 .clamp(1, 100),
             idempotency_key: key,
             webhook_url: req.webhook_url,
+            trace_parent: crate::telemetry::current_traceparent(),
         })
         .await?;
     if created {

@@ -120,7 +120,15 @@ pub(super) const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
             ("worker_id", OptStr),
         ],
     ),
-    ("log", &[("level", Str), ("format", Str)]),
+    (
+        "log",
+        &[
+            ("level", Str),
+            ("format", Str),
+            ("otlp_endpoint", OptStr),
+            ("otlp_service_name", Str),
+        ],
+    ),
 ];
 
 /// A known key: (section, key).
@@ -196,6 +204,7 @@ mod tests {
         c.server.public_url = Some("x".into());
         c.queue.url = Some("x".into());
         c.dispatcher.worker_id = Some("x".into());
+        c.log.otlp_endpoint = Some("x".into());
         let toml::Value::Table(t) = toml::Value::try_from(&c).unwrap() else {
             panic!()
         };

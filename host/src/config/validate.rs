@@ -187,6 +187,14 @@ impl Config {
         if let Err(m) = check_log_level(&self.log.level) {
             l.invalid(("log", "level"), m);
         }
+        if let Some(u) = self.log.otlp()
+            && let Err(m) = check_http_url(u)
+        {
+            l.invalid(("log", "otlp_endpoint"), m);
+        }
+        if self.log.otlp_service_name.trim().is_empty() {
+            l.invalid(("log", "otlp_service_name"), "must not be empty");
+        }
     }
 }
 
@@ -361,6 +369,42 @@ level = "verbose"
         assert_eq!(
             codes(&e),
             vec![(error_codes::CONFIG_MISSING_VALUE, Some("storage.bucket"))]
+        );
+    }
+
+    #[test]
+    fn otlp_endpoint_is_an_http_url_and_empty_means_off() {
+        let e = Config::load(
+            None,
+            &env(&[("AIHOST_LOG__OTLP_ENDPOINT", "grpc://x:4317")]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            codes(&e),
+            vec![(error_codes::CONFIG_INVALID_VALUE, Some("log.otlp_endpoint"))]
+        );
+        let c = Config::load(None, &env(&[("AIHOST_LOG__OTLP_ENDPOINT", "")])).unwrap();
+        assert_eq!(c.log.otlp(), None);
+        let url = "http://127.0.0.1:4318/v1/traces";
+        let c = Config::load(
+            None,
+            &env(&[
+                ("AIHOST_LOG__OTLP_ENDPOINT", url),
+                ("AIHOST_LOG__OTLP_SERVICE_NAME", "api-eu"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.log.otlp(), c.log.otlp_service_name.as_str()),
+            (Some(url), "api-eu")
+        );
+        let e = Config::load(None, &env(&[("AIHOST_LOG__OTLP_SERVICE_NAME", " ")])).unwrap_err();
+        assert_eq!(
+            codes(&e),
+            vec![(
+                error_codes::CONFIG_INVALID_VALUE,
+                Some("log.otlp_service_name")
+            )]
         );
     }
 

@@ -142,6 +142,9 @@ pub struct Task {
     pub lease_until: Option<DateTime<Utc>>,
     /// A client asked to cancel this PROCESSING task.
     pub cancel_requested: bool,
+    /// The trace context of the request that submitted it (W3C `traceparent` text), when trace
+    /// export was on; the attempts' spans continue that trace. Opaque to the store.
+    pub trace_parent: Option<String>,
 }
 
 /// A task to insert.
@@ -161,6 +164,8 @@ pub(crate) struct NewTask {
     pub idempotency_key: Option<String>,
     /// Completion webhook.
     pub webhook_url: Option<String>,
+    /// The submitting request's trace context (W3C `traceparent`), if traces are exported.
+    pub trace_parent: Option<String>,
 }
 
 /// What happened to a task, published to subscribers.

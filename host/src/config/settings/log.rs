@@ -1,4 +1,4 @@
-//! `[log]`: log level and line format, and their defaults.
+//! `[log]`: log level and line format, trace export, and their defaults.
 
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +21,21 @@ pub(crate) struct LogConfig {
     pub level: String,
     /// `text` (default) or `json`.
     pub format: LogFormat,
+    /// OTLP/HTTP traces endpoint (`http://127.0.0.1:4318/v1/traces`) spans are exported to.
+    /// None or empty (the default): no trace export.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans. Default `aihost`.
+    pub otlp_service_name: String,
+}
+
+impl LogConfig {
+    /// The OTLP endpoint when trace export is on (set and not blank).
+    pub(crate) fn otlp(&self) -> Option<&str> {
+        self.otlp_endpoint
+            .as_deref()
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+    }
 }
 
 impl Default for LogConfig {
@@ -28,6 +43,8 @@ impl Default for LogConfig {
         LogConfig {
             level: "info".to_owned(),
             format: LogFormat::Text,
+            otlp_endpoint: None,
+            otlp_service_name: "aihost".to_owned(),
         }
     }
 }

@@ -96,6 +96,7 @@ fn new_task(task_type: &str, priority: i32) -> NewTask {
         max_attempts: 3,
         idempotency_key: None,
         webhook_url: None,
+        trace_parent: None,
     }
 }
 

@@ -11,6 +11,9 @@ use super::{
 };
 use crate::store::{CancelOutcome, ListFilter, Progress, Status};
 
+/// A W3C `traceparent` as the API stores it; the store keeps it as opaque text.
+const TRACE_PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
 /// Every field survives insert → get, and every later-set field survives an update → get.
 pub(super) async fn insert_get_round_trip(h: &dyn Harness) {
     let store = h.open().await;
@@ -20,6 +23,7 @@ pub(super) async fn insert_get_round_trip(h: &dyn Harness) {
     new.max_attempts = 4;
     new.idempotency_key = Some("key-1".into());
     new.webhook_url = Some("https://example.com/hook?x=1".into());
+    new.trace_parent = Some(TRACE_PARENT.into());
 
     let task = insert(store, new.clone()).await;
     assert_eq!(task.id, new.id);
@@ -44,6 +48,7 @@ pub(super) async fn insert_get_round_trip(h: &dyn Harness) {
     assert_eq!(task.worker, None);
     assert_eq!(task.lease_until, None);
     assert!(!task.cancel_requested);
+    assert_eq!(task.trace_parent.as_deref(), Some(TRACE_PARENT));
     assert_eq!(get(store, task.id).await, task);
 
     // Claimed: started_at, worker, lease_until, attempts.
@@ -54,6 +59,7 @@ pub(super) async fn insert_get_round_trip(h: &dyn Harness) {
     assert_recent(claimed.started_at.expect("started_at"));
     let lease_until = claimed.lease_until.expect("lease_until");
     assert_close(lease_until, claimed.started_at.unwrap() + LEASE);
+    assert_eq!(claimed.trace_parent.as_deref(), Some(TRACE_PARENT));
     assert_eq!(get(store, task.id).await, claimed);
 
     // Progress and cancel_requested.
@@ -76,6 +82,7 @@ pub(super) async fn insert_get_round_trip(h: &dyn Harness) {
 
     // Result and finished_at.
     let other = insert(store, new_task("round.trip2", 0)).await;
+    assert_eq!(other.trace_parent, None);
     claim_one(store, "round.trip2", LEASE).await;
     let result = json!({ "out": [1, { "b": "c" }], "f": 1.5 });
     let done = store

@@ -17,11 +17,18 @@ use crate::store::{
 };
 
 /// Embedded migrations: (version, description, SQL). Versions match the file prefixes.
-pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "tasks",
-    include_str!("../../../migrations/postgres/0001_tasks.sql"),
-)];
+pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "tasks",
+        include_str!("../../../migrations/postgres/0001_tasks.sql"),
+    ),
+    (
+        2,
+        "trace parent",
+        include_str!("../../../migrations/postgres/0002_trace_parent.sql"),
+    ),
+];
 
 /// A duration in microseconds, as the statements bind leases and ages.
 pub(super) fn micros(d: Duration) -> i64 {
@@ -61,6 +68,7 @@ struct TaskRow {
     worker: Option<String>,
     lease_until: Option<DateTime<Utc>>,
     cancel_requested: bool,
+    trace_parent: Option<String>,
 }
 
 fn unsigned(v: i64, name: &str) -> StoreResult<u32> {
@@ -104,5 +112,6 @@ pub(super) fn task_from_json(value: Value) -> StoreResult<Task> {
         worker: r.worker,
         lease_until: r.lease_until,
         cancel_requested: r.cancel_requested,
+        trace_parent: r.trace_parent,
     })
 }

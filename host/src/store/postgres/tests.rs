@@ -50,6 +50,7 @@ fn new_task(task_type: &str) -> NewTask {
         max_attempts: 3,
         idempotency_key: None,
         webhook_url: None,
+        trace_parent: None,
     }
 }
 
@@ -223,6 +224,7 @@ async fn import_keeps_every_field() {
     keyed.idempotency_key = Some("k1".into());
     keyed.webhook_url = Some("https://example.com/h".into());
     keyed.priority = 7;
+    keyed.trace_parent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
     lite.insert(keyed).await.unwrap();
     for _ in 0..4 {
         lite.insert(new_task("imp")).await.unwrap();

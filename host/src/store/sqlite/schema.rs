@@ -15,18 +15,26 @@ use crate::store::{
 };
 
 /// Embedded migrations: (version, description, SQL). Versions match the file prefixes.
-pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "tasks",
-    include_str!("../../../migrations/sqlite/0001_tasks.sql"),
-)];
+pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "tasks",
+        include_str!("../../../migrations/sqlite/0001_tasks.sql"),
+    ),
+    (
+        2,
+        "trace parent",
+        include_str!("../../../migrations/sqlite/0002_trace_parent.sql"),
+    ),
+];
 
 /// The columns every task-returning statement selects, in one place.
 macro_rules! task_columns {
     () => {
         "id, task_type, status, input, priority, attempts, max_attempts, progress_percent, \
          progress_message, result, error_code, error_message, created_at, started_at, \
-         finished_at, run_at, idempotency_key, webhook_url, worker, lease_until, cancel_requested"
+         finished_at, run_at, idempotency_key, webhook_url, worker, lease_until, cancel_requested, \
+         trace_parent"
     };
 }
 pub(super) use task_columns;
@@ -106,5 +114,6 @@ pub(super) fn task_from_row(row: &SqliteRow) -> StoreResult<Task> {
         worker: column(row, "worker")?,
         lease_until: opt_time(row, "lease_until")?,
         cancel_requested: column::<i64, _>(row, "cancel_requested")? != 0,
+        trace_parent: column(row, "trace_parent")?,
     })
 }

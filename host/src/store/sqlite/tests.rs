@@ -131,6 +131,7 @@ async fn insert_throughput() {
                 max_attempts: 3,
                 idempotency_key: None,
                 webhook_url: None,
+                trace_parent: None,
             })
             .await
             .unwrap();
