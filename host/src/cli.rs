@@ -75,6 +75,14 @@ enum StoreCommand {
         #[arg(long, value_name = "POSTGRES_URL")]
         to: String,
     },
+    /// Run one retention pass now with the `[retention]` settings: delete the finished tasks
+    /// past their period with their output files, and the expired unreferenced uploads; print
+    /// the counts per status and of files.
+    Prune {
+        /// Count what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -191,6 +199,9 @@ async fn run(command: Command, config: Config) -> ExitCode {
         Command::Store {
             command: StoreCommand::Migrate { from, to },
         } => return store_migrate(&from, &to, config.queue.max_connections).await,
+        Command::Store {
+            command: StoreCommand::Prune { dry_run },
+        } => return store_prune(&config, dry_run).await,
         Command::Config {
             command: ConfigCommand::Check,
         } => return config_check(&config),
@@ -247,6 +258,49 @@ async fn storage_check(config: &Config) -> ExitCode {
         }
         Err(e) => {
             eprintln!("aihost: storage check failed: {e} [{}]", e.code());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `aihost store prune [--dry-run]`: one retention pass now; prints what it deleted (or would).
+async fn store_prune(config: &Config, dry_run: bool) -> ExitCode {
+    let store = match service::open_store(config).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("aihost: {e} [{}]", e.code());
+            return ExitCode::FAILURE;
+        }
+    };
+    let storage = match service::open_storage(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("aihost: {e} [{}]", e.code());
+            return ExitCode::FAILURE;
+        }
+    };
+    let retention = crate::retention::Retention::new(store, storage, config.retention.clone());
+    match retention.pass(dry_run).await {
+        Ok(report) => {
+            let verb = if dry_run { "would delete" } else { "deleted" };
+            for (status, n) in &report.tasks {
+                println!("{status}: {n}");
+            }
+            if dry_run {
+                println!("output files: not counted in a dry run");
+            } else {
+                println!("output files: {}", report.output_files);
+            }
+            println!("uploads: {}", report.uploads);
+            println!(
+                "# {verb} {} tasks and {} uploads",
+                report.total_tasks(),
+                report.uploads
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("aihost: store prune failed: {e} [{}]", e.code());
             ExitCode::FAILURE
         }
     }
@@ -432,10 +486,16 @@ async fn print_openapi(config: &Config) -> ExitCode {
         eprintln!("aihost: cannot create memory storage");
         return ExitCode::FAILURE;
     };
+    let retention = std::sync::Arc::new(crate::retention::Retention::new(
+        store.clone(),
+        storage.clone(),
+        config.retention.clone(),
+    ));
     let state = std::sync::Arc::new(crate::api::AppState {
         store,
         registry: registry.clone(),
         storage,
+        retention,
         dispatcher: None,
         api_keys: Vec::new(),
         max_queue_depth: 0,

@@ -129,6 +129,8 @@ error_codes! {
         "No task has this id (or the id is not a UUID).";
     TASK_FINISHED = "task_finished", [Http] 409,
         "The task has already finished, so it cannot be cancelled.";
+    TASK_LIVE = "task_live", [Http] 409,
+        "The task is PENDING or PROCESSING, so it cannot be deleted (cancel it first).";
     UNKNOWN_TASK_TYPE = "unknown_task_type", [Http] 422,
         "No loaded plugin registers this task type (the message lists those that are).";
     INVALID_WEBHOOK_URL = "invalid_webhook_url", [Http] 422,

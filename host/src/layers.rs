@@ -31,6 +31,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("fetch", &["storage", "names", "percent", "error_codes"]),
     // Plugins: loading and the callbacks plugins call.
     ("plugins", &["fetch", "manifest", "config", "error_codes"]),
+    // Retention: deletes finished tasks and their files; no HTTP, no plugins.
+    ("retention", &["store", "storage", "config"]),
     // Running tasks: no HTTP.
     (
         "dispatcher",
@@ -52,6 +54,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "api",
         &[
             "dispatcher",
+            "retention",
             "plugins",
             "store",
             "storage",
@@ -72,6 +75,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &[
             "api",
             "dispatcher",
+            "retention",
             "plugins",
             "store",
             "storage",
@@ -86,6 +90,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "cli",
         &[
             "service",
+            "retention",
             "api",
             "plugins",
             "store",

@@ -14,6 +14,7 @@ use crate::{
     fetch::{FetchSettings, Fetcher},
     manifest::PluginManifest,
     plugins::Registry,
+    retention::Retention,
     storage::{Storage, StorageSettings},
     store::{
         ConsumerInfo, TaskStore,
@@ -274,10 +275,19 @@ pub(crate) async fn run(config: Config, roles: Roles) -> Result<(), StartError> 
             worker_id.clone(),
         ))
     });
+    let retention = Arc::new(Retention::new(
+        services.store.clone(),
+        services.storage.clone(),
+        config.retention.clone(),
+    ));
+    // One pruner per process that serves the API: deletes are idempotent, so several API
+    // processes on one PostgreSQL may prune at once.
+    let pruner = roles.api.then(|| tokio::spawn(retention.clone().run()));
     let state = Arc::new(AppState {
         store: services.store.clone(),
         registry: services.registry.clone(),
         storage: services.storage.clone(),
+        retention: retention.clone(),
         dispatcher: dispatcher.clone(),
         api_keys: config.server.api_keys.clone(),
         max_queue_depth: config.server.max_queue_depth,
@@ -335,6 +345,9 @@ pub(crate) async fn run(config: Config, roles: Roles) -> Result<(), StartError> 
         let _ = s.await;
     }
     upkeep.abort();
+    if let Some(p) = pruner {
+        p.abort();
+    }
     if let Some(a) = announcer {
         a.abort();
         let _ = services.store.retire_consumer(&worker_id).await;

@@ -42,6 +42,9 @@ pub(crate) struct AppState {
     pub registry: Arc<Registry>,
     /// Output and upload storage.
     pub storage: Storage,
+    /// Deletion of tasks and their files (`DELETE /api/tasks/{id}`), and the count of tasks
+    /// deleted since start for `/api/stats`.
+    pub retention: Arc<crate::retention::Retention>,
     /// The consumer of this process, if it runs one.
     pub dispatcher: Option<Arc<Dispatcher>>,
     /// Accepted API keys; empty means no authentication.

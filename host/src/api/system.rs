@@ -139,6 +139,9 @@ pub(crate) struct StatsView {
     pub processing_ms: BTreeMap<String, f64>,
     /// Pending tasks.
     pub queue_depth: u64,
+    /// Tasks this process deleted since it started: pruned by its retention passes and
+    /// removed by `DELETE /api/tasks/{id}` (other processes keep their own counts).
+    pub deleted_since_start: u64,
 }
 
 fn failure_view(f: crate::plugins::LoadFailure) -> PluginFailureView {
@@ -365,6 +368,7 @@ impl SystemApi {
             success_rate: s.success_rate,
             processing_ms,
             queue_depth: s.queue_depth,
+            deleted_since_start: self.state.retention.deleted_since_start(),
         }))
     }
 

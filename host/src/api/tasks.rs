@@ -1,4 +1,4 @@
-//! Task endpoints: create, read, list, cancel, and the SSE event stream.
+//! Task endpoints: create, read, list, cancel, delete, and the SSE event stream.
 
 use std::{sync::Arc, time::Duration};
 
@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::{ApiTags, AppState, error::ApiError, ids::parse_id};
 use crate::{
     error_codes,
-    store::{CancelOutcome, ListFilter, NewTask, Task, TaskEvent, TaskStore},
+    store::{CancelOutcome, DeleteOutcome, ListFilter, NewTask, Task, TaskEvent, TaskStore},
     task_view::{TaskStatus, TaskView},
 };
 
@@ -69,6 +69,14 @@ pub enum CancelResponse {
     /// Cancel requested: the task is running and stops shortly.
     #[oai(status = 202)]
     Requested(Json<TaskView>),
+}
+
+/// Answer to a delete.
+#[derive(ApiResponse)]
+pub enum DeleteResponse {
+    /// Deleted, with its output files (when `retention.delete_files`).
+    #[oai(status = 204)]
+    Deleted,
 }
 
 /// The longest `wait` accepted, in seconds.
@@ -313,6 +321,28 @@ impl TasksApi {
                 format!("task {id} is already {}", t.status.as_str()),
             )),
             CancelOutcome::NotFound => Err(ApiError::not_found(
+                error_codes::TASK_NOT_FOUND,
+                format!("no task {id}"),
+            )),
+        }
+    }
+
+    /// Delete a finished task.
+    ///
+    /// A COMPLETED, FAILED or CANCELLED task is deleted with its output files (204; when
+    /// `retention.delete_files`); afterwards its id answers 404 and its idempotency key is free.
+    /// A PENDING or PROCESSING task answers 409 `task_live` (cancel it first). Nothing is sent on
+    /// its event streams.
+    #[oai(path = "/api/tasks/:task_id", method = "delete")]
+    async fn delete(&self, task_id: Path<String>) -> Result<DeleteResponse, ApiError> {
+        let id = parse_id(&task_id.0)?;
+        match self.state.retention.delete_task(id).await? {
+            DeleteOutcome::Deleted(_) => Ok(DeleteResponse::Deleted),
+            DeleteOutcome::Live(t) => Err(ApiError::conflict(
+                error_codes::TASK_LIVE,
+                format!("task {id} is {}; cancel it first", t.status.as_str()),
+            )),
+            DeleteOutcome::NotFound => Err(ApiError::not_found(
                 error_codes::TASK_NOT_FOUND,
                 format!("no task {id}"),
             )),

@@ -38,6 +38,8 @@ pub(super) enum Kind {
     OptStr,
     /// An integer.
     Int,
+    /// A boolean: `true` or `false` (also `1`/`0`, `yes`/`no`, `on`/`off`).
+    Bool,
     /// A comma-separated list of strings.
     List,
     /// A path, resolved to absolute.
@@ -46,7 +48,7 @@ pub(super) enum Kind {
     OptPath,
 }
 
-use Kind::{Int, List, OptPath, OptStr, Path as P, Str};
+use Kind::{Bool, Int, List, OptPath, OptStr, Path as P, Str};
 
 /// Every section and key, in the order of the structs' fields. Kept in step with the structs by
 /// the tests below.
@@ -127,6 +129,19 @@ pub(super) const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
             ("format", Str),
             ("otlp_endpoint", OptStr),
             ("otlp_service_name", Str),
+        ],
+    ),
+    (
+        "retention",
+        &[
+            ("completed_days", Int),
+            ("failed_days", Int),
+            ("cancelled_days", Int),
+            ("uploads_days", Int),
+            ("delete_files", Bool),
+            ("batch", Int),
+            ("interval_secs", Int),
+            ("day_secs", Int),
         ],
     ),
 ];
@@ -225,6 +240,7 @@ mod tests {
             for (k, kind) in *keys {
                 let raw = match kind {
                     Kind::Int => "1",
+                    Kind::Bool => "yes",
                     Kind::List => "a,b",
                     _ if *k == "type" && *s == "queue" => "sqlite",
                     _ if *k == "type" => "fs",

@@ -103,6 +103,18 @@ impl Layers {
                     return;
                 }
             },
+            Kind::Bool => match raw.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => toml::Value::Boolean(true),
+                "false" | "0" | "no" | "off" => toml::Value::Boolean(false),
+                _ => {
+                    self.errors.push(ConfigError::InvalidType {
+                        origin,
+                        key: format!("{}.{}", id.0, id.1),
+                        message: format!("expected true or false, found `{raw}`"),
+                    });
+                    return;
+                }
+            },
             Kind::List => toml::Value::Array(
                 raw.split(',')
                     .map(str::trim)

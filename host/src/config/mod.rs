@@ -37,7 +37,7 @@ use keys::KeyId;
 use layers::Layers;
 pub(crate) use settings::{
     DispatcherConfig, FetchConfig, LogConfig, LogFormat, PluginsConfig, QueueConfig, QueueType,
-    ServerConfig, StorageConfig, StorageType,
+    RetentionConfig, ServerConfig, StorageConfig, StorageType,
 };
 use toml_file::{TomlFile, absolute_against};
 
@@ -63,6 +63,8 @@ pub(crate) struct Config {
     pub dispatcher: DispatcherConfig,
     /// Logging.
     pub log: LogConfig,
+    /// How long finished tasks, their files and unreferenced uploads are kept.
+    pub retention: RetentionConfig,
     /// The file these settings were read from (absolute), if any. Not a key.
     #[serde(skip)]
     pub file: Option<PathBuf>,

@@ -195,6 +195,17 @@ impl Config {
         if self.log.otlp_service_name.trim().is_empty() {
             l.invalid(("log", "otlp_service_name"), "must not be empty");
         }
+
+        // retention
+        if self.retention.batch == 0 {
+            l.invalid(("retention", "batch"), "must be at least 1");
+        }
+        if self.retention.interval_secs == 0 {
+            l.invalid(("retention", "interval_secs"), "must be at least 1");
+        }
+        if self.retention.day_secs == 0 {
+            l.invalid(("retention", "day_secs"), "must be at least 1");
+        }
     }
 }
 

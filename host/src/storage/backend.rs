@@ -112,6 +112,33 @@ impl Backend {
         }
     }
 
+    /// Every object under the folder `obj`: backend paths and modification times. Not
+    /// available on `cf_images`.
+    pub(super) async fn list(
+        &self,
+        obj: ObjectRef<'_>,
+    ) -> Result<Vec<(String, Option<std::time::SystemTime>)>, StorageError> {
+        match self {
+            Backend::Op(b) => b.list(obj).await,
+            Backend::CfImages(_) => Err(StorageError::Unsupported {
+                op: "list",
+                backend: "cf_images",
+            }),
+        }
+    }
+
+    /// Deletes every object under the folder `obj`; answers how many. Not available on
+    /// `cf_images`.
+    pub(super) async fn delete_folder(&self, obj: ObjectRef<'_>) -> Result<u64, StorageError> {
+        match self {
+            Backend::Op(b) => b.delete_folder(obj).await,
+            Backend::CfImages(_) => Err(StorageError::Unsupported {
+                op: "delete a folder",
+                backend: "cf_images",
+            }),
+        }
+    }
+
     /// The object's own URL; `None` when the service's `/files` route is its public URL.
     pub(super) async fn url(&self, obj: ObjectRef<'_>) -> Result<Option<String>, StorageError> {
         match self {

@@ -70,6 +70,15 @@ pub struct ObjectMeta {
     pub last_modified: Option<SystemTime>,
 }
 
+/// An object found by [`Storage::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedObject {
+    /// Its logical key.
+    pub key: String,
+    /// Last modification time, when the backend reports one.
+    pub last_modified: Option<SystemTime>,
+}
+
 /// An object that was just stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StoredObject {
@@ -325,6 +334,42 @@ impl Storage {
         self.inner
             .backend
             .delete(ObjectRef { key, path: &full })
+            .await
+    }
+
+    /// Every object under the logical folder `folder` (e.g. `uploads`), recursively: logical
+    /// keys with their modification time when the backend reports one. Not available on
+    /// `cf_images` ([`StorageError::Unsupported`]).
+    pub async fn list(&self, folder: &str) -> Result<Vec<ListedObject>, StorageError> {
+        let full = self.path(folder)?;
+        let listed = self
+            .inner
+            .backend
+            .list(ObjectRef {
+                key: folder,
+                path: &full,
+            })
+            .await?;
+        Ok(listed
+            .into_iter()
+            .filter_map(|(path, last_modified)| {
+                let key = path.strip_prefix(&self.inner.prefix)?.to_owned();
+                Some(ListedObject { key, last_modified })
+            })
+            .collect())
+    }
+
+    /// Deletes every object under the logical folder `folder` (e.g. `outputs/{task_id}`);
+    /// answers how many were deleted. A missing folder deletes nothing. Not available on
+    /// `cf_images` ([`StorageError::Unsupported`]).
+    pub async fn delete_folder(&self, folder: &str) -> Result<u64, StorageError> {
+        let full = self.path(folder)?;
+        self.inner
+            .backend
+            .delete_folder(ObjectRef {
+                key: folder,
+                path: &full,
+            })
             .await
     }
 

@@ -286,6 +286,53 @@ impl OpBackend {
             .map_err(|e| StorageError::backend("delete", obj.key, e))
     }
 
+    /// Every object under the folder `obj` (recursively), as backend paths with their
+    /// modification time (stated when the listing does not carry it).
+    pub(super) async fn list(
+        &self,
+        obj: ObjectRef<'_>,
+    ) -> Result<Vec<(String, Option<SystemTime>)>, StorageError> {
+        let folder = format!("{}/", obj.path);
+        let entries = match self.op.list_with(&folder).recursive(true).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(StorageError::backend("list", obj.key, e)),
+        };
+        let mut found = Vec::new();
+        for entry in entries {
+            if entry.metadata().is_dir() {
+                continue;
+            }
+            let modified = match entry.metadata().last_modified() {
+                Some(t) => Some(SystemTime::from(t)),
+                None => self
+                    .op
+                    .stat(entry.path())
+                    .await
+                    .ok()
+                    .and_then(|m| m.last_modified().map(SystemTime::from)),
+            };
+            found.push((entry.path().to_owned(), modified));
+        }
+        Ok(found)
+    }
+
+    /// Deletes every object under the folder `obj`, then the folder itself where folders exist
+    /// (`fs`); answers how many objects were deleted.
+    pub(super) async fn delete_folder(&self, obj: ObjectRef<'_>) -> Result<u64, StorageError> {
+        let mut deleted = 0u64;
+        for (path, _) in self.list(obj).await? {
+            self.op
+                .delete(&path)
+                .await
+                .map_err(|e| StorageError::backend("delete", obj.key, e))?;
+            deleted += 1;
+        }
+        // An empty folder left by `fs`; a no-op (missing object) elsewhere.
+        let _ = self.op.delete(&format!("{}/", obj.path)).await;
+        Ok(deleted)
+    }
+
     /// The public base + the object's path, or a presigned GET; `None` for local backends
     /// (the `/files` route serves their objects).
     pub(super) async fn url(&self, obj: ObjectRef<'_>) -> Result<Option<String>, StorageError> {

@@ -351,3 +351,40 @@ async fn storage_prefix_applied() {
         }
     }
 }
+
+/// `list` finds every object under a folder (logical keys, prefix stripped) and
+/// `delete_folder` removes them all, leaving neighbours alone.
+#[tokio::test]
+async fn list_and_delete_folder() {
+    for (storage, dir) in backends("pre/") {
+        let src = dir.path().join("x.txt");
+        tokio::fs::write(&src, b"x").await.unwrap();
+        for key in [
+            "outputs/t1/a.png",
+            "outputs/t1/sub/b.png",
+            "outputs/t10/c.png",
+            "uploads/u1/d.png",
+        ] {
+            storage.put_file(key, &src, "").await.unwrap();
+        }
+        let mut keys: Vec<String> = storage
+            .list("outputs/t1")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        keys.sort();
+        assert_eq!(keys, ["outputs/t1/a.png", "outputs/t1/sub/b.png"]);
+        let uploads = storage.list("uploads").await.unwrap();
+        assert_eq!(uploads.len(), 1);
+        if matches!(storage.settings().kind, StorageKind::Fs) {
+            assert!(uploads[0].last_modified.is_some(), "{uploads:?}");
+        }
+        assert_eq!(storage.delete_folder("outputs/t1").await.unwrap(), 2);
+        assert!(storage.list("outputs/t1").await.unwrap().is_empty());
+        assert_eq!(storage.delete_folder("outputs/t1").await.unwrap(), 0);
+        assert_eq!(storage.delete_folder("outputs/none").await.unwrap(), 0);
+        assert!(storage.stat("outputs/t10/c.png").await.is_ok());
+    }
+}

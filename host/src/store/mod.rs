@@ -235,6 +235,17 @@ pub(crate) enum CancelOutcome {
     NotFound,
 }
 
+/// Outcome of [`TaskStore::delete`].
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum DeleteOutcome {
+    /// It had finished and is deleted (the task as it was).
+    Deleted(Task),
+    /// It is PENDING or PROCESSING; nothing changed.
+    Live(Task),
+    /// No such task.
+    NotFound,
+}
+
 /// Aggregate figures for `GET /api/stats`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub(crate) struct Stats {
@@ -408,6 +419,26 @@ pub(crate) trait TaskStore: Send + Sync + 'static {
     /// to FAILED with code `lease_expired` when it has no attempts left (or CANCELLED if a cancel
     /// was requested). Answers the tasks it changed, in their new state.
     async fn rescue_expired(&self) -> StoreResult<Vec<Task>>;
+
+    /// Deletes up to `limit` tasks of the terminal `status` that finished before `before`, oldest
+    /// first; answers their ids (so their files can be removed). Nothing for a live status.
+    /// Deleting frees the task's idempotency key. Idempotent: many processes may prune at once.
+    async fn prune(
+        &self,
+        status: Status,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<Uuid>>;
+
+    /// How many tasks [`TaskStore::prune`] would delete without a limit (a dry run).
+    async fn count_prunable(&self, status: Status, before: DateTime<Utc>) -> StoreResult<u64>;
+
+    /// Deletes one finished task; refuses a live one. See [`DeleteOutcome`].
+    async fn delete(&self, id: Uuid) -> StoreResult<DeleteOutcome>;
+
+    /// Whether the input of any PENDING or PROCESSING task contains `needle` (the uploads
+    /// pruner asks for `uploads/{id}`).
+    async fn live_input_mentions(&self, needle: &str) -> StoreResult<bool>;
 
     /// Aggregate figures.
     async fn stats(&self) -> StoreResult<Stats>;

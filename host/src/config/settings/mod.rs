@@ -12,6 +12,7 @@ mod fetch;
 mod log;
 mod plugins;
 mod queue;
+mod retention;
 mod server;
 mod storage;
 
@@ -20,6 +21,7 @@ pub(crate) use fetch::FetchConfig;
 pub(crate) use log::{LogConfig, LogFormat};
 pub(crate) use plugins::PluginsConfig;
 pub(crate) use queue::{QueueConfig, QueueType};
+pub(crate) use retention::RetentionConfig;
 pub(crate) use server::ServerConfig;
 pub(crate) use storage::{StorageConfig, StorageType};
 
@@ -40,6 +42,7 @@ pub(super) fn deserialize_section<'de, D: Deserializer<'de>>(
         "fetch" => FetchConfig::deserialize(d).map(drop),
         "dispatcher" => DispatcherConfig::deserialize(d).map(drop),
         "log" => LogConfig::deserialize(d).map(drop),
+        "retention" => RetentionConfig::deserialize(d).map(drop),
         _ => return None,
     })
 }

@@ -1,7 +1,8 @@
 //! Conformance suite of [`TaskStore`]: every implementation must pass every function here.
 //!
 //! Each check is a generic `async fn(&dyn Harness)`, in the file of its topic (`submit.rs`,
-//! `claim.rs`, `finish.rs`, `read.rs`, `events.rs`); a [`Harness`] opens the store under test
+//! `claim.rs`, `finish.rs`, `read.rs`, `events.rs`,
+//! `retention.rs`); a [`Harness`] opens the store under test
 //! (and reopens the same database, for the durability check). [`conformance_suite!`], the one
 //! entry point, turns the whole list into `#[tokio::test]`s for one harness:
 //!
@@ -23,6 +24,7 @@ mod finish;
 pub(crate) mod pg;
 mod postgres;
 mod read;
+mod retention;
 mod sqlite;
 mod submit;
 
@@ -70,6 +72,9 @@ macro_rules! conformance_suite {
             read::ping_answers,
             events::events_in_order,
             events::events_of_retries_and_cancels,
+            retention::prune_bounded_batches,
+            retention::delete_finished_refuses_live,
+            retention::live_input_mentions_only_live,
         );
     };
     (@tests $harness:expr; $($topic:ident :: $name:ident),* $(,)?) => {

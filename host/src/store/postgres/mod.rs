@@ -37,7 +37,8 @@
 //!
 //! Files: this one holds the store, its opening and the [`TaskStore`] impl, which delegates
 //! each operation to the file of its concern: `submit.rs` (insert, import), `claim.rs` (claims,
-//! leases, progress, rescue), `finish.rs` (complete, fail, release, cancel), `read.rs` (get,
+//! leases, progress, rescue), `finish.rs` (complete, fail, release, cancel), `retention.rs`
+//! (prune, delete), `read.rs` (get,
 //! list, stats), `consumers.rs` (the `consumers` table), `events.rs` (NOTIFY and the listener),
 //! `group_commit.rs` (the write batching every write goes through) and `schema.rs`
 //! (migrations, encoding and decoding of rows).
@@ -48,6 +49,7 @@ mod events;
 mod finish;
 mod group_commit;
 mod read;
+mod retention;
 mod schema;
 mod submit;
 #[cfg(test)]
@@ -64,8 +66,8 @@ use uuid::Uuid;
 
 use self::{events::EVENT_CAPACITY, group_commit::WriteJob, schema::MIGRATIONS};
 use super::{
-    CancelOutcome, ConsumerInfo, ListFilter, NewTask, Page, Progress, Stats, StoreError,
-    StoreResult, Task, TaskError, TaskEvent, TaskStore,
+    CancelOutcome, ConsumerInfo, DeleteOutcome, ListFilter, NewTask, Page, Progress, Stats, Status,
+    StoreError, StoreResult, Task, TaskError, TaskEvent, TaskStore,
     sql::{self, db_err},
 };
 
@@ -258,6 +260,27 @@ impl TaskStore for PostgresStore {
 
     async fn rescue_expired(&self) -> StoreResult<Vec<Task>> {
         claim::rescue_expired(self).await
+    }
+
+    async fn prune(
+        &self,
+        status: Status,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<Uuid>> {
+        retention::prune(self, status, before, limit).await
+    }
+
+    async fn count_prunable(&self, status: Status, before: DateTime<Utc>) -> StoreResult<u64> {
+        retention::count_prunable(self, status, before).await
+    }
+
+    async fn delete(&self, id: Uuid) -> StoreResult<DeleteOutcome> {
+        retention::delete(self, id).await
+    }
+
+    async fn live_input_mentions(&self, needle: &str) -> StoreResult<bool> {
+        retention::live_input_mentions(self, needle).await
     }
 
     async fn stats(&self) -> StoreResult<Stats> {

@@ -25,7 +25,8 @@
 //!
 //! Files: this one holds the store, its opening and the [`TaskStore`] impl, which delegates
 //! each operation to the file of its concern: `submit.rs` (insert), `claim.rs` (claims, leases,
-//! progress, rescue), `finish.rs` (complete, fail, release, cancel), `read.rs` (get, list,
+//! progress, rescue), `finish.rs` (complete, fail, release, cancel), `retention.rs` (prune,
+//! delete), `read.rs` (get, list,
 //! stats), `group_commit.rs` (the writer task every write goes through) and `schema.rs`
 //! (migrations, the column list, encoding and decoding of rows).
 
@@ -33,6 +34,7 @@ mod claim;
 mod finish;
 mod group_commit;
 mod read;
+mod retention;
 mod schema;
 mod submit;
 #[cfg(test)]
@@ -51,8 +53,8 @@ use uuid::Uuid;
 
 use self::{group_commit::WriteJob, schema::MIGRATIONS};
 use super::{
-    CancelOutcome, EventKind, ListFilter, NewTask, Page, Progress, Stats, StoreError, StoreResult,
-    Task, TaskError, TaskEvent, TaskStore,
+    CancelOutcome, DeleteOutcome, EventKind, ListFilter, NewTask, Page, Progress, Stats, Status,
+    StoreError, StoreResult, Task, TaskError, TaskEvent, TaskStore,
     sql::{self, db_err},
 };
 
@@ -216,6 +218,27 @@ impl TaskStore for SqliteStore {
 
     async fn rescue_expired(&self) -> StoreResult<Vec<Task>> {
         claim::rescue_expired(self).await
+    }
+
+    async fn prune(
+        &self,
+        status: Status,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<Uuid>> {
+        retention::prune(self, status, before, limit).await
+    }
+
+    async fn count_prunable(&self, status: Status, before: DateTime<Utc>) -> StoreResult<u64> {
+        retention::count_prunable(self, status, before).await
+    }
+
+    async fn delete(&self, id: Uuid) -> StoreResult<DeleteOutcome> {
+        retention::delete(self, id).await
+    }
+
+    async fn live_input_mentions(&self, needle: &str) -> StoreResult<bool> {
+        retention::live_input_mentions(self, needle).await
     }
 
     async fn stats(&self) -> StoreResult<Stats> {
