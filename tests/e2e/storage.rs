@@ -221,6 +221,42 @@ async fn conformance(storage: &Storage, public: bool) {
         );
     }
 
+    // Folders (retention): list finds every object under one, delete_folder removes them all
+    // and nothing beside them.
+    let folder = format!("outputs/{run}-folder");
+    for name in ["a.txt", "sub/b.txt"] {
+        let one = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b"x"))]);
+        storage
+            .put_stream(&format!("{folder}/{name}"), one, "", u64::MAX)
+            .await
+            .unwrap();
+    }
+    let mut listed: Vec<String> = storage
+        .list(&folder)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    listed.sort();
+    let expected = [format!("{folder}/a.txt"), format!("{folder}/sub/b.txt")];
+    assert_eq!(listed, expected, "{backend}");
+    assert_eq!(
+        storage.delete_folder(&folder).await.unwrap(),
+        2,
+        "{backend}"
+    );
+    assert!(storage.list(&folder).await.unwrap().is_empty(), "{backend}");
+    assert_eq!(
+        storage.delete_folder(&folder).await.unwrap(),
+        0,
+        "{backend}"
+    );
+    assert!(
+        storage.stat(&key).await.is_ok(),
+        "{backend}: its neighbours stay"
+    );
+
     // Delete: gone, and deleting again is fine.
     for k in [&key, &text_key, &big_key, &copy_key] {
         storage.delete(k).await.unwrap();

@@ -328,8 +328,12 @@ impl OpBackend {
                 .map_err(|e| StorageError::backend("delete", obj.key, e))?;
             deleted += 1;
         }
-        // An empty folder left by `fs`; a no-op (missing object) elsewhere.
-        let _ = self.op.delete(&format!("{}/", obj.path)).await;
+        // The empty folders left by `fs`; nothing is left to delete elsewhere.
+        let _ = self
+            .op
+            .delete_with(&format!("{}/", obj.path))
+            .recursive(true)
+            .await;
         Ok(deleted)
     }
 

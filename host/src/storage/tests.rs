@@ -382,6 +382,10 @@ async fn list_and_delete_folder() {
             assert!(uploads[0].last_modified.is_some(), "{uploads:?}");
         }
         assert_eq!(storage.delete_folder("outputs/t1").await.unwrap(), 2);
+        if matches!(storage.settings().kind, StorageKind::Fs) {
+            let folder = dir.path().join("objects/pre/outputs/t1");
+            assert!(!folder.exists(), "no empty folders left behind");
+        }
         assert!(storage.list("outputs/t1").await.unwrap().is_empty());
         assert_eq!(storage.delete_folder("outputs/t1").await.unwrap(), 0);
         assert_eq!(storage.delete_folder("outputs/none").await.unwrap(), 0);
