@@ -177,17 +177,17 @@ async fn upload(
     mut form: Multipart,
     Data(state): Data<&Arc<State>>,
 ) -> Response {
-    if let Some(r) = gate(req, &account, state) {
-        return r;
-    }
-    let (mut file, mut id, mut url) = (None, None, false);
+    // The whole form is read before anything is answered, as Cloudflare does: answering an
+    // upload while the client still sends it makes the connection reset under the client,
+    // which would turn an injected answer into a transport error at random.
+    let (mut file, mut id, mut url, mut unreadable) = (None, None, false, false);
     while let Ok(Some(field)) = form.next_field().await {
         match field.name().unwrap_or_default() {
             "file" => {
                 let name = field.file_name().unwrap_or("image").to_owned();
                 match field.bytes().await {
                     Ok(b) => file = Some((name, b)),
-                    Err(_) => return failure(400, 5400, "Bad request: unreadable file"),
+                    Err(_) => unreadable = true,
                 }
             }
             "id" => id = field.text().await.ok(),
@@ -196,6 +196,12 @@ async fn upload(
                 let _ = field.bytes().await;
             }
         }
+    }
+    if let Some(r) = gate(req, &account, state) {
+        return r;
+    }
+    if unreadable {
+        return failure(400, 5400, "Bad request: unreadable file");
     }
     let Some((filename, bytes)) = file else {
         return failure(
