@@ -128,3 +128,20 @@ where
     let n: i64 = column(row, "n")?;
     u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("negative count {n}")))
 }
+
+/// One row of the counts by type and status that `stats` reads (`task_type`, `status`, `n`),
+/// decoded the same way for both stores.
+pub(super) fn type_status_count<R>(row: &R) -> StoreResult<(String, Status, u64)>
+where
+    R: Row,
+    for<'n> &'n str: ColumnIndex<R>,
+    i64: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+    String: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+{
+    let status: String = column(row, "status")?;
+    Ok((
+        column(row, "task_type")?,
+        parse_status(&status)?,
+        count(row)?,
+    ))
+}

@@ -11,7 +11,8 @@ use super::{PostgresStore, schema::task_from_row};
 use crate::store::{
     ListFilter, Page, Stats, StoreResult, Task,
     sql::{
-        PERCENTILE_SAMPLE, column, count, db_err, decode_cursor, into_page, page_size, parse_status,
+        PERCENTILE_SAMPLE, column, count, db_err, decode_cursor, into_page, page_size,
+        type_status_count,
     },
 };
 
@@ -99,14 +100,7 @@ pub(super) async fn stats(store: &PostgresStore) -> StoreResult<Stats> {
         .map_err(db_err)?;
     let counts = rows
         .iter()
-        .map(|row| {
-            let status: String = column(row, "status")?;
-            Ok((
-                column(row, "task_type")?,
-                parse_status(&status)?,
-                count(row)?,
-            ))
-        })
+        .map(type_status_count)
         .collect::<StoreResult<Vec<_>>>()?;
     let mut stats = Stats::from_counts(counts);
 
