@@ -51,6 +51,37 @@ pub(crate) struct DispatcherSettings {
     pub backoff_max: Duration,
     /// How long running tasks may take to finish at shutdown before they are put back.
     pub shutdown_grace: Duration,
+    /// Time limits of attempts.
+    pub timeouts: Timeouts,
+}
+
+/// Time limits of attempts, from the configuration (`dispatcher.timeout_secs`,
+/// `type_timeouts`, `retry_timeouts`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Timeouts {
+    /// For types with no other limit; `None`: no limit.
+    pub default: Option<Duration>,
+    /// Per task type; override the plugin's default.
+    pub per_type: HashMap<String, Duration>,
+    /// Whether a timed-out attempt may be retried.
+    pub retry: bool,
+}
+
+impl Timeouts {
+    /// The limit of one attempt of `task`: its own `timeout_secs`, else the configured limit of
+    /// its type, else the plugin's default (`plugin_secs`, 0 for none), else the default.
+    pub(crate) fn of(&self, task: &Task, plugin_secs: u32) -> Option<Duration> {
+        if let Some(secs) = task.timeout_secs {
+            return Some(Duration::from_secs(u64::from(secs)));
+        }
+        if let Some(d) = self.per_type.get(&task.task_type) {
+            return Some(*d);
+        }
+        if plugin_secs > 0 {
+            return Some(Duration::from_secs(u64::from(plugin_secs)));
+        }
+        self.default
+    }
 }
 
 struct Running {
@@ -209,7 +240,9 @@ impl Dispatcher {
 
     fn rescue_loop(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            let every = (self.settings.lease / 2).max(Duration::from_millis(100));
+            // A quarter of the lease: an expired lease is found within 1.25 leases of the
+            // worker's last renewal.
+            let every = (self.settings.lease / 4).max(Duration::from_millis(100));
             loop {
                 match self.store.rescue_expired().await {
                     Ok(tasks) => {
@@ -353,6 +386,8 @@ impl Dispatcher {
             meta_json: "{}".into(),
         };
         let lease_lost = self.clone().renew_loop(id, attempt);
+        let limit = self.settings.timeouts.of(task, entry.desc.timeout_secs);
+        let deadline = limit.map(|d| tokio::time::Instant::now() + d);
         let outcome = {
             let run = plugin
                 .run_task(req, ctx)
@@ -363,6 +398,7 @@ impl Dispatcher {
                 tokio::select! {
                     r = &mut run => break Outcome::Done(r),
                     _ = &mut lost => break Outcome::LeaseLost,
+                    () = sleep_until_some(deadline) => break Outcome::TimedOut,
                     changed = stop.changed() => {
                         if changed.is_err() { continue; }
                         match *stop.borrow() {
@@ -387,25 +423,7 @@ impl Dispatcher {
             abort.abort();
         }
         let end = match outcome {
-            Outcome::Done(Ok(output)) => match self.store_outputs(id, &output).await {
-                Ok(result) => match self.store.complete(id, attempt, result).await {
-                    Ok(Some(done)) => {
-                        tracing::debug!(task_id = %id, task_type = %task.task_type, attempt, "task completed");
-                        crate::metrics::task_completed(&done.task_type);
-                        self.notify_webhook(done);
-                        AttemptEnd::Completed
-                    }
-                    Ok(None) => {
-                        stale_attempt(task, "completion");
-                        AttemptEnd::Abandoned
-                    }
-                    Err(e) => {
-                        tracing::error!(task_id = %id, error = %e, "could not record completion");
-                        AttemptEnd::Abandoned
-                    }
-                },
-                Err(err) => self.record_failure(task, err, true).await,
-            },
+            Outcome::Done(Ok(output)) => self.complete(task, &output).await,
             Outcome::Done(Err(e)) => {
                 let retryable = e.retryable;
                 let err = TaskError {
@@ -433,7 +451,7 @@ impl Dispatcher {
                         AttemptEnd::Cancelled
                     }
                     Ok(None) => {
-                        stale_attempt(task, "cancellation");
+                        self.stale_attempt(task, "cancellation").await;
                         AttemptEnd::Abandoned
                     }
                     Err(e) => {
@@ -441,6 +459,23 @@ impl Dispatcher {
                         AttemptEnd::Abandoned
                     }
                 }
+            }
+            Outcome::TimedOut => {
+                let limit = limit.unwrap_or_default();
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    plugin.cancel_task(&id.to_string()),
+                )
+                .await;
+                let err = TaskError {
+                    code: crate::error_codes::TIMEOUT.into(),
+                    message: format!(
+                        "attempt {attempt} ran longer than its time limit of {} s and was stopped",
+                        limit.as_secs()
+                    ),
+                };
+                self.record_failure(task, err, self.settings.timeouts.retry)
+                    .await
             }
             Outcome::Released => {
                 let _ = tokio::time::timeout(
@@ -463,6 +498,66 @@ impl Dispatcher {
         };
         let _ = tokio::fs::remove_dir_all(&work_dir).await;
         Some(end)
+    }
+
+    /// Stores the outputs of a successful attempt and records the completion. The lease is
+    /// checked first so that an attempt that lost its task (paused past its lease, rescued, run
+    /// again elsewhere) uploads nothing; if it loses the task during the uploads, the completion
+    /// is refused and the files it wrote under its own attempt folder are removed.
+    async fn complete(&self, task: &Task, output: &aihost_plugin_api::TaskOutput) -> AttemptEnd {
+        let (id, attempt) = (task.id, task.attempts);
+        match self
+            .store
+            .renew(id, attempt, &self.settings.worker_id, self.settings.lease)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                self.stale_attempt(task, "completion").await;
+                return AttemptEnd::Abandoned;
+            }
+            Err(e) => tracing::warn!(task_id = %id, error = %e, "lease check before upload failed"),
+        }
+        let result = match self.store_outputs(id, attempt, output).await {
+            Ok(result) => result,
+            Err(err) => return self.record_failure(task, err, true).await,
+        };
+        match self.store.complete(id, attempt, result).await {
+            Ok(Some(done)) => {
+                tracing::debug!(task_id = %id, task_type = %task.task_type, attempt, "task completed");
+                crate::metrics::task_completed(&done.task_type);
+                self.notify_webhook(done);
+                AttemptEnd::Completed
+            }
+            Ok(None) => {
+                self.stale_attempt(task, "completion").await;
+                let folder = attempt_folder(id, attempt);
+                if let Err(e) = self.storage.delete_folder(&folder).await {
+                    tracing::warn!(task_id = %id, attempt, error = %e, "could not remove a stale attempt's outputs");
+                }
+                AttemptEnd::Abandoned
+            }
+            Err(e) => {
+                tracing::error!(task_id = %id, error = %e, "could not record completion");
+                AttemptEnd::Abandoned
+            }
+        }
+    }
+
+    /// Logs a terminal write the store refused because the attempt is no longer current
+    /// (rescued, cancelled or finished by another consumer meanwhile): the recorded outcome
+    /// stands. Names this attempt and, when the task can be read, the task's current attempt
+    /// and status.
+    async fn stale_attempt(&self, task: &Task, what: &str) {
+        let now = self.store.get(task.id).await.ok().flatten();
+        tracing::warn!(
+            task_id = %task.id,
+            task_type = %task.task_type,
+            attempt = task.attempts,
+            current_attempt = now.as_ref().map(|t| t.attempts),
+            current_status = now.as_ref().map(|t| t.status.as_str()),
+            "stale attempt dropped: its {what} was not recorded (the task moved on)"
+        );
     }
 
     /// Renews the lease every third of its length; resolves if the lease is lost.
@@ -531,7 +626,7 @@ impl Dispatcher {
                 AttemptEnd::Retried
             }
             Ok(None) => {
-                stale_attempt(task, "failure");
+                self.stale_attempt(task, "failure").await;
                 AttemptEnd::Abandoned
             }
             Err(e) => {
@@ -580,17 +675,25 @@ impl Dispatcher {
         });
     }
 
-    /// Uploads the output files, four at a time, and builds the task's `result`.
+    /// Uploads the output files, four at a time, under the attempt's own folder
+    /// (`outputs/{task}/{attempt}/`), and builds the task's `result`. A stale attempt may still
+    /// get here (a consumer paused past its lease), but it writes only under its own attempt's
+    /// keys, which the recorded result of the winning attempt never names.
     async fn store_outputs(
         &self,
         id: Uuid,
+        attempt: u32,
         output: &aihost_plugin_api::TaskOutput,
     ) -> Result<Value, TaskError> {
         let jobs: Vec<(String, PathBuf, String)> = output
             .files
             .iter()
             .map(|f| {
-                let key = format!("outputs/{id}/{}", sanitize_name(f.name.as_str()));
+                let key = format!(
+                    "{}/{}",
+                    attempt_folder(id, attempt),
+                    sanitize_name(f.name.as_str())
+                );
                 (
                     key,
                     PathBuf::from(f.path.as_str()),
@@ -648,20 +751,23 @@ enum Outcome {
     Cancelled,
     Released,
     LeaseLost,
+    TimedOut,
+}
+
+/// Sleeps until `deadline`, or forever when there is none.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The storage folder of one attempt's outputs: `outputs/{task}/{attempt}`.
+pub(crate) fn attempt_folder(id: Uuid, attempt: u32) -> String {
+    format!("outputs/{id}/{attempt}")
 }
 
 /// An output name as stored: its last path segment under the one file-name rule.
-/// Logs a terminal write the store refused because the attempt is no longer current (rescued,
-/// cancelled or finished by another consumer meanwhile): the recorded outcome stands.
-fn stale_attempt(task: &Task, what: &str) {
-    tracing::warn!(
-        task_id = %task.id,
-        task_type = %task.task_type,
-        attempt = task.attempts,
-        "stale attempt dropped: its {what} was not recorded (the task moved on)"
-    );
-}
-
 fn sanitize_name(name: &str) -> String {
     crate::names::sanitize(crate::names::base_name(name), "output")
 }

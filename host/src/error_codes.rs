@@ -279,6 +279,8 @@ error_codes! {
         "The service cannot start: the settings name a backend it cannot use as given.";
     BIND_FAILED = "bind_failed", [Cli] -,
         "The service cannot start: listening on `server.bind` failed.";
+    WORKER_ID_IN_USE = "worker_id_in_use", [Cli] -,
+        "The consumer cannot start: another running consumer of the task store holds its `dispatcher.worker_id`.";
 }
 
 /// The entry of `code`.

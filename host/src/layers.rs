@@ -49,6 +49,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "metrics",
         ],
     ),
+    // This consumer's identity in the task store.
+    ("worker", &["store", "config", "error_codes"]),
     // HTTP: everything below, never the wiring above it.
     (
         "api",
@@ -74,6 +76,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "service",
         &[
             "api",
+            "worker",
             "dispatcher",
             "retention",
             "plugins",

@@ -26,3 +26,4 @@ pub mod storage;
 pub(crate) mod store;
 pub(crate) mod task_view;
 pub(crate) mod telemetry;
+pub(crate) mod worker;

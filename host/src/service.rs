@@ -47,6 +47,9 @@ pub(crate) enum StartError {
     /// A bug: a part of the start-up panicked.
     #[error("{0}")]
     Internal(String),
+    /// No consumer identity could be had.
+    #[error("{0}")]
+    Worker(#[from] crate::worker::WorkerError),
     /// Binding the listener failed.
     #[error("cannot listen on {bind}: {reason}")]
     Bind {
@@ -69,6 +72,7 @@ impl StartError {
             StartError::Unsupported(_) => error_codes::UNSUPPORTED_BACKEND,
             StartError::Internal(_) => error_codes::INTERNAL,
             StartError::Bind { .. } => error_codes::BIND_FAILED,
+            StartError::Worker(e) => e.code(),
         }
     }
 }
@@ -237,6 +241,21 @@ async fn serve_metrics(
     }))
 }
 
+/// The attempts' time limits from `[dispatcher]` (validated at load).
+fn timeouts(config: &Config) -> crate::dispatcher::Timeouts {
+    let d = &config.dispatcher;
+    crate::dispatcher::Timeouts {
+        default: (d.timeout_secs > 0).then(|| Duration::from_secs(d.timeout_secs)),
+        per_type: d
+            .type_timeouts()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(t, secs)| (t, Duration::from_secs(secs)))
+            .collect(),
+        retry: d.retry_timeouts,
+    }
+}
+
 /// Runs the service until a signal, then stops: the API stops accepting, the consumer stops
 /// claiming, running tasks get the grace period, the rest go back to the queue.
 pub(crate) async fn run(config: Config, roles: Roles) -> Result<(), StartError> {
@@ -245,14 +264,18 @@ pub(crate) async fn run(config: Config, roles: Roles) -> Result<(), StartError> 
     let services = build(&config).await?;
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let dispatcher = roles.consumer.then(|| {
+    let worker_id = match roles.consumer {
+        true => Some(crate::worker::acquire(&config, services.store.as_ref()).await?),
+        false => None,
+    };
+    let dispatcher = worker_id.as_ref().map(|worker| {
         Dispatcher::new(
             services.store.clone(),
             services.registry.clone(),
             services.storage.clone(),
             services.fetcher.clone(),
             DispatcherSettings {
-                worker_id: config.worker_id(),
+                worker_id: worker.full(),
                 lease: Duration::from_secs(config.queue.lease_secs),
                 poll_interval: Duration::from_millis(config.queue.poll_interval_ms),
                 default_concurrency: config.dispatcher.default_concurrency,
@@ -261,13 +284,14 @@ pub(crate) async fn run(config: Config, roles: Roles) -> Result<(), StartError> 
                 backoff_base: Duration::from_millis(config.queue.backoff_base_ms),
                 backoff_max: Duration::from_millis(config.queue.backoff_max_ms),
                 shutdown_grace: grace,
+                timeouts: timeouts(&config),
             },
         )
     });
     let consumer = dispatcher
         .clone()
         .map(|d| tokio::spawn(d.run(stop_rx.clone())));
-    let worker_id = config.worker_id();
+    let worker_id = worker_id.map(|w| w.full()).unwrap_or_default();
     let announcer = dispatcher.is_some().then(|| {
         tokio::spawn(announce_loop(
             services.store.clone(),

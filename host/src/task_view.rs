@@ -107,6 +107,8 @@ pub struct TaskView {
     pub idempotency_key: Option<String>,
     /// Completion webhook.
     pub webhook_url: Option<String>,
+    /// The client's time limit of one attempt, in seconds, if it set one.
+    pub timeout_secs: Option<u32>,
 }
 
 impl From<Task> for TaskView {
@@ -133,6 +135,7 @@ impl From<Task> for TaskView {
             finished_at: t.finished_at,
             idempotency_key: t.idempotency_key,
             webhook_url: t.webhook_url,
+            timeout_secs: t.timeout_secs,
         }
     }
 }

@@ -69,7 +69,8 @@ pub struct TaskTypeInfo {
     pub input_schema_json: RString,
     /// How many tasks of this type may run at once in one host process; 0 lets the host decide.
     pub max_concurrency: u32,
-    /// Reserved for later fields, as a JSON object (`{}` today).
+    /// Later fields, as a JSON object. Known keys: `timeout_secs` (integer, the plugin's
+    /// default time limit of one attempt; absent or 0 for none). Unknown keys are ignored.
     pub extra_json: RString,
 }
 

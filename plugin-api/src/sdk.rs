@@ -227,6 +227,15 @@ pub trait Plugin: Sized + Send + Sync + 'static {
         0
     }
 
+    /// The plugin's default time limit, in seconds, for one attempt of a task type; 0 leaves it
+    /// to the host (no limit unless its configuration sets one). The host cancels an attempt
+    /// that runs longer (through [`Plugin::cancel_task`]) and fails the task with `timeout`. A
+    /// task's own `timeout_secs` and the host's per-type setting take precedence.
+    fn timeout_secs(&self, task_type: &str) -> u32 {
+        let _ = task_type;
+        0
+    }
+
     /// Worker threads of the plugin's runtime.
     fn worker_threads(config: &Self::Config) -> usize {
         let _ = config;
@@ -235,6 +244,16 @@ pub trait Plugin: Sized + Send + Sync + 'static {
 
     /// Called once before the host exits.
     fn shutdown(&self) {}
+}
+
+/// The `extra_json` of a task type: `{}`, or `{"timeout_secs": n}` when the plugin sets a
+/// default time limit.
+fn type_extra(timeout_secs: u32) -> RString {
+    if timeout_secs == 0 {
+        "{}".into()
+    } else {
+        json!({ "timeout_secs": timeout_secs }).to_string().into()
+    }
 }
 
 /// The state behind one exported plugin. Created by [`export_plugin!`](crate::export_plugin).
@@ -410,7 +429,7 @@ impl<P: Plugin> State<P> {
                         } else {
                             t.max_concurrency
                         },
-                        extra_json: "{}".into(),
+                        extra_json: type_extra(plugin.map_or(0, |p| p.timeout_secs(&t.name))),
                     }
                 })
                 .collect::<RVec<_>>();

@@ -71,7 +71,7 @@ async fn imageops_lifecycle_with_sse_and_websocket_events() {
     let done = s.wait_done(&id, Duration::from_secs(5)).await;
     let out = &done["result"]["outputs"][0];
     assert_eq!(out["content_type"], "image/jpeg");
-    assert_eq!(out["key"], format!("outputs/{id}/output.jpg"));
+    assert_eq!(out["key"], format!("outputs/{id}/1/output.jpg"));
     let bytes = s
         .http
         .get(out["url"].as_str().unwrap())

@@ -38,6 +38,12 @@ pub(crate) struct CreateTaskRequest {
     /// Deduplication key (also accepted as the `Idempotency-Key` header).
     #[oai(validator(max_length = 255))]
     pub idempotency_key: Option<String>,
+    /// Time limit of one attempt, in seconds (1 to 604800). An attempt that runs longer is
+    /// cancelled and the task fails with `timeout` (retried only when the service is configured
+    /// so). Default: `dispatcher.type_timeouts`, then the plugin's default, then
+    /// `dispatcher.timeout_secs`.
+    #[oai(validator(minimum(value = "1"), maximum(value = "604800")))]
+    pub timeout_secs: Option<u32>,
 }
 
 /// Answer to a create.
@@ -175,6 +181,7 @@ pub(crate) async fn create_task(
             idempotency_key: key,
             webhook_url: req.webhook_url,
             trace_parent: crate::telemetry::current_traceparent(),
+            timeout_secs: req.timeout_secs,
         })
         .await?;
     if created {

@@ -120,6 +120,9 @@ pub(super) const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
             ("progress_interval_ms", Int),
             ("work_dir", P),
             ("worker_id", OptStr),
+            ("timeout_secs", Int),
+            ("type_timeouts", List),
+            ("retry_timeouts", Bool),
         ],
     ),
     (

@@ -169,18 +169,15 @@ impl Config {
         }
     }
 
-    /// This consumer's id: `dispatcher.worker_id`, or `hostname-pid`.
-    pub(crate) fn worker_id(&self) -> String {
-        self.dispatcher.worker_id.clone().unwrap_or_else(|| {
-            let host = std::env::var("HOSTNAME")
-                .ok()
-                .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-                .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-                .map(|h| h.trim().to_owned())
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| "aihost".to_owned());
-            format!("{host}-{}", std::process::id())
-        })
+    /// This machine's host name (`HOSTNAME`, else the kernel's), or `aihost` when unknown.
+    pub(crate) fn hostname() -> String {
+        std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "aihost".to_owned())
     }
 
     /// The effective settings as TOML, secrets (`server.api_keys`, `storage.secret_access_key`,
@@ -269,7 +266,8 @@ mod tests {
         assert_eq!(c.log.level, "info");
         assert_eq!(c.log.format, LogFormat::Text);
         assert_eq!(c.fetch, FetchConfig::default());
-        assert!(!c.worker_id().is_empty());
+        assert_eq!(c.dispatcher.worker_id, None);
+        assert!(!Config::hostname().is_empty());
     }
 
     #[test]
@@ -329,7 +327,7 @@ format = "json"
         assert_eq!(c.storage.credential_path, Some(d.join("creds.json")));
         assert_eq!(c.plugins.manifest, d.join("plugins.toml"));
         assert_eq!(c.dispatcher.work_dir, PathBuf::from("/abs/work"));
-        assert_eq!(c.worker_id(), "w1");
+        assert_eq!(c.dispatcher.worker_id.as_deref(), Some("w1"));
         assert_eq!(c.log.format, LogFormat::Json);
         // Keys the file left out keep their defaults.
         assert_eq!(c.queue.poll_interval_ms, 500);

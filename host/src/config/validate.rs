@@ -182,6 +182,20 @@ impl Config {
         {
             l.invalid(("dispatcher", "worker_id"), "must not be empty");
         }
+        if self
+            .dispatcher
+            .worker_id
+            .as_deref()
+            .is_some_and(|w| w.contains('#') || w.len() > 100)
+        {
+            l.invalid(
+                ("dispatcher", "worker_id"),
+                "must not contain '#' (it separates the identity from the run) nor pass 100 bytes",
+            );
+        }
+        if let Err(m) = self.dispatcher.type_timeouts() {
+            l.invalid(("dispatcher", "type_timeouts"), m);
+        }
 
         // log
         if let Err(m) = check_log_level(&self.log.level) {

@@ -29,6 +29,9 @@ pub(crate) struct TaskTypeDesc {
     pub input_schema: Value,
     /// Concurrency limit from the plugin (0: host default).
     pub max_concurrency: u32,
+    /// The plugin's default time limit of one attempt, in seconds (0: none); from the task
+    /// type's `extra_json`.
+    pub timeout_secs: u32,
 }
 
 /// An engine operation.
@@ -231,6 +234,15 @@ fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").trim().to_owned()
 }
 
+/// `timeout_secs` of a task type's `extra_json`; 0 when absent or not a number that fits.
+fn extra_timeout(extra_json: &str) -> u32 {
+    serde_json::from_str::<Value>(extra_json)
+        .ok()
+        .and_then(|v| v.get("timeout_secs").and_then(Value::as_u64))
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(0)
+}
+
 fn describe(module: PluginModRef, path: &Path) -> Result<PluginDesc, LoadError> {
     let info = match (module.describe())() {
         ROk(info) => info,
@@ -257,6 +269,7 @@ fn describe(module: PluginModRef, path: &Path) -> Result<PluginDesc, LoadError> 
                 description: t.description.to_string(),
                 input_schema: schema,
                 max_concurrency: t.max_concurrency,
+                timeout_secs: extra_timeout(t.extra_json.as_str()),
             })
         })
         .collect::<Result<Vec<_>, _>>()?;

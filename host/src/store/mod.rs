@@ -145,6 +145,9 @@ pub struct Task {
     /// The trace context of the request that submitted it (W3C `traceparent` text), when trace
     /// export was on; the attempts' spans continue that trace. Opaque to the store.
     pub trace_parent: Option<String>,
+    /// The client's time limit of one attempt, in seconds (`None`: the configured or plugin
+    /// default applies).
+    pub timeout_secs: Option<u32>,
 }
 
 /// A task to insert.
@@ -166,6 +169,8 @@ pub(crate) struct NewTask {
     pub webhook_url: Option<String>,
     /// The submitting request's trace context (W3C `traceparent`), if traces are exported.
     pub trace_parent: Option<String>,
+    /// Time limit of one attempt, in seconds, if the client set one.
+    pub timeout_secs: Option<u32>,
 }
 
 /// What happened to a task, published to subscribers.
@@ -451,6 +456,18 @@ pub(crate) trait TaskStore: Send + Sync + 'static {
 
     /// Subscribes to every task event from now on.
     fn subscribe(&self) -> broadcast::Receiver<TaskEvent>;
+
+    /// Claims a consumer identity for this process for as long as it lives: `false` if another
+    /// live process holds it. The hold ends when the process dies, however it dies (a file
+    /// lock on SQLite, a session advisory lock on PostgreSQL), so a restarted consumer gets its
+    /// identity back at once.
+    async fn hold_worker_identity(&self, identity: &str) -> StoreResult<bool>;
+
+    /// Ends at once the leases of the PROCESSING tasks held by earlier runs of `identity`
+    /// (worker ids `{identity}#{run}` other than `current`): a restarted consumer calls it after
+    /// [`TaskStore::hold_worker_identity`] so that the next rescue puts back what its previous
+    /// run held, instead of waiting for those leases to run out. Answers how many.
+    async fn expire_previous_runs(&self, identity: &str, current: &str) -> StoreResult<u64>;
 
     /// Records (or refreshes: a heartbeat) a consumer and the task types it serves; the store
     /// keeps `started_at` of the first announcement and stamps `heartbeat_at` itself. Stores

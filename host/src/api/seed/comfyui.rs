@@ -207,6 +207,10 @@ async fn create(
             .get("idempotency_key")
             .and_then(Value::as_str)
             .map(str::to_owned),
+        timeout_secs: envelope
+            .get("timeout_secs")
+            .and_then(Value::as_u64)
+            .and_then(|n| u32::try_from(n.clamp(1, 604_800)).ok()),
     };
     match create_task(state, request, header_key, wait).await {
         Ok(r) => r.into_response(),

@@ -108,6 +108,7 @@ impl FaceswapApi {
             max_attempts: None,
             webhook_url: body.0.webhook_url,
             idempotency_key: body.0.idempotency_key,
+            timeout_secs: None,
         };
         create_task(&self.state, req, idempotency_key.0, wait.0).await
     }

@@ -2,7 +2,7 @@
 //!
 //! Each check is a generic `async fn(&dyn Harness)`, in the file of its topic (`submit.rs`,
 //! `claim.rs`, `finish.rs`, `read.rs`, `events.rs`,
-//! `retention.rs`); a [`Harness`] opens the store under test
+//! `retention.rs`, `workers.rs`); a [`Harness`] opens the store under test
 //! (and reopens the same database, for the durability check). [`conformance_suite!`], the one
 //! entry point, turns the whole list into `#[tokio::test]`s for one harness:
 //!
@@ -27,6 +27,7 @@ mod read;
 mod retention;
 mod sqlite;
 mod submit;
+mod workers;
 
 use std::{sync::Arc, time::Duration};
 
@@ -75,6 +76,9 @@ macro_rules! conformance_suite {
             retention::prune_bounded_batches,
             retention::delete_finished_refuses_live,
             retention::live_input_mentions_only_live,
+            workers::worker_identity_held_once,
+            workers::expire_previous_runs_of_one_identity,
+            workers::timeout_secs_round_trips,
         );
     };
     (@tests $harness:expr; $($topic:ident :: $name:ident),* $(,)?) => {
@@ -102,6 +106,7 @@ fn new_task(task_type: &str, priority: i32) -> NewTask {
         idempotency_key: None,
         webhook_url: None,
         trace_parent: None,
+        timeout_secs: None,
     }
 }
 

@@ -54,6 +54,7 @@ mod schema;
 mod submit;
 #[cfg(test)]
 mod tests;
+mod workers;
 
 use std::{collections::BTreeMap, str::FromStr, sync::Arc, time::Duration};
 
@@ -107,6 +108,9 @@ struct Inner {
     listener: tokio::task::JoinHandle<()>,
     /// Write statements waiting for a group committer.
     writes: mpsc::UnboundedSender<WriteJob>,
+    /// Sessions holding this process's worker-identity advisory locks (see `workers.rs`),
+    /// out of the pool for the life of the process.
+    held: std::sync::Mutex<Vec<sqlx::PgConnection>>,
 }
 
 impl Drop for Inner {
@@ -182,6 +186,7 @@ impl PostgresStore {
                 events,
                 listener: task,
                 writes,
+                held: std::sync::Mutex::default(),
             }),
         })
     }
@@ -297,6 +302,14 @@ impl TaskStore for PostgresStore {
 
     fn subscribe(&self) -> broadcast::Receiver<TaskEvent> {
         self.inner.events.subscribe()
+    }
+
+    async fn hold_worker_identity(&self, identity: &str) -> StoreResult<bool> {
+        workers::hold_identity(self, identity).await
+    }
+
+    async fn expire_previous_runs(&self, identity: &str, current: &str) -> StoreResult<u64> {
+        workers::expire_previous_runs(self, identity, current).await
     }
 
     async fn announce_consumer(&self, consumer: &ConsumerInfo) -> StoreResult<()> {

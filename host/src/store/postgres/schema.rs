@@ -28,6 +28,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "trace parent",
         include_str!("../../../migrations/postgres/0002_trace_parent.sql"),
     ),
+    (
+        4,
+        "task timeout",
+        include_str!("../../../migrations/postgres/0004_timeout.sql"),
+    ),
 ];
 
 /// A duration in microseconds, as the statements bind leases and ages.
@@ -69,6 +74,8 @@ struct TaskRow {
     lease_until: Option<DateTime<Utc>>,
     cancel_requested: bool,
     trace_parent: Option<String>,
+    #[serde(default)]
+    timeout_secs: Option<i64>,
 }
 
 fn unsigned(v: i64, name: &str) -> StoreResult<u32> {
@@ -113,5 +120,9 @@ pub(super) fn task_from_json(value: Value) -> StoreResult<Task> {
         lease_until: r.lease_until,
         cancel_requested: r.cancel_requested,
         trace_parent: r.trace_parent,
+        timeout_secs: r
+            .timeout_secs
+            .map(|v| unsigned(v, "timeout_secs"))
+            .transpose()?,
     })
 }

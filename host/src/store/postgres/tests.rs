@@ -51,6 +51,7 @@ fn new_task(task_type: &str) -> NewTask {
         idempotency_key: None,
         webhook_url: None,
         trace_parent: None,
+        timeout_secs: None,
     }
 }
 

@@ -39,8 +39,14 @@ mod schema;
 mod submit;
 #[cfg(test)]
 mod tests;
+mod workers;
 
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -77,6 +83,11 @@ pub(crate) struct SqliteStore {
     events: broadcast::Sender<TaskEvent>,
     /// Write statements waiting for the group committer.
     writes: mpsc::UnboundedSender<WriteJob>,
+    /// The database file.
+    path: PathBuf,
+    /// Lock files of the worker identities this process holds (see `workers.rs`); closing one
+    /// releases its lock, so they live as long as the process.
+    held: Arc<Mutex<Vec<std::fs::File>>>,
 }
 
 impl SqliteStore {
@@ -132,6 +143,8 @@ impl SqliteStore {
             reader,
             events,
             writes,
+            path: path.to_owned(),
+            held: Arc::default(),
         })
     }
 
@@ -255,5 +268,13 @@ impl TaskStore for SqliteStore {
 
     fn subscribe(&self) -> broadcast::Receiver<TaskEvent> {
         self.events.subscribe()
+    }
+
+    async fn hold_worker_identity(&self, identity: &str) -> StoreResult<bool> {
+        workers::hold_identity(self, identity).await
+    }
+
+    async fn expire_previous_runs(&self, identity: &str, current: &str) -> StoreResult<u64> {
+        workers::expire_previous_runs(self, identity, current).await
     }
 }

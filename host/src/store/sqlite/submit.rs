@@ -12,8 +12,9 @@ use crate::store::{
 
 const SQL_INSERT: &str = concat!(
     "INSERT INTO tasks (id, task_type, status, input, priority, attempts, max_attempts, \
-     created_at, run_at, idempotency_key, webhook_url, cancel_requested, trace_parent) \
-     VALUES (?1, ?2, 'PENDING', ?3, ?4, 0, ?5, ?6, ?6, ?7, ?8, 0, ?9) \
+     created_at, run_at, idempotency_key, webhook_url, cancel_requested, trace_parent, \
+     timeout_secs) \
+     VALUES (?1, ?2, 'PENDING', ?3, ?4, 0, ?5, ?6, ?6, ?7, ?8, 0, ?9, ?10) \
      ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
      RETURNING ",
     task_columns!()
@@ -38,7 +39,8 @@ pub(super) async fn insert(store: &SqliteStore, task: NewTask) -> StoreResult<(T
         .bind(now)
         .bind(task.idempotency_key.clone())
         .bind(task.webhook_url)
-        .bind(task.trace_parent);
+        .bind(task.trace_parent)
+        .bind(task.timeout_secs.map(i64::from));
     if let Some(created) = store.write_task(query).await? {
         store.publish(EventKind::Created, &created);
         return Ok((created, true));

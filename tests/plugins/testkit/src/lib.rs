@@ -22,6 +22,8 @@ pub const TASK_TYPE: &str = "testkit.run";
 pub struct Config {
     /// Per-type concurrency reported to the host; 0 (the default) lets the host decide.
     pub concurrency: u32,
+    /// The plugin's default time limit of `testkit.run`, in seconds; 0 (the default): none.
+    pub timeout_secs: u32,
 }
 
 /// What `testkit.run` does.
@@ -278,6 +280,14 @@ impl Plugin for Testkit {
     fn max_concurrency(&self, task_type: &str) -> u32 {
         if task_type == TASK_TYPE {
             self.config.concurrency
+        } else {
+            0
+        }
+    }
+
+    fn timeout_secs(&self, task_type: &str) -> u32 {
+        if task_type == TASK_TYPE {
+            self.config.timeout_secs
         } else {
             0
         }
