@@ -155,14 +155,42 @@ fn load_config(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
     })
 }
 
+/// Loads `.env` from the working directory, when there is one, into the environment: each
+/// `NAME=value` line sets a variable the real environment does not already set (the real
+/// environment wins, as with `docker run --env-file`). Must run before any thread starts.
+/// Answers whether a file was loaded; a file that cannot be read or parsed is refused with the
+/// line it fails on.
+fn load_dotenv() -> Result<bool, ExitCode> {
+    match dotenvy::from_path(".env") {
+        Ok(()) => Ok(true),
+        Err(e) if e.not_found() => Ok(false),
+        Err(e) => {
+            eprintln!(
+                "aihost: .env in the working directory: {e} [{}]",
+                crate::error_codes::DOTENV_INVALID
+            );
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
 /// Runs the command line and answers the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let dotenv = match load_dotenv() {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
     let config = match load_config(cli.config.as_deref()) {
         Ok(c) => c,
         Err(code) => return code,
     };
     let exporter = init_logging(&config.log);
+    if dotenv {
+        tracing::info!(
+            "loaded .env from the working directory (the environment's own variables win)"
+        );
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

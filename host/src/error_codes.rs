@@ -267,6 +267,8 @@ error_codes! {
         "A name that must be unique is given twice (plugin names in `plugins.toml`).";
     CONFIG_UNREADABLE_FILE = "unreadable_file", [Cli] -,
         "A settings file cannot be read (missing when named, permissions, not UTF-8).";
+    DOTENV_INVALID = "dotenv_invalid", [Cli] -,
+        "The `.env` file of the working directory cannot be read or has a line that is not `NAME=value`.";
     CONFIG_TOML_SYNTAX = "toml_syntax", [Cli] -,
         "A settings file is not valid TOML.";
 
@@ -279,6 +281,8 @@ error_codes! {
         "The service cannot start: the settings name a backend it cannot use as given.";
     BIND_FAILED = "bind_failed", [Cli] -,
         "The service cannot start: listening on `server.bind` failed.";
+    TLS_ROOTS_MISSING = "tls_roots_missing", [Cli] -,
+        "The service cannot start: the system has no CA certificates (install `ca-certificates`).";
     WORKER_ID_IN_USE = "worker_id_in_use", [Cli] -,
         "The consumer cannot start: another running consumer of the task store holds its `dispatcher.worker_id`.";
 }

@@ -47,6 +47,13 @@ pub(crate) enum StartError {
     /// A bug: a part of the start-up panicked.
     #[error("{0}")]
     Internal(String),
+    /// The system has no CA certificates, so no HTTPS client can be built.
+    #[error(
+        "no CA certificates: HTTPS needs the system's CA certificates and none were found \
+         (SSL_CERT_FILE, SSL_CERT_DIR, /etc/ssl/certs); install them, e.g. `apt-get install \
+         ca-certificates` on Debian or Ubuntu"
+    )]
+    TlsRoots,
     /// No consumer identity could be had.
     #[error("{0}")]
     Worker(#[from] crate::worker::WorkerError),
@@ -73,6 +80,7 @@ impl StartError {
             StartError::Internal(_) => error_codes::INTERNAL,
             StartError::Bind { .. } => error_codes::BIND_FAILED,
             StartError::Worker(e) => e.code(),
+            StartError::TlsRoots => error_codes::TLS_ROOTS_MISSING,
         }
     }
 }
@@ -175,6 +183,7 @@ pub(crate) async fn load_plugins(config: &Config) -> Result<Arc<Registry>, Start
 
 /// Builds every service.
 pub(crate) async fn build(config: &Config) -> Result<Services, StartError> {
+    check_tls_roots()?;
     let store = open_store(config).await?;
     let storage = open_storage(config)?;
     let fetcher = Fetcher::new(
@@ -195,6 +204,18 @@ pub(crate) async fn build(config: &Config) -> Result<Services, StartError> {
         fetcher,
         registry,
     })
+}
+
+/// HTTPS (fetched inputs, webhooks, S3/GCS, ComfyUI over TLS) verifies servers with the
+/// system's CA certificates; an HTTP client cannot even be built without them. Checked first so
+/// that a machine or image without them is named in one line with the fix, not as the first
+/// component's obscure `builder error`. aihost carries no roots of its own: the system's store
+/// is what an operator updates and where a company's own CA is added.
+fn check_tls_roots() -> Result<(), StartError> {
+    reqwest::Client::builder()
+        .build()
+        .map(drop)
+        .map_err(|_| StartError::TlsRoots)
 }
 
 /// Resolves when SIGINT or SIGTERM arrives.

@@ -1,0 +1,80 @@
+//! What a deployment relies on, through the real binary: `.env` in the working directory
+//! (loaded, never overriding the real environment, refused when malformed) and a machine or
+//! image without CA certificates (named in one line at start, with the fix).
+
+use std::{path::Path, process::Command};
+
+use aihost_tests::aihost_bin;
+
+/// Runs `aihost ARGS` in `dir` with extra environment; answers (exit code, stdout, stderr).
+fn aihost(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(aihost_bin());
+    cmd.args(args).current_dir(dir);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run aihost");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn dotenv_is_loaded_and_the_real_environment_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join(".env"),
+        "# comments and blank lines are fine\n\n\
+         AIHOST_QUEUE__LEASE_SECS=77\n\
+         AIHOST_DISPATCHER__DEFAULT_CONCURRENCY=5\n\
+         export AIHOST_SERVER__MAX_QUEUE_DEPTH=\"123\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = aihost(
+        dir.path(),
+        &["config", "check"],
+        &[("AIHOST_QUEUE__LEASE_SECS", "88")],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("lease_secs = 88"),
+        "the real variable wins:\n{out}"
+    );
+    assert!(out.contains("default_concurrency = 5"), "{out}");
+    assert!(out.contains("max_queue_depth = 123"), "{out}");
+}
+
+#[test]
+fn a_malformed_dotenv_is_refused_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join(".env"),
+        "AIHOST_QUEUE__LEASE_SECS=5\nthis line is not an assignment\n",
+    )
+    .unwrap();
+    let (code, _, err) = aihost(dir.path(), &["config", "check"], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("dotenv_invalid"), "{err}");
+    assert!(err.contains(".env"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+}
+
+#[test]
+fn no_ca_certificates_is_named_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = aihost(
+        dir.path(),
+        &["serve"],
+        &[
+            ("SSL_CERT_FILE", "/nonexistent/ca.pem"),
+            ("SSL_CERT_DIR", "/nonexistent/certs"),
+            ("AIHOST_SERVER__BIND", "127.0.0.1:0"),
+        ],
+    );
+    assert_ne!(code, 0, "{err}");
+    let last = err.trim().lines().last().unwrap_or_default();
+    assert!(last.contains("tls_roots_missing"), "{err}");
+    assert!(last.contains("ca-certificates"), "{err}");
+}
