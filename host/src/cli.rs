@@ -52,6 +52,14 @@ enum Command {
         #[command(subcommand)]
         command: StorageCommand,
     },
+    /// Ask a running aihost whether it is alive (`GET /api/health`); exit 0 if it answers 200
+    /// within 5 s, else 1. For container health checks: needs no curl in the image.
+    Health {
+        /// Base URL of the service (default: `server.bind` of the config, with a wildcard
+        /// address replaced by the loopback one).
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -242,11 +250,58 @@ async fn run(command: Command, config: Config) -> ExitCode {
         Command::Storage {
             command: StorageCommand::Check,
         } => return storage_check(&config).await,
+        Command::Health { url } => return health(&config, url).await,
     };
     match service::run(config, roles).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("aihost: {e} [{}]", e.code());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The local base URL of a listen address: `0.0.0.0:8000` → `http://127.0.0.1:8000`,
+/// `[::]:8000` → `http://[::1]:8000`.
+fn local_url(bind: &str) -> String {
+    let bind = bind
+        .strip_prefix("0.0.0.0:")
+        .map(|port| format!("127.0.0.1:{port}"))
+        .or_else(|| {
+            bind.strip_prefix("[::]:")
+                .map(|port| format!("[::1]:{port}"))
+        })
+        .unwrap_or_else(|| bind.to_owned());
+    format!("http://{bind}")
+}
+
+/// `aihost health`: one GET of `/api/health`.
+async fn health(config: &Config, url: Option<String>) -> ExitCode {
+    let base = url.unwrap_or_else(|| local_url(&config.server.bind));
+    let target = format!("{}/api/health", base.trim_end_matches('/'));
+    let code = crate::error_codes::HEALTH_CHECK_FAILED;
+    let client = match reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("aihost: cannot build an HTTP client: {e} [{code}]");
+            return ExitCode::FAILURE;
+        }
+    };
+    match client.get(&target).send().await {
+        Ok(r) if r.status().is_success() => {
+            println!("ok: {target}");
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            eprintln!("aihost: {target} answered {} [{code}]", r.status());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("aihost: {target}: {e} [{code}]");
             ExitCode::FAILURE
         }
     }

@@ -267,6 +267,8 @@ error_codes! {
         "A name that must be unique is given twice (plugin names in `plugins.toml`).";
     CONFIG_UNREADABLE_FILE = "unreadable_file", [Cli] -,
         "A settings file cannot be read (missing when named, permissions, not UTF-8).";
+    HEALTH_CHECK_FAILED = "health_check_failed", [Cli] -,
+        "`aihost health`: the service did not answer `GET /api/health` with 200 within 5 s.";
     DOTENV_INVALID = "dotenv_invalid", [Cli] -,
         "The `.env` file of the working directory cannot be read or has a line that is not `NAME=value`.";
     CONFIG_TOML_SYNTAX = "toml_syntax", [Cli] -,

@@ -78,3 +78,25 @@ fn no_ca_certificates_is_named_at_start() {
     assert!(last.contains("tls_roots_missing"), "{err}");
     assert!(last.contains("ca-certificates"), "{err}");
 }
+
+/// `aihost health` (the image's HEALTHCHECK): 0 against a running service, found from its
+/// config or given as a URL; 1 with its code when nothing answers.
+#[tokio::test]
+async fn health_command_probes_a_running_service() {
+    let s = aihost_tests::Server::start().await;
+    let config = s.dir.path().join("aihost.toml");
+    let (code, out, err) = aihost(
+        s.dir.path(),
+        &["--config", config.to_str().unwrap(), "health"],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("ok: http://127.0.0.1:"), "{out}");
+    let (code, _, err) = aihost(s.dir.path(), &["health", "--url", &s.base], &[]);
+    assert_eq!(code, 0, "{err}");
+
+    let closed = format!("http://127.0.0.1:{}", aihost_tests::free_port());
+    let (code, _, err) = aihost(s.dir.path(), &["health", "--url", &closed], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("health_check_failed"), "{err}");
+}
