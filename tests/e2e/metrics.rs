@@ -454,7 +454,7 @@ fn workflows_dir() -> String {
 #[tokio::test]
 async fn a_real_scrape_passes_promtool_and_has_every_dashboard_metric() {
     let promtool = promtool()
-        .expect("promtool is not on PATH: install Debian's `prometheus` package (.ci/run does)");
+        .expect("promtool is not on PATH: install Debian's `prometheus` package (tests/run does)");
     let fake = FakeComfy::start().await;
     let dead = format!("http://127.0.0.1:{}", free_port());
     let comfy = format!(

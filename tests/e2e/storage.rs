@@ -8,7 +8,7 @@
 //!   where that backend's URL serves it.
 //! - `aihost storage check` against s3s-fs, with good and wrong credentials.
 //!
-//! The servers are started by the tests from the binaries `.ci/run` installs; a missing binary
+//! The servers are started by the tests from the binaries `tests/run` installs; a missing binary
 //! fails the test with how to install it.
 
 #[path = "storage/cf_stand_in.rs"]

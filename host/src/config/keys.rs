@@ -201,6 +201,20 @@ mod tests {
     use super::*;
     use crate::config::{Config, layers::Layers, settings};
 
+    /// `.env.example` at the repository root lists every variable (commented out, with its
+    /// default), so a new key must be added there too.
+    #[test]
+    fn env_example_lists_every_key() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.env.example");
+        let text = std::fs::read_to_string(&path).expect(".env.example");
+        let missing: Vec<String> = SCHEMA
+            .iter()
+            .flat_map(|(section, keys)| keys.iter().map(move |(key, _)| env_name(section, key)))
+            .filter(|var| !text.contains(&format!("# {var}=")))
+            .collect();
+        assert!(missing.is_empty(), ".env.example lacks {missing:?}");
+    }
+
     #[test]
     fn schema_matches_the_structs() {
         let mut c = Config::default();

