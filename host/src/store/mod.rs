@@ -26,6 +26,9 @@ use crate::error_codes;
 /// /api/status` lists consumers heard from within three of these.
 pub(crate) const CONSUMER_HEARTBEAT: Duration = Duration::from_secs(10);
 
+pub(crate) use health::{Cause, StoreFault};
+
+pub(crate) mod health;
 pub(crate) mod postgres;
 mod sql;
 pub(crate) mod sqlite;
@@ -188,6 +191,24 @@ pub(crate) enum EventKind {
     Failed,
     /// CANCELLED.
     Cancelled,
+}
+
+impl std::fmt::Display for EventKind {
+    /// The wire form (`created`, `cancel_requested`, ...).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match serde_json::to_value(self) {
+            Ok(Value::String(s)) => f.write_str(&s),
+            _ => Err(std::fmt::Error),
+        }
+    }
+}
+
+impl EventKind {
+    /// Parses the wire form (`created`, `cancel_requested`, ...), as stored in the SQLite
+    /// change log and sent in PostgreSQL notifications.
+    pub(crate) fn parse(s: &str) -> Option<EventKind> {
+        serde_json::from_value(Value::String(s.to_owned())).ok()
+    }
 }
 
 /// A state change or progress update of one task, with the task as it is now.
@@ -449,8 +470,12 @@ pub(crate) trait TaskStore: Send + Sync + 'static {
     /// Checks the store answers.
     async fn ping(&self) -> StoreResult<()>;
 
-    /// Subscribes to every task event from now on.
+    /// Subscribes to every task event from now on: this process's changes and, when other
+    /// processes share the database, theirs.
     fn subscribe(&self) -> broadcast::Receiver<TaskEvent>;
+
+    /// Why writes fail now, or none while they succeed (see [`health`]).
+    fn health(&self) -> Option<StoreFault>;
 
     /// Records (or refreshes: a heartbeat) a consumer and the task types it serves; the store
     /// keeps `started_at` of the first announcement and stamps `heartbeat_at` itself. Stores

@@ -67,7 +67,8 @@ use uuid::Uuid;
 use self::{events::EVENT_CAPACITY, group_commit::WriteJob, schema::MIGRATIONS};
 use super::{
     CancelOutcome, ConsumerInfo, DeleteOutcome, ListFilter, NewTask, Page, Progress, Stats, Status,
-    StoreError, StoreResult, Task, TaskError, TaskEvent, TaskStore,
+    StoreError, StoreFault, StoreResult, Task, TaskError, TaskEvent, TaskStore,
+    health::StoreHealth,
     sql::{self, db_err},
 };
 
@@ -107,6 +108,8 @@ struct Inner {
     listener: tokio::task::JoinHandle<()>,
     /// Write statements waiting for a group committer.
     writes: mpsc::UnboundedSender<WriteJob>,
+    /// Whether writes succeed.
+    health: Arc<StoreHealth>,
 }
 
 impl Drop for Inner {
@@ -165,7 +168,8 @@ impl PostgresStore {
             .await
             .map_err(db_err)?;
 
-        let writes = group_commit::start(&pool, settings.max_connections);
+        let health = Arc::new(StoreHealth::new("postgres"));
+        let writes = group_commit::start(&pool, settings.max_connections, health.clone());
 
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let task = tokio::spawn(events::listen_loop(
@@ -182,6 +186,7 @@ impl PostgresStore {
                 events,
                 listener: task,
                 writes,
+                health,
             }),
         })
     }
@@ -293,6 +298,10 @@ impl TaskStore for PostgresStore {
 
     async fn ping(&self) -> StoreResult<()> {
         read::ping(self).await
+    }
+
+    fn health(&self) -> Option<StoreFault> {
+        self.inner.health.fault()
     }
 
     fn subscribe(&self) -> broadcast::Receiver<TaskEvent> {

@@ -16,7 +16,12 @@
 //!   transitions (retry or fail, rescue) decide with `CASE` on the row's old values, so there
 //!   is one round trip per operation and no explicit transaction;
 //! - events are published on a broadcast channel after the statement committed, carrying the
-//!   task as the statement returned it.
+//!   task as the statement returned it. Other processes on the same file (`aihost api` and
+//!   `aihost consumer` on one machine) learn of them through a change log that TEMP triggers
+//!   of the writer connection fill, read by a watcher polling `PRAGMA data_version`
+//!   (`changes.rs`); this process publishes theirs the same way;
+//! - write health: the group committer reports every transaction's outcome to a
+//!   [`StoreHealth`](crate::store::health::StoreHealth).
 //!
 //! Migrations are embedded with `include_str!` and run with sqlx's
 //! [`Migrator`](sqlx::migrate::Migrator) (same `_sqlx_migrations` bookkeeping as
@@ -27,9 +32,11 @@
 //! each operation to the file of its concern: `submit.rs` (insert), `claim.rs` (claims, leases,
 //! progress, rescue), `finish.rs` (complete, fail, release, cancel), `retention.rs` (prune,
 //! delete), `read.rs` (get, list,
-//! stats), `group_commit.rs` (the writer task every write goes through) and `schema.rs`
-//! (migrations, the column list, encoding and decoding of rows).
+//! stats), `group_commit.rs` (the writer task every write goes through), `changes.rs` (events
+//! across processes) and `schema.rs` (migrations, the column list, encoding and decoding of
+//! rows).
 
+mod changes;
 mod claim;
 mod finish;
 mod group_commit;
@@ -40,7 +47,7 @@ mod submit;
 #[cfg(test)]
 mod tests;
 
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{collections::BTreeMap, path::Path, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -54,7 +61,8 @@ use uuid::Uuid;
 use self::{group_commit::WriteJob, schema::MIGRATIONS};
 use super::{
     CancelOutcome, DeleteOutcome, EventKind, ListFilter, NewTask, Page, Progress, Stats, Status,
-    StoreError, StoreResult, Task, TaskError, TaskEvent, TaskStore,
+    StoreError, StoreFault, StoreResult, Task, TaskError, TaskEvent, TaskStore,
+    health::StoreHealth,
     sql::{self, db_err},
 };
 
@@ -66,7 +74,8 @@ const READ_CONNECTIONS: u32 = 4;
 /// How long SQLite waits for a lock held by another connection or process.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The embedded SQLite [`TaskStore`]. Cheap to clone (pools and channel are shared).
+/// The embedded SQLite [`TaskStore`]. Cheap to clone (pools, channel and background tasks are
+/// shared); the background tasks stop when the last clone is dropped or at [`Self::close`].
 #[derive(Debug, Clone)]
 pub(crate) struct SqliteStore {
     /// One connection: every write goes through it.
@@ -77,6 +86,22 @@ pub(crate) struct SqliteStore {
     events: broadcast::Sender<TaskEvent>,
     /// Write statements waiting for the group committer.
     writes: mpsc::UnboundedSender<WriteJob>,
+    /// Whether writes succeed.
+    health: Arc<StoreHealth>,
+    /// The change-log watcher and pruner.
+    background: Arc<Background>,
+}
+
+/// Tasks that live as long as the store.
+#[derive(Debug)]
+struct Background(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }
 
 impl SqliteStore {
@@ -92,6 +117,9 @@ impl SqliteStore {
             .filename(path)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
+        // Tells this store's changes from other processes' in the change log.
+        let origin =
+            i64::from_ne_bytes(Uuid::new_v4().as_bytes()[..8].try_into().expect("8 bytes"));
 
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
@@ -99,6 +127,14 @@ impl SqliteStore {
             .idle_timeout(None)
             .max_lifetime(None)
             .test_before_acquire(false)
+            // A reconnected writer gets its change-log triggers again (before the first
+            // migration there is no table to put them on: installed below).
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    let _ = changes::install_triggers(conn, origin).await;
+                    Ok(())
+                })
+            })
             .connect_with(
                 base.clone()
                     .create_if_missing(true)
@@ -112,6 +148,7 @@ impl SqliteStore {
             .run(&writer)
             .await
             .map_err(|e| StoreError::Migration(e.to_string()))?;
+        changes::install_triggers(&mut *writer.acquire().await.map_err(db_err)?, origin).await?;
 
         // The journal mode is persistent in the file; readers need not (and, read-only, cannot)
         // set it.
@@ -121,24 +158,44 @@ impl SqliteStore {
             .idle_timeout(None)
             .max_lifetime(None)
             .test_before_acquire(false)
-            .connect_with(base.read_only(true))
+            .connect_with(base.clone().read_only(true))
             .await
             .map_err(db_err)?;
 
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
-        let writes = group_commit::start(&writer);
+        let health = Arc::new(StoreHealth::new("sqlite"));
+        let writes = group_commit::start(&writer, health.clone());
+        let watcher = changes::start_watcher(&base, origin, events.clone()).await?;
+        let pruner = tokio::spawn(changes::prune_loop(reader.clone(), writes.clone()));
         Ok(SqliteStore {
             writer,
             reader,
             events,
             writes,
+            health,
+            background: Arc::new(Background(vec![watcher, pruner])),
         })
     }
 
-    /// Closes both pools, waiting for their connections to close (WAL checkpoint included).
+    /// Stops the background tasks and closes both pools, waiting for their connections to
+    /// close (WAL checkpoint included).
     pub(crate) async fn close(&self) {
+        for task in &self.background.0 {
+            task.abort();
+        }
         self.reader.close().await;
         self.writer.close().await;
+    }
+
+    /// Reports the outcome of a write that bypasses the group committer to the health tracker;
+    /// `changed` says whether a successful one changed rows.
+    fn track_write<T>(&self, r: &Result<T, sqlx::Error>, changed: impl Fn(&T) -> bool) {
+        match r {
+            Ok(v) => self.health.write_succeeded(changed(v)),
+            Err(e) => self
+                .health
+                .write_failed(super::Cause::of_sqlite(e), &e.to_string()),
+        }
     }
 
     /// Publishes an event; nobody listening is fine.
@@ -255,5 +312,9 @@ impl TaskStore for SqliteStore {
 
     fn subscribe(&self) -> broadcast::Receiver<TaskEvent> {
         self.events.subscribe()
+    }
+
+    fn health(&self) -> Option<StoreFault> {
+        self.health.fault()
     }
 }

@@ -26,6 +26,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "trace parent",
         include_str!("../../../migrations/sqlite/0002_trace_parent.sql"),
     ),
+    (
+        5,
+        "task changes",
+        include_str!("../../../migrations/sqlite/0005_task_changes.sql"),
+    ),
 ];
 
 /// The columns every task-returning statement selects, in one place.
