@@ -43,6 +43,7 @@ mod group_commit;
 mod read;
 mod retention;
 mod schema;
+mod sharing;
 mod submit;
 #[cfg(test)]
 mod tests;
@@ -58,6 +59,7 @@ use sqlx::sqlite::{
 use tokio::sync::{broadcast, mpsc};
 use uuid::Uuid;
 
+pub(crate) use self::sharing::network_file_system;
 use self::{group_commit::WriteJob, schema::MIGRATIONS};
 use super::{
     CancelOutcome, DeleteOutcome, EventKind, ListFilter, NewTask, Page, Progress, Stats, Status,
