@@ -1,15 +1,18 @@
 //! Task state: the [`TaskStore`] trait and its implementations.
 //!
 //! Every read and write of task state goes through this trait. Implementations:
-//! [`sqlite::SqliteStore`] (embedded default) and [`postgres::PostgresStore`] (scale-out: many
-//! processes on many machines); both pass the same conformance suite (`conformance/`).
+//! [`sqlite::SqliteStore`] (embedded default: one machine, one or several processes on one
+//! file) and [`postgres::PostgresStore`] (scale-out: many processes on many machines); both
+//! pass the same conformance suite (`conformance/`).
 //!
 //! Invariants every implementation keeps:
 //! - a task accepted by [`TaskStore::insert`] is durable when the call returns;
 //! - claims are atomic: one attempt of a task is handed to one worker only;
 //! - a terminal state (COMPLETED, FAILED, CANCELLED) is written once; a late or stale
 //!   completion (wrong attempt, task no longer PROCESSING) is refused and changes nothing;
-//! - every state change and progress update is published as a [`TaskEvent`].
+//! - every state change and progress update is published as a [`TaskEvent`], in every process
+//!   using the database (its own changes once);
+//! - every write transaction's outcome is reported to the store's [`health::StoreHealth`].
 
 use std::{collections::BTreeMap, time::Duration};
 
