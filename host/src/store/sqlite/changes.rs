@@ -33,7 +33,7 @@ use sqlx::{
     Connection, Executor, SqliteConnection,
     sqlite::{SqliteConnectOptions, SqlitePool, SqliteRow},
 };
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
@@ -132,43 +132,58 @@ async fn data_version(conn: &mut SqliteConnection) -> Result<i64, sqlx::Error> {
         .await
 }
 
+/// The running watcher: its task, and the sender that stops it (sending or dropping it).
+pub(super) struct Watcher {
+    pub(super) task: tokio::task::JoinHandle<()>,
+    pub(super) stop: oneshot::Sender<()>,
+}
+
 /// Opens the watcher's connection and notes where the log ends, so that only changes after
-/// the store's open are published. Answers the task that publishes them.
+/// the store's open are published, then starts the task that publishes them.
 pub(super) async fn start_watcher(
     options: &SqliteConnectOptions,
     origin: i64,
     events: broadcast::Sender<TaskEvent>,
-) -> StoreResult<tokio::task::JoinHandle<()>> {
+) -> StoreResult<Watcher> {
     let mut conn = SqliteConnection::connect_with(&options.clone().read_only(true))
         .await
         .map_err(db_err)?;
     let version = data_version(&mut conn).await.map_err(db_err)?;
     let last = top(&mut conn).await.map_err(db_err)?;
-    Ok(tokio::spawn(watch(conn, origin, events, version, last)))
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(watch(conn, origin, events, version, last, stopped));
+    Ok(Watcher { task, stop })
 }
 
-/// The watcher loop (see the module docs). Errors are logged once per run of failures and
-/// retried at the next poll.
+/// The watcher loop (see the module docs), until `stop` is sent or dropped; then it closes its
+/// connection. Errors are logged once per run of failures and retried at the next poll.
 async fn watch(
     mut conn: SqliteConnection,
     origin: i64,
     events: broadcast::Sender<TaskEvent>,
     mut version: i64,
     mut last: i64,
+    mut stop: oneshot::Receiver<()>,
 ) {
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut stop => {
+                let _ = conn.close().await;
+                return;
+            }
+        }
         let read = async {
             let now = data_version(&mut conn).await?;
             if now == version {
                 return Ok(());
             }
-            version = now;
             if events.receiver_count() == 0 {
                 last = top(&mut conn).await?;
+                version = now;
                 return Ok(());
             }
             loop {
@@ -181,6 +196,8 @@ async fn watch(
                 let full = rows.len() == usize::try_from(BATCH).unwrap_or(usize::MAX);
                 last = publish_batch(&rows, origin, last, &events);
                 if !full {
+                    // Only now: a failed read is tried again at the next poll.
+                    version = now;
                     return Ok::<(), sqlx::Error>(());
                 }
             }

@@ -94,15 +94,22 @@ pub(crate) struct SqliteStore {
     background: Arc<Background>,
 }
 
-/// Tasks that live as long as the store.
+/// Tasks that live as long as the store: the change-log watcher (stopped by dropping its
+/// sender, so it closes its connection) and pruner (aborted).
 #[derive(Debug)]
-struct Background(Vec<tokio::task::JoinHandle<()>>);
+struct Background {
+    watcher: std::sync::Mutex<
+        Option<(
+            tokio::task::JoinHandle<()>,
+            tokio::sync::oneshot::Sender<()>,
+        )>,
+    >,
+    pruner: tokio::task::JoinHandle<()>,
+}
 
 impl Drop for Background {
     fn drop(&mut self) {
-        for task in &self.0 {
-            task.abort();
-        }
+        self.pruner.abort();
     }
 }
 
@@ -175,15 +182,21 @@ impl SqliteStore {
             events,
             writes,
             health,
-            background: Arc::new(Background(vec![watcher, pruner])),
+            background: Arc::new(Background {
+                watcher: std::sync::Mutex::new(Some((watcher.task, watcher.stop))),
+                pruner,
+            }),
         })
     }
 
     /// Stops the background tasks and closes both pools, waiting for their connections to
     /// close (WAL checkpoint included).
     pub(crate) async fn close(&self) {
-        for task in &self.background.0 {
-            task.abort();
+        self.background.pruner.abort();
+        let watcher = self.background.watcher.lock().expect("watcher lock").take();
+        if let Some((task, stop)) = watcher {
+            let _ = stop.send(());
+            let _ = task.await;
         }
         self.reader.close().await;
         self.writer.close().await;
