@@ -281,6 +281,8 @@ error_codes! {
         "The service cannot start: a plugin marked `required` in `plugins.toml` failed to load.";
     UNSUPPORTED_BACKEND = "unsupported_backend", [Cli] -,
         "The service cannot start: the settings name a backend it cannot use as given.";
+    STORE_MODE_UNSUPPORTED = "store_mode_unsupported", [Cli] -,
+        "The service cannot start in this role: the task store cannot be shared as configured (`aihost api` or `aihost consumer` on a SQLite file on a network file system).";
     BIND_FAILED = "bind_failed", [Cli] -,
         "The service cannot start: listening on `server.bind` failed.";
     TLS_ROOTS_MISSING = "tls_roots_missing", [Cli] -,

@@ -44,6 +44,9 @@ pub(crate) enum StartError {
     /// A backend this build does not support yet.
     #[error("{0}")]
     Unsupported(String),
+    /// The store cannot serve this process's role as configured.
+    #[error("{0}")]
+    ModeUnsupported(String),
     /// A bug: a part of the start-up panicked.
     #[error("{0}")]
     Internal(String),
@@ -77,6 +80,7 @@ impl StartError {
             StartError::Fetch(e) => e.code(),
             StartError::Plugin(_) => error_codes::PLUGIN_REQUIRED_FAILED,
             StartError::Unsupported(_) => error_codes::UNSUPPORTED_BACKEND,
+            StartError::ModeUnsupported(_) => error_codes::STORE_MODE_UNSUPPORTED,
             StartError::Internal(_) => error_codes::INTERNAL,
             StartError::Bind { .. } => error_codes::BIND_FAILED,
             StartError::Worker(e) => e.code(),
@@ -120,6 +124,25 @@ pub(crate) async fn open_store(config: &Config) -> Result<Arc<dyn TaskStore>, St
             };
             Ok(Arc::new(PostgresStore::open(&settings).await?))
         }
+    }
+}
+
+/// Refuses a role the configured store cannot serve. SQLite serves `serve`, and `api` plus
+/// any number of `consumer` processes sharing its file on one machine; a file on a network
+/// file system means processes on several machines, which SQLite cannot coordinate (its WAL
+/// index is shared memory), so `api` and `consumer` refuse it. PostgreSQL serves every role.
+fn check_mode(config: &Config, roles: Roles) -> Result<(), StartError> {
+    if config.queue.kind != QueueType::Sqlite || (roles.api && roles.consumer) {
+        return Ok(());
+    }
+    match crate::store::sqlite::network_file_system(&config.queue.path) {
+        Some(fs_type) => Err(StartError::ModeUnsupported(format!(
+            "queue.path {} is on a network file system ({fs_type}): SQLite is shared by \
+             `aihost api` and `aihost consumer` on one machine only; put it on a local disk, \
+             or use queue.type = \"postgres\" for processes on several machines",
+            config.queue.path.display()
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -280,6 +303,7 @@ fn timeouts(config: &Config) -> crate::dispatcher::Timeouts {
 /// Runs the service until a signal, then stops: the API stops accepting, the consumer stops
 /// claiming, running tasks get the grace period, the rest go back to the queue.
 pub(crate) async fn run(config: Config, roles: Roles) -> Result<(), StartError> {
+    check_mode(&config, roles)?;
     crate::metrics::install();
     let upkeep = tokio::spawn(crate::metrics::upkeep());
     let services = build(&config).await?;

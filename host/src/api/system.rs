@@ -90,8 +90,11 @@ pub(crate) struct StatusView {
     pub version: String,
     /// Seconds since start.
     pub uptime_secs: u64,
-    /// The task store answers.
+    /// The task store answers and its last write succeeded (a failed write makes it false
+    /// until a write succeeds again).
     pub store_ok: bool,
+    /// Why `store_ok` is false; absent while it is true.
+    pub store_error: Option<StoreErrorView>,
     /// The storage answers.
     pub storage_ok: bool,
     /// Pending tasks.
@@ -105,6 +108,34 @@ pub(crate) struct StatusView {
     /// Consumer processes heard from recently, with the task types each serves (PostgreSQL
     /// deployments; empty on SQLite).
     pub consumers: Vec<ConsumerView>,
+}
+
+/// Why the task store is failing.
+#[derive(Debug, Clone, Object)]
+pub(crate) struct StoreErrorView {
+    /// The error code requests that need the store answer (`store_unavailable`).
+    pub code: String,
+    /// What the failure means: `disk_full`, `permission_denied`, `read_only`, `busy`,
+    /// `io_error`, `connection_lost`, `corrupt`, or `database_error`.
+    pub cause: String,
+    /// The database's message of the last failure.
+    pub message: String,
+    /// When writes started failing (absent when only reads fail).
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Writes failed since then.
+    pub failed_writes: u64,
+}
+
+impl StoreErrorView {
+    fn of(fault: crate::store::StoreFault) -> StoreErrorView {
+        StoreErrorView {
+            code: crate::error_codes::STORE_UNAVAILABLE.into(),
+            cause: fault.cause.as_str().into(),
+            message: fault.message,
+            since: Some(fault.since),
+            failed_writes: fault.failed_writes,
+        }
+    }
 }
 
 /// A consumer process of the deployment.
@@ -221,6 +252,13 @@ async fn readiness(st: &AppState) -> Result<u64, String> {
         Ok(by_type) => depth = by_type.values().sum(),
         Err(e) => problems.push(format!("the task store is failing: {e}")),
     }
+    if let Some(fault) = st.store.health() {
+        problems.push(format!(
+            "task store writes are failing: {} ({})",
+            fault.cause.describe(),
+            fault.message
+        ));
+    }
     if let Err(e) = st.storage.check().await {
         problems.push(format!("storage is failing: {e}"));
     }
@@ -281,8 +319,21 @@ impl SystemApi {
     #[oai(path = "/api/status", method = "get")]
     async fn status(&self) -> Result<Json<StatusView>, ApiError> {
         let st = &self.state;
-        let store_ok = st.store.ping().await.is_ok();
-        let queue_depth = if store_ok {
+        let ping = st.store.ping().await;
+        let reachable = ping.is_ok();
+        let store_error = match (ping, st.store.health()) {
+            (_, Some(fault)) => Some(StoreErrorView::of(fault)),
+            (Err(e), None) => Some(StoreErrorView {
+                code: e.code().into(),
+                cause: crate::store::Cause::Other.as_str().into(),
+                message: e.to_string(),
+                since: None,
+                failed_writes: 0,
+            }),
+            (Ok(()), None) => None,
+        };
+        let store_ok = store_error.is_none();
+        let queue_depth = if reachable {
             st.store
                 .pending_by_type()
                 .await
@@ -309,7 +360,7 @@ impl SystemApi {
             };
             plugins.insert(p.desc.name.clone(), v);
         }
-        let consumers = if store_ok {
+        let consumers = if reachable {
             st.store
                 .consumers(crate::store::CONSUMER_HEARTBEAT * 3)
                 .await
@@ -323,6 +374,7 @@ impl SystemApi {
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_secs: st.started.elapsed().as_secs(),
             store_ok,
+            store_error,
             storage_ok,
             queue_depth,
             running: st.dispatcher.as_ref().map_or(0, |d| d.running() as u64),

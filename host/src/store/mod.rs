@@ -1,15 +1,18 @@
 //! Task state: the [`TaskStore`] trait and its implementations.
 //!
 //! Every read and write of task state goes through this trait. Implementations:
-//! [`sqlite::SqliteStore`] (embedded default) and [`postgres::PostgresStore`] (scale-out: many
-//! processes on many machines); both pass the same conformance suite (`conformance/`).
+//! [`sqlite::SqliteStore`] (embedded default: one machine, one or several processes on one
+//! file) and [`postgres::PostgresStore`] (scale-out: many processes on many machines); both
+//! pass the same conformance suite (`conformance/`).
 //!
 //! Invariants every implementation keeps:
 //! - a task accepted by [`TaskStore::insert`] is durable when the call returns;
 //! - claims are atomic: one attempt of a task is handed to one worker only;
 //! - a terminal state (COMPLETED, FAILED, CANCELLED) is written once; a late or stale
 //!   completion (wrong attempt, task no longer PROCESSING) is refused and changes nothing;
-//! - every state change and progress update is published as a [`TaskEvent`].
+//! - every state change and progress update is published as a [`TaskEvent`], in every process
+//!   using the database (its own changes once);
+//! - every write transaction's outcome is reported to the store's [`health::StoreHealth`].
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -26,6 +29,9 @@ use crate::error_codes;
 /// /api/status` lists consumers heard from within three of these.
 pub(crate) const CONSUMER_HEARTBEAT: Duration = Duration::from_secs(10);
 
+pub(crate) use health::{Cause, StoreFault};
+
+pub(crate) mod health;
 pub(crate) mod postgres;
 mod sql;
 pub(crate) mod sqlite;
@@ -193,6 +199,24 @@ pub(crate) enum EventKind {
     Failed,
     /// CANCELLED.
     Cancelled,
+}
+
+impl std::fmt::Display for EventKind {
+    /// The wire form (`created`, `cancel_requested`, ...).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match serde_json::to_value(self) {
+            Ok(Value::String(s)) => f.write_str(&s),
+            _ => Err(std::fmt::Error),
+        }
+    }
+}
+
+impl EventKind {
+    /// Parses the wire form (`created`, `cancel_requested`, ...), as stored in the SQLite
+    /// change log and sent in PostgreSQL notifications.
+    pub(crate) fn parse(s: &str) -> Option<EventKind> {
+        serde_json::from_value(Value::String(s.to_owned())).ok()
+    }
 }
 
 /// A state change or progress update of one task, with the task as it is now.
@@ -454,7 +478,8 @@ pub(crate) trait TaskStore: Send + Sync + 'static {
     /// Checks the store answers.
     async fn ping(&self) -> StoreResult<()>;
 
-    /// Subscribes to every task event from now on.
+    /// Subscribes to every task event from now on: this process's changes and, when other
+    /// processes share the database, theirs.
     fn subscribe(&self) -> broadcast::Receiver<TaskEvent>;
 
     /// Claims a consumer identity for this process for as long as it lives: `false` if another
@@ -468,6 +493,9 @@ pub(crate) trait TaskStore: Send + Sync + 'static {
     /// [`TaskStore::hold_worker_identity`] so that the next rescue puts back what its previous
     /// run held, instead of waiting for those leases to run out. Answers how many.
     async fn expire_previous_runs(&self, identity: &str, current: &str) -> StoreResult<u64>;
+
+    /// Why writes fail now, or none while they succeed (see [`health`]).
+    fn health(&self) -> Option<StoreFault>;
 
     /// Records (or refreshes: a heartbeat) a consumer and the task types it serves; the store
     /// keeps `started_at` of the first announcement and stamps `heartbeat_at` itself. Stores

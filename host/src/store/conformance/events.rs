@@ -93,3 +93,51 @@ pub(super) async fn events_of_retries_and_cancels(h: &dyn Harness) {
         ]
     );
 }
+
+/// A second store on the same database (another process, in production: `aihost api` and
+/// `aihost consumer`) publishes the first one's changes, each with the task as it is then, and
+/// neither publishes its own changes twice.
+pub(super) async fn other_stores_changes_are_published(h: &dyn Harness) {
+    use crate::store::CancelOutcome;
+
+    let api = h.open().await;
+    let consumer = h.open().await;
+    let mut on_api = api.subscribe();
+    let mut on_consumer = consumer.subscribe();
+
+    let task = insert(&*api, new_task("cross", 0)).await;
+    let e = next_event(&mut on_consumer).await;
+    assert_eq!((e.kind, &e.task), (EventKind::Created, &task));
+
+    let claimed = claim_one(&*consumer, "cross", LEASE).await;
+    let e = next_event(&mut on_api).await;
+    assert_eq!((e.kind, &e.task), (EventKind::Created, &task));
+    let e = next_event(&mut on_api).await;
+    assert_eq!((e.kind, &e.task), (EventKind::Started, &claimed));
+
+    let CancelOutcome::Requested(requested) = api.cancel(task.id).await.unwrap() else {
+        panic!("a running task's cancel is a request");
+    };
+    let e = next_event(&mut on_consumer).await;
+    assert_eq!((e.kind, &e.task), (EventKind::Started, &claimed));
+    let e = next_event(&mut on_consumer).await;
+    assert_eq!((e.kind, &e.task), (EventKind::CancelRequested, &requested));
+
+    let cancelled = consumer
+        .finish_cancelled(task.id, 1)
+        .await
+        .unwrap()
+        .unwrap();
+    let e = next_event(&mut on_api).await;
+    assert_eq!((e.kind, &e.task), (EventKind::CancelRequested, &requested));
+    let e = next_event(&mut on_api).await;
+    assert_eq!((e.kind, &e.task), (EventKind::Cancelled, &cancelled));
+    let e = next_event(&mut on_consumer).await;
+    assert_eq!((e.kind, &e.task), (EventKind::Cancelled, &cancelled));
+
+    // Nothing more: no store published a change twice.
+    for rx in [&mut on_api, &mut on_consumer] {
+        let more = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await;
+        assert!(more.is_err(), "an event too many: {more:?}");
+    }
+}

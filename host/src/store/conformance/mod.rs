@@ -73,6 +73,7 @@ macro_rules! conformance_suite {
             read::ping_answers,
             events::events_in_order,
             events::events_of_retries_and_cancels,
+            events::other_stores_changes_are_published,
             retention::prune_bounded_batches,
             retention::delete_finished_refuses_live,
             retention::live_input_mentions_only_live,

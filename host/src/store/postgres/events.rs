@@ -214,6 +214,5 @@ async fn resync(pool: &PgPool, events: &broadcast::Sender<TaskEvent>, outage: Du
 }
 
 pub(super) fn parse_kind(s: &str) -> StoreResult<EventKind> {
-    serde_json::from_value(Value::String(s.to_owned()))
-        .map_err(|_| StoreError::Corrupt(format!("unknown event kind {s:?}")))
+    EventKind::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown event kind {s:?}")))
 }

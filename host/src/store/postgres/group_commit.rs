@@ -14,6 +14,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use super::{PostgresStore, events::parse_kind, schema::task_from_row};
 use crate::store::{
     EventKind, StoreError, StoreResult, Task,
+    health::{Cause, StoreHealth},
     sql::{column, db_err},
 };
 
@@ -43,14 +44,27 @@ pub(super) struct WriteJob {
 
 /// Starts the group committers of a pool of `max_connections`; answers where to send writes.
 /// They stop when every sender is dropped.
-pub(super) fn start(pool: &PgPool, max_connections: u32) -> mpsc::UnboundedSender<WriteJob> {
+/// They report the outcome of every transaction to `health`.
+pub(super) fn start(
+    pool: &PgPool,
+    max_connections: u32,
+    health: Arc<StoreHealth>,
+) -> mpsc::UnboundedSender<WriteJob> {
     crate::metrics::store_opened(STORE);
     let (writes, jobs) = mpsc::unbounded_channel();
     let jobs = Arc::new(Mutex::new(jobs));
     for _ in 0..WRITERS.min(max_connections.max(1)) {
-        tokio::spawn(group_commit(pool.clone(), jobs.clone()));
+        tokio::spawn(group_commit(pool.clone(), jobs.clone(), health.clone()));
     }
     writes
+}
+
+/// Reports the outcome of one transaction to `health`.
+fn track(health: &StoreHealth, r: &Result<Vec<PgRow>, sqlx::Error>) {
+    match r {
+        Ok(rows) => health.write_succeeded(!rows.is_empty()),
+        Err(e) => health.write_failed(Cause::of_postgres(e), &e.to_string()),
+    }
 }
 
 /// A group committer: takes every write waiting (up to [`MAX_BATCH`]) and runs them in one
@@ -61,7 +75,11 @@ pub(super) fn start(pool: &PgPool, max_connections: u32) -> mpsc::UnboundedSende
 /// transaction: the batch is then run again statement by statement (each its own
 /// transaction, as without batching), so one failure fails only its own caller. A failed
 /// COMMIT fails the whole batch (whether it took effect is unknown, as for a lone statement).
-async fn group_commit(pool: PgPool, jobs: Arc<Mutex<mpsc::UnboundedReceiver<WriteJob>>>) {
+async fn group_commit(
+    pool: PgPool,
+    jobs: Arc<Mutex<mpsc::UnboundedReceiver<WriteJob>>>,
+    health: Arc<StoreHealth>,
+) {
     let mut batch: Vec<WriteJob> = Vec::with_capacity(MAX_BATCH);
     loop {
         {
@@ -83,6 +101,7 @@ async fn group_commit(pool: PgPool, jobs: Arc<Mutex<mpsc::UnboundedReceiver<Writ
             let began = Instant::now();
             let r = run_alone(&pool, job.sql, job.args, job.durable).await;
             crate::metrics::store_commit(STORE, began, r.is_ok());
+            track(&health, &r);
             let _ = job.reply.send(r);
             continue;
         }
@@ -91,11 +110,14 @@ async fn group_commit(pool: PgPool, jobs: Arc<Mutex<mpsc::UnboundedReceiver<Writ
         crate::metrics::store_commit(STORE, began, together.is_ok());
         match together {
             Ok(answers) => {
+                health.write_succeeded(answers.iter().any(|rows| !rows.is_empty()));
                 for (job, rows) in batch.drain(..).zip(answers) {
                     let _ = job.reply.send(Ok(rows));
                 }
             }
-            Err(BatchError::Commit(msg)) => {
+            Err(BatchError::Commit(e)) => {
+                health.write_failed(Cause::of_postgres(&e), &e.to_string());
+                let msg = e.to_string();
                 for job in batch.drain(..) {
                     let msg = format!("commit failed: {msg}");
                     let _ = job.reply.send(Err(sqlx::Error::Protocol(msg)));
@@ -106,6 +128,7 @@ async fn group_commit(pool: PgPool, jobs: Arc<Mutex<mpsc::UnboundedReceiver<Writ
                     let began = Instant::now();
                     let r = run_alone(&pool, job.sql, job.args, job.durable).await;
                     crate::metrics::store_commit(STORE, began, r.is_ok());
+                    track(&health, &r);
                     let _ = job.reply.send(r);
                 }
             }
@@ -118,7 +141,7 @@ enum BatchError {
     /// A statement (or BEGIN) failed: nothing was committed.
     Statement,
     /// The COMMIT failed: the outcome is unknown.
-    Commit(String),
+    Commit(sqlx::Error),
 }
 
 /// Runs one statement in a transaction of its own.
@@ -164,9 +187,7 @@ async fn run_together(
             .map_err(|_| BatchError::Statement)?;
         answers.push(rows);
     }
-    tx.commit()
-        .await
-        .map_err(|e| BatchError::Commit(e.to_string()))?;
+    tx.commit().await.map_err(BatchError::Commit)?;
     Ok(answers)
 }
 

@@ -68,7 +68,8 @@ use uuid::Uuid;
 use self::{events::EVENT_CAPACITY, group_commit::WriteJob, schema::MIGRATIONS};
 use super::{
     CancelOutcome, ConsumerInfo, DeleteOutcome, ListFilter, NewTask, Page, Progress, Stats, Status,
-    StoreError, StoreResult, Task, TaskError, TaskEvent, TaskStore,
+    StoreError, StoreFault, StoreResult, Task, TaskError, TaskEvent, TaskStore,
+    health::StoreHealth,
     sql::{self, db_err},
 };
 
@@ -111,6 +112,8 @@ struct Inner {
     /// Sessions holding this process's worker-identity advisory locks (see `workers.rs`),
     /// out of the pool for the life of the process.
     held: std::sync::Mutex<Vec<sqlx::PgConnection>>,
+    /// Whether writes succeed.
+    health: Arc<StoreHealth>,
 }
 
 impl Drop for Inner {
@@ -169,7 +172,8 @@ impl PostgresStore {
             .await
             .map_err(db_err)?;
 
-        let writes = group_commit::start(&pool, settings.max_connections);
+        let health = Arc::new(StoreHealth::new("postgres"));
+        let writes = group_commit::start(&pool, settings.max_connections, health.clone());
 
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let task = tokio::spawn(events::listen_loop(
@@ -187,6 +191,7 @@ impl PostgresStore {
                 listener: task,
                 writes,
                 held: std::sync::Mutex::default(),
+                health,
             }),
         })
     }
@@ -298,6 +303,10 @@ impl TaskStore for PostgresStore {
 
     async fn ping(&self) -> StoreResult<()> {
         read::ping(self).await
+    }
+
+    fn health(&self) -> Option<StoreFault> {
+        self.inner.health.fault()
     }
 
     fn subscribe(&self) -> broadcast::Receiver<TaskEvent> {

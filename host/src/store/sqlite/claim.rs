@@ -102,9 +102,9 @@ pub(super) async fn renew(
         .bind(i64::from(attempt))
         .bind(worker)
         .execute(&store.writer)
-        .await
-        .map_err(db_err)?;
-    Ok(done.rows_affected() == 1)
+        .await;
+    store.track_write(&done, |d| d.rows_affected() > 0);
+    Ok(done.map_err(db_err)?.rows_affected() == 1)
 }
 
 /// [`TaskStore::set_progress`](crate::store::TaskStore::set_progress).

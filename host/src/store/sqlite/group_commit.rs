@@ -4,11 +4,17 @@
 //! the one place writes reach the database, and its batching and durability rules stand apart
 //! from what each write does.
 
+use std::sync::Arc;
+
 use sqlx::sqlite::{Sqlite, SqlitePool, SqliteRow};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{SqliteStore, schema::task_from_row};
-use crate::store::{StoreError, StoreResult, Task, sql::db_err};
+use crate::store::{
+    StoreError, StoreResult, Task,
+    health::{Cause, StoreHealth},
+    sql::db_err,
+};
 
 /// The `store` label of this store's commit metrics.
 const STORE: &str = "sqlite";
@@ -29,12 +35,24 @@ pub(super) struct WriteJob {
 }
 
 /// Starts the group committer of the writer pool; answers where to send writes. It stops when
-/// every sender is dropped.
-pub(super) fn start(writer: &SqlitePool) -> mpsc::UnboundedSender<WriteJob> {
+/// every sender is dropped. It reports the outcome of every transaction to `health`.
+pub(super) fn start(
+    writer: &SqlitePool,
+    health: Arc<StoreHealth>,
+) -> mpsc::UnboundedSender<WriteJob> {
     crate::metrics::store_opened(STORE);
     let (writes, rx) = mpsc::unbounded_channel();
-    tokio::spawn(group_commit(writer.clone(), rx));
+    tokio::spawn(group_commit(writer.clone(), rx, health));
     writes
+}
+
+/// Reports a failed write to `health`, and answers every job of the batch with it.
+fn fail_batch(health: &StoreHealth, batch: &mut Vec<WriteJob>, e: &sqlx::Error, what: &str) {
+    health.write_failed(Cause::of_sqlite(e), &e.to_string());
+    let msg = format!("{what}{e}");
+    for job in batch.drain(..) {
+        let _ = job.reply.send(Err(sqlx::Error::Protocol(msg.clone())));
+    }
 }
 
 /// The group committer: takes every write waiting (up to [`MAX_BATCH`]), runs them in one
@@ -42,7 +60,11 @@ pub(super) fn start(writer: &SqlitePool) -> mpsc::UnboundedSender<WriteJob> {
 /// `synchronous = FULL` each COMMIT is one fsync, so under load many writes share one fsync
 /// and a 202 still means "on disk". A statement that fails is rolled back alone (SQLite
 /// statement rollback) and answers its error; the others commit.
-async fn group_commit(writer: SqlitePool, mut rx: mpsc::UnboundedReceiver<WriteJob>) {
+async fn group_commit(
+    writer: SqlitePool,
+    mut rx: mpsc::UnboundedReceiver<WriteJob>,
+    health: Arc<StoreHealth>,
+) {
     let mut batch: Vec<WriteJob> = Vec::with_capacity(MAX_BATCH);
     // The connection opens with synchronous = FULL.
     let mut synced = true;
@@ -59,10 +81,7 @@ async fn group_commit(writer: SqlitePool, mut rx: mpsc::UnboundedReceiver<WriteJ
             Ok(c) => c,
             Err(e) => {
                 crate::metrics::store_commit(STORE, began, false);
-                let msg = e.to_string();
-                for job in batch.drain(..) {
-                    let _ = job.reply.send(Err(sqlx::Error::Protocol(msg.clone())));
-                }
+                fail_batch(&health, &mut batch, &e, "");
                 continue;
             }
         };
@@ -81,15 +100,16 @@ async fn group_commit(writer: SqlitePool, mut rx: mpsc::UnboundedReceiver<WriteJ
             let job = batch.pop().expect("one job");
             let r = job.query.fetch_all(&mut *conn).await;
             crate::metrics::store_commit(STORE, began, r.is_ok());
+            match &r {
+                Ok(rows) => health.write_succeeded(!rows.is_empty()),
+                Err(e) => health.write_failed(Cause::of_sqlite(e), &e.to_string()),
+            }
             let _ = job.reply.send(r);
             continue;
         }
         if let Err(e) = sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await {
             crate::metrics::store_commit(STORE, began, false);
-            let msg = e.to_string();
-            for job in batch.drain(..) {
-                let _ = job.reply.send(Err(sqlx::Error::Protocol(msg.clone())));
-            }
+            fail_batch(&health, &mut batch, &e, "");
             continue;
         }
         let mut answers = Vec::with_capacity(batch.len());
@@ -101,11 +121,21 @@ async fn group_commit(writer: SqlitePool, mut rx: mpsc::UnboundedReceiver<WriteJ
         crate::metrics::store_commit(STORE, began, committed.is_ok());
         match committed {
             Ok(_) => {
+                // A statement that failed inside a committed batch still is a failed write.
+                match answers.iter().find_map(|(_, r)| r.as_ref().err()) {
+                    Some(e) => health.write_failed(Cause::of_sqlite(e), &e.to_string()),
+                    None => health.write_succeeded(
+                        answers
+                            .iter()
+                            .any(|(_, r)| r.as_ref().is_ok_and(|rows| !rows.is_empty())),
+                    ),
+                }
                 for (reply, r) in answers {
                     let _ = reply.send(r);
                 }
             }
             Err(e) => {
+                health.write_failed(Cause::of_sqlite(&e), &e.to_string());
                 let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
                 let msg = e.to_string();
                 for (reply, _) in answers {
@@ -114,6 +144,27 @@ async fn group_commit(writer: SqlitePool, mut rx: mpsc::UnboundedReceiver<WriteJ
             }
         }
     }
+}
+
+/// Sends a write statement to the group committer and answers its rows once committed.
+pub(super) async fn send_write(
+    writes: &mpsc::UnboundedSender<WriteJob>,
+    query: WriteQuery,
+    durable: bool,
+) -> StoreResult<Vec<SqliteRow>> {
+    // Answered after the COMMIT of the batch the statement ran in.
+    let (reply, answer) = oneshot::channel();
+    writes
+        .send(WriteJob {
+            query,
+            durable,
+            reply,
+        })
+        .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
+    answer
+        .await
+        .map_err(|_| StoreError::Unavailable("the group committer stopped".into()))?
+        .map_err(db_err)
 }
 
 impl SqliteStore {
@@ -132,19 +183,7 @@ impl SqliteStore {
         query: WriteQuery,
         durable: bool,
     ) -> StoreResult<Vec<Task>> {
-        // Answered after the COMMIT of the batch the statement ran in.
-        let (reply, answer) = oneshot::channel();
-        self.writes
-            .send(WriteJob {
-                query,
-                durable,
-                reply,
-            })
-            .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
-        let rows = answer
-            .await
-            .map_err(|_| StoreError::Unavailable("the group committer stopped".into()))?
-            .map_err(db_err)?;
+        let rows = send_write(&self.writes, query, durable).await?;
         rows.iter().map(task_from_row).collect()
     }
 

@@ -16,7 +16,12 @@
 //!   transitions (retry or fail, rescue) decide with `CASE` on the row's old values, so there
 //!   is one round trip per operation and no explicit transaction;
 //! - events are published on a broadcast channel after the statement committed, carrying the
-//!   task as the statement returned it.
+//!   task as the statement returned it. Other processes on the same file (`aihost api` and
+//!   `aihost consumer` on one machine) learn of them through a change log that TEMP triggers
+//!   of the writer connection fill, read by a watcher polling `PRAGMA data_version`
+//!   (`changes.rs`); this process publishes theirs the same way;
+//! - write health: the group committer reports every transaction's outcome to a
+//!   [`StoreHealth`](crate::store::health::StoreHealth).
 //!
 //! Migrations are embedded with `include_str!` and run with sqlx's
 //! [`Migrator`](sqlx::migrate::Migrator) (same `_sqlx_migrations` bookkeeping as
@@ -27,15 +32,18 @@
 //! each operation to the file of its concern: `submit.rs` (insert), `claim.rs` (claims, leases,
 //! progress, rescue), `finish.rs` (complete, fail, release, cancel), `retention.rs` (prune,
 //! delete), `read.rs` (get, list,
-//! stats), `group_commit.rs` (the writer task every write goes through) and `schema.rs`
-//! (migrations, the column list, encoding and decoding of rows).
+//! stats), `group_commit.rs` (the writer task every write goes through), `changes.rs` (events
+//! across processes) and `schema.rs` (migrations, the column list, encoding and decoding of
+//! rows).
 
+mod changes;
 mod claim;
 mod finish;
 mod group_commit;
 mod read;
 mod retention;
 mod schema;
+mod sharing;
 mod submit;
 #[cfg(test)]
 mod tests;
@@ -57,10 +65,12 @@ use sqlx::sqlite::{
 use tokio::sync::{broadcast, mpsc};
 use uuid::Uuid;
 
+pub(crate) use self::sharing::network_file_system;
 use self::{group_commit::WriteJob, schema::MIGRATIONS};
 use super::{
     CancelOutcome, DeleteOutcome, EventKind, ListFilter, NewTask, Page, Progress, Stats, Status,
-    StoreError, StoreResult, Task, TaskError, TaskEvent, TaskStore,
+    StoreError, StoreFault, StoreResult, Task, TaskError, TaskEvent, TaskStore,
+    health::StoreHealth,
     sql::{self, db_err},
 };
 
@@ -72,7 +82,8 @@ const READ_CONNECTIONS: u32 = 4;
 /// How long SQLite waits for a lock held by another connection or process.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The embedded SQLite [`TaskStore`]. Cheap to clone (pools and channel are shared).
+/// The embedded SQLite [`TaskStore`]. Cheap to clone (pools, channel and background tasks are
+/// shared); the background tasks stop when the last clone is dropped or at [`Self::close`].
 #[derive(Debug, Clone)]
 pub(crate) struct SqliteStore {
     /// One connection: every write goes through it.
@@ -88,6 +99,29 @@ pub(crate) struct SqliteStore {
     /// Lock files of the worker identities this process holds (see `workers.rs`); closing one
     /// releases its lock, so they live as long as the process.
     held: Arc<Mutex<Vec<std::fs::File>>>,
+    /// Whether writes succeed.
+    health: Arc<StoreHealth>,
+    /// The change-log watcher and pruner.
+    background: Arc<Background>,
+}
+
+/// Tasks that live as long as the store: the change-log watcher (stopped by dropping its
+/// sender, so it closes its connection) and pruner (aborted).
+#[derive(Debug)]
+struct Background {
+    watcher: std::sync::Mutex<
+        Option<(
+            tokio::task::JoinHandle<()>,
+            tokio::sync::oneshot::Sender<()>,
+        )>,
+    >,
+    pruner: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.pruner.abort();
+    }
 }
 
 impl SqliteStore {
@@ -103,6 +137,9 @@ impl SqliteStore {
             .filename(path)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
+        // Tells this store's changes from other processes' in the change log.
+        let origin =
+            i64::from_ne_bytes(Uuid::new_v4().as_bytes()[..8].try_into().expect("8 bytes"));
 
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
@@ -110,6 +147,14 @@ impl SqliteStore {
             .idle_timeout(None)
             .max_lifetime(None)
             .test_before_acquire(false)
+            // A reconnected writer gets its change-log triggers again (before the first
+            // migration there is no table to put them on: installed below).
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    let _ = changes::install_triggers(conn, origin).await;
+                    Ok(())
+                })
+            })
             .connect_with(
                 base.clone()
                     .create_if_missing(true)
@@ -123,6 +168,7 @@ impl SqliteStore {
             .run(&writer)
             .await
             .map_err(|e| StoreError::Migration(e.to_string()))?;
+        changes::install_triggers(&mut *writer.acquire().await.map_err(db_err)?, origin).await?;
 
         // The journal mode is persistent in the file; readers need not (and, read-only, cannot)
         // set it.
@@ -132,12 +178,15 @@ impl SqliteStore {
             .idle_timeout(None)
             .max_lifetime(None)
             .test_before_acquire(false)
-            .connect_with(base.read_only(true))
+            .connect_with(base.clone().read_only(true))
             .await
             .map_err(db_err)?;
 
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
-        let writes = group_commit::start(&writer);
+        let health = Arc::new(StoreHealth::new("sqlite"));
+        let writes = group_commit::start(&writer, health.clone());
+        let watcher = changes::start_watcher(&base, origin, events.clone()).await?;
+        let pruner = tokio::spawn(changes::prune_loop(reader.clone(), writes.clone()));
         Ok(SqliteStore {
             writer,
             reader,
@@ -145,13 +194,36 @@ impl SqliteStore {
             writes,
             path: path.to_owned(),
             held: Arc::default(),
+            health,
+            background: Arc::new(Background {
+                watcher: std::sync::Mutex::new(Some((watcher.task, watcher.stop))),
+                pruner,
+            }),
         })
     }
 
-    /// Closes both pools, waiting for their connections to close (WAL checkpoint included).
+    /// Stops the background tasks and closes both pools, waiting for their connections to
+    /// close (WAL checkpoint included).
     pub(crate) async fn close(&self) {
+        self.background.pruner.abort();
+        let watcher = self.background.watcher.lock().expect("watcher lock").take();
+        if let Some((task, stop)) = watcher {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
         self.reader.close().await;
         self.writer.close().await;
+    }
+
+    /// Reports the outcome of a write that bypasses the group committer to the health tracker;
+    /// `changed` says whether a successful one changed rows.
+    fn track_write<T>(&self, r: &Result<T, sqlx::Error>, changed: impl Fn(&T) -> bool) {
+        match r {
+            Ok(v) => self.health.write_succeeded(changed(v)),
+            Err(e) => self
+                .health
+                .write_failed(super::Cause::of_sqlite(e), &e.to_string()),
+        }
     }
 
     /// Publishes an event; nobody listening is fine.
@@ -276,5 +348,9 @@ impl TaskStore for SqliteStore {
 
     async fn expire_previous_runs(&self, identity: &str, current: &str) -> StoreResult<u64> {
         workers::expire_previous_runs(self, identity, current).await
+    }
+
+    fn health(&self) -> Option<StoreFault> {
+        self.health.fault()
     }
 }

@@ -31,6 +31,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "task timeout",
         include_str!("../../../migrations/sqlite/0004_timeout.sql"),
     ),
+    (
+        5,
+        "task changes",
+        include_str!("../../../migrations/sqlite/0005_task_changes.sql"),
+    ),
 ];
 
 /// The columns every task-returning statement selects, in one place.
