@@ -65,6 +65,9 @@ pub(crate) struct AppState {
     pub default_max_attempts: u32,
     /// Public base URL of this service.
     pub public_url: String,
+    /// The fetcher, whose SSRF rules `webhook_url` must pass at submit (none only in the
+    /// throwaway state `aihost openapi` builds to print the document).
+    pub fetcher: Option<crate::fetch::Fetcher>,
     /// Process start.
     pub started: Instant,
 }
@@ -199,12 +202,7 @@ fn check_api_key(state: &AppState, req: &Request) -> Option<poem::Error> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
-    let ok = given.is_some_and(|g| {
-        state
-            .api_keys
-            .iter()
-            .any(|k| constant_time_eq(k.as_bytes(), g.as_bytes()))
-    });
+    let ok = given.is_some_and(|g| key_matches(&state.api_keys, g));
     if ok {
         None
     } else {
@@ -221,11 +219,18 @@ fn check_api_key(state: &AppState, req: &Request) -> Option<poem::Error> {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+/// Whether `given` is one of `keys`, in time that depends on neither the keys' lengths nor
+/// where they differ: the SHA-256 digests (always 32 bytes) are compared in constant time
+/// (`subtle`), and every key is compared, with no early return.
+fn key_matches(keys: &[String], given: &str) -> bool {
+    use sha2::{Digest as _, Sha256};
+    use subtle::ConstantTimeEq as _;
+    let given = Sha256::digest(given.as_bytes());
+    let mut found = subtle::Choice::from(0);
+    for key in keys {
+        found |= Sha256::digest(key.as_bytes()).ct_eq(&given);
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    found.into()
 }
 
 /// Caps JSON bodies at `max_body_bytes` (uploads have their own limit): 413 from the
@@ -352,4 +357,23 @@ fn check_create_envelope(bytes: &[u8]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_matches;
+
+    #[test]
+    fn api_keys_match_only_exactly() {
+        let keys = vec![
+            "short".to_owned(),
+            "a-much-longer-key-0123456789".to_owned(),
+        ];
+        assert!(key_matches(&keys, "short"));
+        assert!(key_matches(&keys, "a-much-longer-key-0123456789"));
+        for wrong in ["", "shor", "shortt", "Short", "a-much-longer-key-012345678"] {
+            assert!(!key_matches(&keys, wrong), "{wrong:?}");
+        }
+        assert!(!key_matches(&[], "short"));
+    }
 }

@@ -145,6 +145,9 @@ pub struct Task {
     /// The trace context of the request that submitted it (W3C `traceparent` text), when trace
     /// export was on; the attempts' spans continue that trace. Opaque to the store.
     pub trace_parent: Option<String>,
+    /// Hex SHA-256 of the request that created it (task type, input and options), which binds
+    /// its idempotency key; none for tasks stored before schema v3.
+    pub request_hash: Option<String>,
 }
 
 /// A task to insert.
@@ -166,6 +169,8 @@ pub(crate) struct NewTask {
     pub webhook_url: Option<String>,
     /// The submitting request's trace context (W3C `traceparent`), if traces are exported.
     pub trace_parent: Option<String>,
+    /// Hex SHA-256 of the request (see [`Task::request_hash`]).
+    pub request_hash: Option<String>,
 }
 
 /// What happened to a task, published to subscribers.
@@ -330,6 +335,15 @@ pub enum StoreError {
     /// A migration failed at open.
     #[error("task store migration failed: {0}")]
     Migration(String),
+    /// An insert named an idempotency key whose task was created by another request (another
+    /// type, input or options). Nothing was written.
+    #[error("idempotency key {key:?} was used by task {existing} for another request")]
+    IdempotencyConflict {
+        /// The key (cut to 64 characters for the message).
+        key: String,
+        /// The task that holds the key.
+        existing: Uuid,
+    },
     /// A cursor that this store did not produce.
     #[error("invalid cursor")]
     InvalidCursor,
@@ -345,6 +359,7 @@ impl StoreError {
             StoreError::Unavailable(_) => error_codes::STORE_UNAVAILABLE,
             StoreError::Migration(_) => error_codes::STORE_MIGRATION_FAILED,
             StoreError::InvalidCursor => error_codes::INVALID_CURSOR,
+            StoreError::IdempotencyConflict { .. } => error_codes::IDEMPOTENCY_CONFLICT,
             StoreError::Corrupt(_) => error_codes::STORE_CORRUPT,
         }
     }
@@ -358,6 +373,9 @@ pub(crate) type StoreResult<T> = Result<T, StoreError>;
 pub(crate) trait TaskStore: Send + Sync + 'static {
     /// Inserts a task, durably. If `idempotency_key` is set and a task with that key exists,
     /// returns that task and `false` and writes nothing; otherwise the new task and `true`.
+    /// When both the existing task and the new one carry a `request_hash` and the two differ,
+    /// answers [`StoreError::IdempotencyConflict`] and writes nothing (a task without a hash,
+    /// stored before schema v3, matches any request).
     async fn insert(&self, task: NewTask) -> StoreResult<(Task, bool)>;
 
     /// Reads one task.

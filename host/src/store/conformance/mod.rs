@@ -52,6 +52,8 @@ macro_rules! conformance_suite {
         $crate::store::conformance::conformance_suite!(@tests $harness;
             submit::insert_get_round_trip,
             submit::idempotency_key_dedups,
+            submit::idempotency_key_bound_to_request_hash,
+            submit::idempotency_rows_without_hash_match_any_request,
             submit::durable_across_reopen,
             claim::claim_order_priority_then_fifo,
             claim::claim_skips_future_run_at_and_other_types,
@@ -102,6 +104,7 @@ fn new_task(task_type: &str, priority: i32) -> NewTask {
         idempotency_key: None,
         webhook_url: None,
         trace_parent: None,
+        request_hash: None,
     }
 }
 

@@ -28,6 +28,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "trace parent",
         include_str!("../../../migrations/postgres/0002_trace_parent.sql"),
     ),
+    (
+        3,
+        "request hash",
+        include_str!("../../../migrations/postgres/0003_request_hash.sql"),
+    ),
 ];
 
 /// A duration in microseconds, as the statements bind leases and ages.
@@ -69,6 +74,9 @@ struct TaskRow {
     lease_until: Option<DateTime<Utc>>,
     cancel_requested: bool,
     trace_parent: Option<String>,
+    // Absent from the notifications of a process that predates schema v3.
+    #[serde(default)]
+    request_hash: Option<String>,
 }
 
 fn unsigned(v: i64, name: &str) -> StoreResult<u32> {
@@ -113,5 +121,6 @@ pub(super) fn task_from_json(value: Value) -> StoreResult<Task> {
         lease_until: r.lease_until,
         cancel_requested: r.cancel_requested,
         trace_parent: r.trace_parent,
+        request_hash: r.request_hash,
     })
 }

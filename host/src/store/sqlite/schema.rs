@@ -26,6 +26,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "trace parent",
         include_str!("../../../migrations/sqlite/0002_trace_parent.sql"),
     ),
+    (
+        3,
+        "request hash",
+        include_str!("../../../migrations/sqlite/0003_request_hash.sql"),
+    ),
 ];
 
 /// The columns every task-returning statement selects, in one place.
@@ -34,7 +39,7 @@ macro_rules! task_columns {
         "id, task_type, status, input, priority, attempts, max_attempts, progress_percent, \
          progress_message, result, error_code, error_message, created_at, started_at, \
          finished_at, run_at, idempotency_key, webhook_url, worker, lease_until, cancel_requested, \
-         trace_parent"
+         trace_parent, request_hash"
     };
 }
 pub(super) use task_columns;
@@ -115,5 +120,6 @@ pub(super) fn task_from_row(row: &SqliteRow) -> StoreResult<Task> {
         lease_until: opt_time(row, "lease_until")?,
         cancel_requested: column::<i64, _>(row, "cancel_requested")? != 0,
         trace_parent: column(row, "trace_parent")?,
+        request_hash: column(row, "request_hash")?,
     })
 }

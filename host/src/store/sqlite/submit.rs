@@ -7,13 +7,14 @@ use super::{
 };
 use crate::store::{
     EventKind, NewTask, StoreError, StoreResult, Task,
-    sql::{db_err, to_json},
+    sql::{db_err, keyed_existing, to_json},
 };
 
 const SQL_INSERT: &str = concat!(
     "INSERT INTO tasks (id, task_type, status, input, priority, attempts, max_attempts, \
-     created_at, run_at, idempotency_key, webhook_url, cancel_requested, trace_parent) \
-     VALUES (?1, ?2, 'PENDING', ?3, ?4, 0, ?5, ?6, ?6, ?7, ?8, 0, ?9) \
+     created_at, run_at, idempotency_key, webhook_url, cancel_requested, trace_parent, \
+     request_hash) \
+     VALUES (?1, ?2, 'PENDING', ?3, ?4, 0, ?5, ?6, ?6, ?7, ?8, 0, ?9, ?10) \
      ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
      RETURNING ",
     task_columns!()
@@ -38,7 +39,8 @@ pub(super) async fn insert(store: &SqliteStore, task: NewTask) -> StoreResult<(T
         .bind(now)
         .bind(task.idempotency_key.clone())
         .bind(task.webhook_url)
-        .bind(task.trace_parent);
+        .bind(task.trace_parent)
+        .bind(task.request_hash.clone());
     if let Some(created) = store.write_task(query).await? {
         store.publish(EventKind::Created, &created);
         return Ok((created, true));
@@ -54,5 +56,5 @@ pub(super) async fn insert(store: &SqliteStore, task: NewTask) -> StoreResult<(T
         .await
         .map_err(db_err)?
         .ok_or_else(|| StoreError::Corrupt("idempotency conflict but no such task".into()))?;
-    Ok((task_from_row(&row)?, false))
+    keyed_existing(task_from_row(&row)?, task.request_hash.as_deref())
 }

@@ -132,6 +132,7 @@ async fn insert_throughput() {
                 idempotency_key: None,
                 webhook_url: None,
                 trace_parent: None,
+                request_hash: None,
             })
             .await
             .unwrap();
