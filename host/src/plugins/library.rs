@@ -265,7 +265,7 @@ pub(crate) fn clean_plugin_error(e: PluginError) -> PluginError {
         return e;
     }
     let original: String = e.code.as_str().chars().take(64).collect();
-    let message: String = format!("plugin error code {original:?}: {}", e.message.as_str())
+    let message: String = format!("plugin error code `{original}`: {}", e.message.as_str())
         .chars()
         .filter(|c| !c.is_control())
         .take(MAX_REPLACED_MESSAGE)

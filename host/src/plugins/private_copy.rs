@@ -55,7 +55,6 @@ impl PrivateCopy {
                 .mode(0o500)
                 .open(&path)?;
             std::io::copy(&mut from, &mut to)?;
-            to.sync_all()?;
             File::open(&path)
         })();
         match copied {
