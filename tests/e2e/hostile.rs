@@ -463,3 +463,95 @@ async fn an_empty_cursor_is_the_first_page() {
     assert_eq!(st, 200, "{page}");
     assert_eq!(page["tasks"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn unsupported_methods_answer_405_with_allow() {
+    let s = Server::start().await;
+    for (method, path, allow) in [
+        ("TRACE", "/api/health", "GET, HEAD"),
+        ("PUT", "/api/tasks", "GET, POST, HEAD"),
+        ("TRACE", "/api/tasks/create", "POST"),
+        (
+            "PATCH",
+            "/api/tasks/01a23201-efa6-70b3-919d-398eae748ec9",
+            "DELETE, GET, HEAD",
+        ),
+        ("DELETE", "/files/uploads/a/b.png", "GET, HEAD"),
+    ] {
+        let r = s
+            .http
+            .request(method.parse().unwrap(), s.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405, "{method} {path}");
+        let got = r.headers()["allow"].to_str().unwrap().to_owned();
+        let mut got: Vec<&str> = got.split(", ").collect();
+        got.sort_unstable();
+        let mut want: Vec<&str> = allow.split(", ").collect();
+        want.sort_unstable();
+        assert_eq!(got, want, "{method} {path}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(code(&body), "method_not_allowed");
+    }
+}
+
+#[tokio::test]
+async fn the_document_declares_nulls_streams_and_websocket_answers() {
+    let s = Server::start().await;
+    let (_, spec) = s.get("/openapi.json").await;
+    let task = &spec["components"]["schemas"]["TaskView"]["properties"];
+    for field in [
+        "finished_at",
+        "started_at",
+        "error",
+        "progress",
+        "idempotency_key",
+        "webhook_url",
+        "result",
+    ] {
+        assert_eq!(
+            task[field]["nullable"], true,
+            "TaskView.{field}: {}",
+            task[field]
+        );
+    }
+    assert_eq!(
+        spec["components"]["schemas"]["TaskPage"]["properties"]["next_cursor"]["nullable"],
+        true
+    );
+    assert_eq!(
+        spec["components"]["schemas"]["StatsView"]["properties"]["success_rate"]["nullable"],
+        true
+    );
+    // The plugins' input schemas are theirs: not made nullable.
+    let input = &spec["components"]["schemas"]["TaskInput.testkit.run"]["properties"]["ms"];
+    assert!(input.get("nullable").is_none(), "{input}");
+    let events =
+        &spec["paths"]["/api/tasks/{task_id}/events"]["get"]["responses"]["200"]["content"];
+    let (media, body) = events.as_object().unwrap().iter().next().unwrap();
+    assert!(media.starts_with("text/event-stream"), "{media}");
+    assert_eq!(body["schema"]["type"], "object", "{body}");
+    assert_eq!(body["schema"]["required"], json!(["data"]));
+    let ws = &spec["paths"]["/api/tasks/{task_id}/ws"]["get"]["responses"];
+    for status in ["101", "400", "401", "404"] {
+        assert!(ws.get(status).is_some(), "ws {status}: {ws}");
+    }
+    // The ws route answers a plain GET with that documented 400.
+    let (_, task) = s
+        .post(
+            "/api/tasks",
+            &json!({"type": "testkit.run", "input": {"mode": "ok"}}),
+        )
+        .await;
+    let id = task["task_id"].as_str().unwrap();
+    let (st, body) = s.get(&format!("/api/tasks/{id}/ws")).await;
+    assert_eq!(st, 400, "{body}");
+    // Every answer of a create is documented, 409 included.
+    let create = &spec["paths"]["/api/tasks"]["post"]["responses"];
+    for status in [
+        "200", "202", "400", "401", "409", "413", "422", "429", "503",
+    ] {
+        assert!(create.get(status).is_some(), "POST /api/tasks {status}");
+    }
+}

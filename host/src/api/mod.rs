@@ -113,6 +113,7 @@ pub(crate) fn app(state: Arc<AppState>) -> impl Endpoint {
     let docs = spec::Docs::new(base_spec, service.swagger_ui_html(), state.registry.clone());
     let docs_html = docs.clone();
     let docs_json = docs.clone();
+    let docs_allow = docs.clone();
     let auth_state = state.clone();
     let limit_state = state.clone();
     let cors_origins = state.cors_origins.clone();
@@ -149,6 +150,21 @@ pub(crate) fn app(state: Arc<AppState>) -> impl Endpoint {
         .catch_all_error(|err| async move { error::normalize(err) })
         .with_if(!cors_origins.is_empty(), cors(&cors_origins, &public_url))
         .catch_all_error(|err| async move { error::normalize(err) })
+        .around(move |ep, req| {
+            let docs = docs_allow.clone();
+            async move {
+                let path = req.uri().path().to_owned();
+                let mut resp = ep.call(req).await?.into_response();
+                // RFC 9110: a 405 lists the methods the resource answers.
+                if resp.status() == StatusCode::METHOD_NOT_ALLOWED
+                    && let Some(allow) = docs.allowed_methods(&path)
+                    && let Ok(value) = header::HeaderValue::from_str(&allow)
+                {
+                    resp.headers_mut().insert(header::ALLOW, value);
+                }
+                Ok(resp)
+            }
+        })
         .around(metrics::track)
         .around(access_log::observe)
 }
@@ -268,7 +284,9 @@ async fn limit_body<E: Endpoint>(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    let is_create = req.uri().path() == "/api/tasks" && *req.method() == Method::POST;
+    let is_faceswap = req.uri().path() == "/api/faceswap/create";
+    let is_create =
+        (req.uri().path() == "/api/tasks" || is_faceswap) && *req.method() == Method::POST;
     let mut create_body = None;
     if is_create
         || (declared.is_none()
@@ -282,6 +300,15 @@ async fn limit_body<E: Endpoint>(
         {
             Ok(bytes) => {
                 if is_create {
+                    // poem-openapi reads a number or a boolean as a string field; the
+                    // envelope's string fields must be strings.
+                    if let Some(msg) = wrong_string_fields(&bytes, is_faceswap) {
+                        return Err(poem::Error::from_response(error::error_response(
+                            StatusCode::BAD_REQUEST,
+                            crate::error_codes::INVALID_BODY,
+                            &msg,
+                        )));
+                    }
                     create_body = Some(bytes.clone());
                 }
                 req.set_body(bytes)
@@ -295,7 +322,11 @@ async fn limit_body<E: Endpoint>(
         // poem-openapi's message does not name the field: look at the body again (only on
         // this error path, so a good request is parsed once).
         Err(e) if e.is::<poem_openapi::error::ParseRequestPayloadError>() => {
-            match create_body.as_deref().map(check_create_envelope) {
+            match create_body
+                .as_deref()
+                .filter(|_| !is_faceswap)
+                .map(check_create_envelope)
+            {
                 Some(Err(msg)) => Err(poem::Error::from_response(error::error_response(
                     StatusCode::BAD_REQUEST,
                     crate::error_codes::INVALID_BODY,
@@ -312,6 +343,30 @@ async fn limit_body<E: Endpoint>(
 pub(crate) fn openapi_document(state: Arc<AppState>) -> String {
     let base = openapi(state.clone()).spec();
     serde_json::to_string_pretty(&spec::merge(&base, &state.registry)).unwrap_or_default()
+}
+
+/// The first string field of a create's envelope that holds a number or a boolean (which
+/// poem-openapi would read as its text), as a message naming it.
+fn wrong_string_fields(bytes: &[u8], faceswap: bool) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let obj = value.as_object()?;
+    let fields: &[&str] = if faceswap {
+        &[
+            "source_url",
+            "target_url",
+            "resolution",
+            "media_type",
+            "webhook_url",
+            "idempotency_key",
+        ]
+    } else {
+        &["type", "webhook_url", "idempotency_key"]
+    };
+    fields.iter().find_map(|f| {
+        obj.get(*f)
+            .filter(|v| v.is_number() || v.is_boolean())
+            .map(|v| format!("field `{f}` must be a string, found {v}"))
+    })
 }
 
 /// Checks the envelope of `POST /api/tasks` after poem-openapi refused it, so that a wrong type

@@ -313,11 +313,12 @@ impl TasksApi {
     /// answers the task it created first; with another request (type, input, priority,
     /// max_attempts or webhook_url) it answers 409 `idempotency_conflict`. Keys over 255 bytes
     /// answer 400 `idempotency_key_too_long`.
-    #[oai(path = "/api/tasks", method = "post")]
+    #[oai(path = "/api/tasks", method = "post", operation_id = "create_task")]
     async fn create(
         &self,
         body: Json<CreateTaskRequest>,
         /// Seconds to wait for the task to finish (at most 600).
+        #[oai(validator(minimum(value = "0"), maximum(value = "600")))]
         wait: Query<Option<u64>>,
         /// Deduplication key, at most 255 bytes, bound to this request (see above).
         #[oai(name = "Idempotency-Key")]
@@ -352,6 +353,9 @@ impl TasksApi {
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<u32>>,
         /// `next_cursor` of the previous page (empty or absent: the first page).
+        #[oai(validator(
+            pattern = r"^$|^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+        ))]
         cursor: Query<Option<String>>,
     ) -> Result<Json<TaskPage>, ApiError> {
         let page = self

@@ -33,10 +33,13 @@ pub(crate) enum FaceswapMediaType {
 #[derive(Debug, Clone, Object)]
 pub(crate) struct FaceswapRequest {
     /// URL (or upload key) of the image with the face to put in.
+    #[oai(validator(min_length = 1))]
     pub source_url: String,
     /// URL (or upload key) of the image or video whose faces are replaced.
+    #[oai(validator(min_length = 1))]
     pub target_url: String,
     /// Output box `WIDTHxHEIGHT`, e.g. `1024x1024` (mapped to FaceFusion's output scale).
+    #[oai(validator(pattern = "^[1-9][0-9]{0,4}[xX][1-9][0-9]{0,4}$"))]
     pub resolution: Option<String>,
     /// `image` or `video`; detected from the target when absent.
     pub media_type: Option<FaceswapMediaType>,
@@ -45,8 +48,8 @@ pub(crate) struct FaceswapRequest {
     pub priority: i32,
     /// URL to POST the finished task to.
     pub webhook_url: Option<String>,
-    /// Deduplication key (also accepted as the `Idempotency-Key` header).
-    #[oai(validator(max_length = 255))]
+    /// Deduplication key (also accepted as the `Idempotency-Key` header, which wins), at most
+    /// 255 bytes, bound to this request like `POST /api/tasks`'s.
     pub idempotency_key: Option<String>,
 }
 
@@ -83,11 +86,16 @@ impl FaceswapApi {
     /// Creates a `facefusion.faceswap` task from `{"source_url", "target_url", "resolution",
     /// "media_type"}`. Answers 202 with the task (200 when `wait` saw it finish), 422 when the
     /// body fails the task type's schema, 503 when the FaceFusion plugin is not loaded.
-    #[oai(path = "/api/faceswap/create", method = "post")]
+    #[oai(
+        path = "/api/faceswap/create",
+        method = "post",
+        operation_id = "faceswap_create"
+    )]
     async fn create(
         &self,
         body: Json<FaceswapRequest>,
         /// Seconds to wait for the task to finish (at most 600).
+        #[oai(validator(minimum(value = "0"), maximum(value = "600")))]
         wait: Query<Option<u64>>,
         /// Deduplication key.
         #[oai(name = "Idempotency-Key")]
