@@ -33,13 +33,10 @@ pub(crate) enum FaceswapMediaType {
 #[derive(Debug, Clone, Object)]
 pub(crate) struct FaceswapRequest {
     /// URL (or upload key) of the image with the face to put in.
-    #[oai(validator(min_length = 1))]
     pub source_url: String,
     /// URL (or upload key) of the image or video whose faces are replaced.
-    #[oai(validator(min_length = 1))]
     pub target_url: String,
     /// Output box `WIDTHxHEIGHT`, e.g. `1024x1024` (mapped to FaceFusion's output scale).
-    #[oai(validator(pattern = "^[1-9][0-9]{0,4}[xX][1-9][0-9]{0,4}$"))]
     pub resolution: Option<String>,
     /// `image` or `video`; detected from the target when absent.
     pub media_type: Option<FaceswapMediaType>,
