@@ -589,6 +589,7 @@ async fn print_openapi(config: &Config) -> ExitCode {
         max_pending: 0,
         default_max_attempts: 3,
         public_url: config.public_url(),
+        fetcher: None,
         started: std::time::Instant::now(),
     });
     let spec = crate::api::openapi_document(state);

@@ -721,9 +721,15 @@ impl Dispatcher {
                     }
                 }
                 let e = last.expect("at least one attempt");
+                // The backend's detail may name the storage root or the work folder: it goes
+                // to the log; the task's error (which clients read) names the key only.
+                tracing::error!(key = %key, code = e.code(), error = %e, "storing an output failed");
                 Err(TaskError {
                     code: e.code().into(),
-                    message: format!("storing output {key}: {e}"),
+                    message: format!(
+                        "storing output {key} failed ({}); the server log has the details",
+                        e.code()
+                    ),
                 })
             }
         });

@@ -137,6 +137,12 @@ error_codes! {
         "`webhook_url` is not an http or https URL.";
     QUEUE_FULL = "queue_full", [Http] 429,
         "`queue.max_pending` tasks are pending already; retry after `Retry-After` seconds.";
+    WEBHOOK_URL_BLOCKED = "webhook_url_blocked", [Http] 422,
+        "`webhook_url` names a loopback, private, link-local or otherwise refused address (the fetcher's SSRF rules; `fetch.allow_hosts` lets a host through).";
+    IDEMPOTENCY_CONFLICT = "idempotency_conflict", [Http] 409,
+        "The `Idempotency-Key` is held by a task created by another request (another type, input, priority, max_attempts, webhook_url or timeout_secs).";
+    IDEMPOTENCY_KEY_TOO_LONG = "idempotency_key_too_long", [Http] 400,
+        "The `Idempotency-Key` (header or field) is longer than 255 bytes.";
 
     // Uploads and stored files (api/files.rs).
     UPLOAD_MISSING_FILE = "missing_file", [Http] 400,
@@ -213,6 +219,8 @@ error_codes! {
         "An engine operation the plugin does not offer was called.";
     INTERNAL = codes::INTERNAL, [Http, Task, PluginReport, Cli] 500,
         "An internal error of the host or of a plugin (a bug).";
+    PLUGIN_ERROR = "plugin_error", [Http, Task, PluginReport] 503,
+        "A plugin answered an error code that is not `[a-z0-9_]{1,64}`; the message starts with the original code (cleaned, cut).";
     FETCH_FAILED = codes::FETCH_FAILED, [Task, Cli] -,
         "An input could not be fetched (network, HTTP status, local I/O); retried when it may help.";
     FETCH_TIMEOUT = codes::FETCH_TIMEOUT, [Task] -,
@@ -231,6 +239,10 @@ error_codes! {
         "No file at the plugin library's path.";
     PLUGIN_NOT_A_LIBRARY = "plugin_not_a_library", [PluginReport, Cli] -,
         "The file is not a loadable shared library.";
+    PLUGIN_INVALID_LIBRARY = "plugin_invalid_library", [PluginReport, Cli] -,
+        "The file is not a complete shared library for this machine (truncated: a header, segment or section past its end; or another class, byte order or architecture); it was not opened.";
+    PLUGIN_COPY_FAILED = "plugin_copy_failed", [PluginReport, Cli] -,
+        "The private copy of the library that the host opens could not be made (temporary folder not writable, disk full).";
     PLUGIN_NOT_A_PLUGIN = "plugin_not_a_plugin", [PluginReport, Cli] -,
         "The shared library is not an aihost plugin (no plugin header, or another program's).";
     PLUGIN_WRONG_INTERFACE = "plugin_wrong_interface", [PluginReport, Cli] -,

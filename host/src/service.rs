@@ -367,6 +367,7 @@ pub(crate) async fn run(config: Config, roles: Roles) -> Result<(), StartError> 
         max_pending: config.queue.max_pending,
         default_max_attempts: config.queue.default_max_attempts,
         public_url: config.public_url(),
+        fetcher: Some(services.fetcher.clone()),
         started: std::time::Instant::now(),
     });
     let server = if roles.api {

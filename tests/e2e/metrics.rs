@@ -149,7 +149,8 @@ async fn counters_and_histograms_move_by_exactly_what_happened() {
     for _ in 0..3 {
         ids.push(submit(&s, json!({"mode": "ok"})).await);
     }
-    // M = 3 failed at the first attempt: two with a code, one with a code that is not a label.
+    // M = 3 failed at the first attempt: two with a code, one with a code outside
+    // `[a-z0-9_]{1,64}`, which the host turns into `plugin_error` before anything sees it.
     for code in ["my_failure", "my_failure", "Not-A-Label"] {
         ids.push(submit(&s, json!({"mode": "fail", "code": code})).await);
     }
@@ -240,7 +241,7 @@ async fn counters_and_histograms_move_by_exactly_what_happened() {
         2.0
     );
     assert_eq!(
-        delta("aihost_tasks_failed_total", &[t, ("code", "other")]),
+        delta("aihost_tasks_failed_total", &[t, ("code", "plugin_error")]),
         1.0
     );
     assert_eq!(delta("aihost_tasks_retried_total", &[t]), 2.0);

@@ -440,16 +440,26 @@ async fn store_migrate_keeps_every_task_and_state() {
     let api = Server::start_role(options(&db, 0, &[]), "api").await;
     let after = all_tasks(&api).await;
     assert_eq!(after, before);
-    // The idempotency key still deduplicates.
+    // The idempotency key still deduplicates the same request, and is still bound to it (the
+    // request hash was copied too).
     let (status, again) = api
+        .post(
+            "/api/tasks",
+            &json!({"type": "testkit.run", "input": {"mode": "ok"}, "priority": 5,
+                    "idempotency_key": "migrated-key", "max_attempts": 4}),
+        )
+        .await;
+    assert!(status < 300, "{status} {again}");
+    assert_eq!(again["priority"], 5, "the migrated task answered: {again}");
+    let (status, other) = api
         .post(
             "/api/tasks",
             &json!({"type": "testkit.run", "input": {"mode": "ok"},
                     "idempotency_key": "migrated-key"}),
         )
         .await;
-    assert!(status < 300, "{status} {again}");
-    assert_eq!(again["priority"], 5, "the migrated task answered: {again}");
+    assert_eq!(status, 409, "{other}");
+    assert_eq!(other["error"]["code"], "idempotency_conflict");
 
     // And the migrated queue runs.
     let consumer = Server::start_role(options(&db, 2, &[]), "consumer").await;

@@ -104,12 +104,28 @@ impl ApiError {
     }
 }
 
+/// The message a client sees for a failure of the server's own machinery (store, storage): the
+/// full error (which may name the database file, the storage root or a bucket) is logged with
+/// the code; the client gets a generic sentence and the code.
+fn server_side(code: &str, what: &str, detail: &dyn std::fmt::Display) -> String {
+    tracing::error!(code, error = %detail, "{what} failed while answering a request");
+    format!("{what} failed ({code}); the server log has the details")
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::InvalidCursor => ApiError::bad_request(e.code(), e.to_string()),
-            StoreError::Corrupt(_) => ApiError::Internal(body(e.code(), e.to_string())),
-            _ => ApiError::Unavailable(body(e.code(), e.to_string())),
+            StoreError::IdempotencyConflict { ref key, existing } => ApiError::conflict(
+                e.code(),
+                format!(
+                    "idempotency key {key:?} belongs to task {existing}, created by another request (type, input, priority, max_attempts, webhook_url or timeout_secs differ); use a new key for a new request"
+                ),
+            ),
+            StoreError::Corrupt(_) => {
+                ApiError::Internal(body(e.code(), server_side(e.code(), "the task store", &e)))
+            }
+            _ => ApiError::Unavailable(body(e.code(), server_side(e.code(), "the task store", &e))),
         }
     }
 }
@@ -131,7 +147,19 @@ pub(crate) fn storage_status(e: &StorageError) -> StatusCode {
 
 impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
-        ApiError::new(storage_status(&e), e.code(), e.to_string())
+        let status = storage_status(&e);
+        ApiError::new(status, e.code(), storage_message(&e, status))
+    }
+}
+
+/// What a client reads of a storage error answered with `status`: 4xx name the client's own
+/// key or file and are kept; 5xx are the backend's and may name paths, so they are logged and
+/// answered with a generic sentence.
+pub(crate) fn storage_message(e: &StorageError, status: StatusCode) -> String {
+    if status.is_server_error() {
+        server_side(e.code(), "storage", e)
+    } else {
+        e.to_string()
     }
 }
 
@@ -250,6 +278,10 @@ mod tests {
         }
         for e in [
             StoreError::InvalidCursor,
+            StoreError::IdempotencyConflict {
+                key: "k".into(),
+                existing: uuid::Uuid::nil(),
+            },
             StoreError::Corrupt(String::new()),
             StoreError::Unavailable(String::new()),
         ] {

@@ -18,7 +18,8 @@ use super::{AppState, error::error_response};
 use crate::{error_codes, storage::StorageError};
 
 fn storage_error(e: &StorageError) -> Response {
-    error_response(super::error::storage_status(e), e.code(), &e.to_string())
+    let status = super::error::storage_status(e);
+    error_response(status, e.code(), &super::error::storage_message(e, status))
 }
 
 /// A client's file name under the one file-name rule, `upload` when nothing is left.

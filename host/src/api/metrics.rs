@@ -254,7 +254,9 @@ mod tests {
             "seed/faceswap.rs",
         ] {
             let text = std::fs::read_to_string(root.join(file)).expect("read source");
-            for marker in ["oai(path = ", ".at("] {
+            // rustfmt may wrap a long attribute: `#[oai(\n    path = ...`.
+            let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            for marker in ["oai(path = ", "oai( path = ", ".at("] {
                 for part in text.split(marker).skip(1) {
                     let Some(quoted) = part.trim_start().strip_prefix('"') else {
                         continue;

@@ -65,6 +65,9 @@ pub(crate) struct AppState {
     pub default_max_attempts: u32,
     /// Public base URL of this service.
     pub public_url: String,
+    /// The fetcher, whose SSRF rules `webhook_url` must pass at submit (none only in the
+    /// throwaway state `aihost openapi` builds to print the document).
+    pub fetcher: Option<crate::fetch::Fetcher>,
     /// Process start.
     pub started: Instant,
 }
@@ -110,6 +113,7 @@ pub(crate) fn app(state: Arc<AppState>) -> impl Endpoint {
     let docs = spec::Docs::new(base_spec, service.swagger_ui_html(), state.registry.clone());
     let docs_html = docs.clone();
     let docs_json = docs.clone();
+    let docs_allow = docs.clone();
     let auth_state = state.clone();
     let limit_state = state.clone();
     let cors_origins = state.cors_origins.clone();
@@ -146,6 +150,21 @@ pub(crate) fn app(state: Arc<AppState>) -> impl Endpoint {
         .catch_all_error(|err| async move { error::normalize(err) })
         .with_if(!cors_origins.is_empty(), cors(&cors_origins, &public_url))
         .catch_all_error(|err| async move { error::normalize(err) })
+        .around(move |ep, req| {
+            let docs = docs_allow.clone();
+            async move {
+                let path = req.uri().path().to_owned();
+                let mut resp = ep.call(req).await?.into_response();
+                // RFC 9110: a 405 lists the methods the resource answers.
+                if resp.status() == StatusCode::METHOD_NOT_ALLOWED
+                    && let Some(allow) = docs.allowed_methods(&path)
+                    && let Ok(value) = header::HeaderValue::from_str(&allow)
+                {
+                    resp.headers_mut().insert(header::ALLOW, value);
+                }
+                Ok(resp)
+            }
+        })
         .around(metrics::track)
         .around(access_log::observe)
 }
@@ -199,12 +218,7 @@ fn check_api_key(state: &AppState, req: &Request) -> Option<poem::Error> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
-    let ok = given.is_some_and(|g| {
-        state
-            .api_keys
-            .iter()
-            .any(|k| constant_time_eq(k.as_bytes(), g.as_bytes()))
-    });
+    let ok = given.is_some_and(|g| key_matches(&state.api_keys, g));
     if ok {
         None
     } else {
@@ -221,11 +235,18 @@ fn check_api_key(state: &AppState, req: &Request) -> Option<poem::Error> {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+/// Whether `given` is one of `keys`, in time that depends on neither the keys' lengths nor
+/// where they differ: the SHA-256 digests (always 32 bytes) are compared in constant time
+/// (`subtle`), and every key is compared, with no early return.
+fn key_matches(keys: &[String], given: &str) -> bool {
+    use sha2::{Digest as _, Sha256};
+    use subtle::ConstantTimeEq as _;
+    let given = Sha256::digest(given.as_bytes());
+    let mut found = subtle::Choice::from(0);
+    for key in keys {
+        found |= Sha256::digest(key.as_bytes()).ct_eq(&given);
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    found.into()
 }
 
 /// Caps JSON bodies at `max_body_bytes` (uploads have their own limit): 413 from the
@@ -263,7 +284,9 @@ async fn limit_body<E: Endpoint>(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    let is_create = req.uri().path() == "/api/tasks" && *req.method() == Method::POST;
+    let is_faceswap = req.uri().path() == "/api/faceswap/create";
+    let is_create =
+        (req.uri().path() == "/api/tasks" || is_faceswap) && *req.method() == Method::POST;
     let mut create_body = None;
     if is_create
         || (declared.is_none()
@@ -277,6 +300,15 @@ async fn limit_body<E: Endpoint>(
         {
             Ok(bytes) => {
                 if is_create {
+                    // poem-openapi reads a number or a boolean as a string field; the
+                    // envelope's string fields must be strings.
+                    if let Some(msg) = wrong_string_fields(&bytes, is_faceswap) {
+                        return Err(poem::Error::from_response(error::error_response(
+                            StatusCode::BAD_REQUEST,
+                            crate::error_codes::INVALID_BODY,
+                            &msg,
+                        )));
+                    }
                     create_body = Some(bytes.clone());
                 }
                 req.set_body(bytes)
@@ -290,7 +322,11 @@ async fn limit_body<E: Endpoint>(
         // poem-openapi's message does not name the field: look at the body again (only on
         // this error path, so a good request is parsed once).
         Err(e) if e.is::<poem_openapi::error::ParseRequestPayloadError>() => {
-            match create_body.as_deref().map(check_create_envelope) {
+            match create_body
+                .as_deref()
+                .filter(|_| !is_faceswap)
+                .map(check_create_envelope)
+            {
                 Some(Err(msg)) => Err(poem::Error::from_response(error::error_response(
                     StatusCode::BAD_REQUEST,
                     crate::error_codes::INVALID_BODY,
@@ -307,6 +343,30 @@ async fn limit_body<E: Endpoint>(
 pub(crate) fn openapi_document(state: Arc<AppState>) -> String {
     let base = openapi(state.clone()).spec();
     serde_json::to_string_pretty(&spec::merge(&base, &state.registry)).unwrap_or_default()
+}
+
+/// The first string field of a create's envelope that holds a number or a boolean (which
+/// poem-openapi would read as its text), as a message naming it.
+fn wrong_string_fields(bytes: &[u8], faceswap: bool) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let obj = value.as_object()?;
+    let fields: &[&str] = if faceswap {
+        &[
+            "source_url",
+            "target_url",
+            "resolution",
+            "media_type",
+            "webhook_url",
+            "idempotency_key",
+        ]
+    } else {
+        &["type", "webhook_url", "idempotency_key"]
+    };
+    fields.iter().find_map(|f| {
+        obj.get(*f)
+            .filter(|v| v.is_number() || v.is_boolean())
+            .map(|v| format!("field `{f}` must be a string, found {v}"))
+    })
 }
 
 /// Checks the envelope of `POST /api/tasks` after poem-openapi refused it, so that a wrong type
@@ -352,4 +412,23 @@ fn check_create_envelope(bytes: &[u8]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_matches;
+
+    #[test]
+    fn api_keys_match_only_exactly() {
+        let keys = vec![
+            "short".to_owned(),
+            "a-much-longer-key-0123456789".to_owned(),
+        ];
+        assert!(key_matches(&keys, "short"));
+        assert!(key_matches(&keys, "a-much-longer-key-0123456789"));
+        for wrong in ["", "shor", "shortt", "Short", "a-much-longer-key-012345678"] {
+            assert!(!key_matches(&keys, wrong), "{wrong:?}");
+        }
+        assert!(!key_matches(&[], "short"));
+    }
 }

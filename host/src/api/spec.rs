@@ -29,6 +29,15 @@ fn error_ref() -> Value {
     json!({"application/json; charset=utf-8": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}})
 }
 
+/// The storage keys `/files/{key}` accepts (the rules of `storage::validate_key`): segments
+/// separated by `/`, none empty, `.` or `..`; no backslash, no control character.
+fn key_pattern() -> String {
+    let any = r"[^/\\\u0000-\u001f\u007f-\u009f]";
+    let not_dot = r"[^./\\\u0000-\u001f\u007f-\u009f]";
+    let segment = format!("(?:{any}*{not_dot}{any}*|\\.\\.\\.+)");
+    format!("^{segment}(?:/{segment})*$")
+}
+
 fn extra_paths() -> Value {
     json!({
         "/api/uploads": {"post": {
@@ -55,11 +64,19 @@ fn extra_paths() -> Value {
             "summary": "Follow a task's events (WebSocket)",
             "description": "Upgrade to a WebSocket; each text message is the same JSON as the SSE events (`event`, `task_id`, `status`, `progress`, `task`). The server closes the socket after the terminal state.",
             "operationId": "task_ws",
-            "parameters": [{"name": "task_id", "in": "path", "required": true, "schema": {"type": "string"}}],
+            "parameters": [
+                {"name": "task_id", "in": "path", "required": true, "schema": {"type": "string"}},
+                {"name": "Connection", "in": "header", "required": true, "schema": {"type": "string", "enum": ["Upgrade"]}},
+                {"name": "Upgrade", "in": "header", "required": true, "schema": {"type": "string", "enum": ["websocket"]}},
+                {"name": "Sec-WebSocket-Version", "in": "header", "required": true, "schema": {"type": "string", "enum": ["13"]}},
+                {"name": "Sec-WebSocket-Key", "in": "header", "required": true, "schema": {"type": "string", "enum": ["dGhlIHNhbXBsZSBub25jZQ=="]}, "description": "Any base64 of 16 bytes"}
+            ],
             "responses": {
                 "101": {"description": "Switching protocols"},
+                "400": {"description": "Not a WebSocket upgrade request (`bad_request`)", "content": error_ref()},
                 "401": {"description": "Missing or wrong API key", "content": error_ref()},
-                "404": {"description": "Unknown task", "content": error_ref()}
+                "404": {"description": "Unknown task", "content": error_ref()},
+                "503": {"description": "The task store is unavailable", "content": error_ref()}
             }
         }},
         "/metrics": {"get": {
@@ -77,7 +94,7 @@ fn extra_paths() -> Value {
             "summary": "Download a stored output or upload (fs and memory storage)",
             "operationId": "get_file",
             "parameters": [
-                {"name": "key", "in": "path", "required": true, "schema": {"type": "string"}},
+                {"name": "key", "in": "path", "required": true, "schema": {"type": "string", "maxLength": 1024, "pattern": key_pattern()}, "description": "The storage key: `/`-separated segments, none empty, `.` or `..`, no backslash or control character"},
                 {"name": "Range", "in": "header", "required": false, "schema": {"type": "string"}, "description": "`bytes=START-END`, `bytes=START-` or `bytes=-SUFFIX`"}
             ],
             "responses": {
@@ -145,6 +162,7 @@ pub(crate) fn merge(base: &str, registry: &Registry) -> Value {
         }
         paths.extend(super::seed::comfyui::spec_paths(registry));
     }
+    declare_nullable(&mut spec);
     let types = registry.task_types();
     let mut variants = Vec::new();
     let mut names = Vec::new();
@@ -155,6 +173,7 @@ pub(crate) fn merge(base: &str, registry: &Registry) -> Value {
         schemas.insert("ErrorCode".into(), error_code_schema());
         for t in &types {
             let mut schema = t.desc.input_schema.clone();
+            to_openapi_30(&mut schema);
             if let Some(obj) = schema.as_object_mut() {
                 obj.remove("$schema");
                 obj.remove("$id");
@@ -164,16 +183,17 @@ pub(crate) fn merge(base: &str, registry: &Registry) -> Value {
             let name = format!("TaskInput.{}", t.desc.name);
             schemas.insert(name.clone(), schema);
             names.push(t.desc.name.clone());
-            variants.push(json!({
-                "title": t.desc.name,
-                "allOf": [
-                    {"$ref": "#/components/schemas/CreateTaskRequest"},
-                    {"type": "object", "properties": {
-                        "type": {"type": "string", "enum": [t.desc.name]},
-                        "input": {"$ref": format!("#/components/schemas/{name}")}
-                    }}
-                ]
-            }));
+            // The envelope with this type and its input: one whole object per type (generators
+            // and validators handle it better than an `allOf` that redefines two properties).
+            let mut variant = schemas
+                .get("CreateTaskRequest")
+                .cloned()
+                .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
+            variant["title"] = json!(t.desc.name);
+            variant["properties"]["type"] = json!({"type": "string", "enum": [t.desc.name]});
+            variant["properties"]["input"] =
+                json!({"$ref": format!("#/components/schemas/{name}")});
+            variants.push(variant);
         }
     }
     if !variants.is_empty()
@@ -187,7 +207,138 @@ pub(crate) fn merge(base: &str, registry: &Registry) -> Value {
     }
     spec["x-task-types"] = json!(names);
     spec["x-error-codes"] = error_code_list();
+    describe_event_stream(&mut spec);
     spec
+}
+
+/// The `event` names of the task streams, as the events serialise them.
+fn event_names() -> Vec<Value> {
+    use crate::store::EventKind;
+    [
+        EventKind::Created,
+        EventKind::Started,
+        EventKind::Progress,
+        EventKind::Retrying,
+        EventKind::CancelRequested,
+        EventKind::Completed,
+        EventKind::Failed,
+        EventKind::Cancelled,
+    ]
+    .iter()
+    .filter_map(|k| serde_json::to_value(k).ok())
+    .collect()
+}
+
+/// poem-openapi declares an event stream as `type: array`; OpenAPI 3.0 has the schema of a
+/// `text/event-stream` answer describe one event: its `event` name and its `data` (the JSON
+/// text of `{event, task_id, status, progress, task}`).
+fn describe_event_stream(spec: &mut Value) {
+    let Some(content) = spec
+        .pointer_mut("/paths/~1api~1tasks~1{task_id}~1events/get/responses/200/content")
+        .and_then(Value::as_object_mut)
+    else {
+        return;
+    };
+    for (media, body) in content.iter_mut() {
+        if media.starts_with("text/event-stream") {
+            body["schema"] = json!({
+                "type": "object",
+                "description": "One Server-Sent Event. `data` is JSON text: `{\"event\", \"task_id\", \"status\", \"progress\", \"task\"}` (the task as `GET /api/tasks/{task_id}` answers it). The stream ends after the terminal state; comment lines keep it alive.",
+                "required": ["data"],
+                "properties": {
+                    "event": {"type": "string", "enum": event_names()},
+                    "data": {"type": "string"},
+                    "id": {"type": "string"},
+                    "retry": {"type": "integer"}
+                }
+            });
+        }
+    }
+}
+
+/// A plugin's JSON Schema (draft 2020-12) in the dialect of this OpenAPI 3.0 document: numeric
+/// `exclusiveMinimum`/`exclusiveMaximum` become `minimum`/`maximum` with the boolean form, and
+/// `const` becomes a one-value `enum`. Validation keeps using the plugin's own schema.
+fn to_openapi_30(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            for (exclusive, bound) in [
+                ("exclusiveMinimum", "minimum"),
+                ("exclusiveMaximum", "maximum"),
+            ] {
+                if let Some(n) = map.get(exclusive).filter(|v| v.is_number()).cloned() {
+                    map.insert(bound.into(), n);
+                    map.insert(exclusive.into(), Value::Bool(true));
+                }
+            }
+            if let Some(c) = map.remove("const") {
+                map.insert("enum".into(), json!([c]));
+            }
+            map.values_mut().for_each(to_openapi_30);
+        }
+        Value::Array(items) => items.iter_mut().for_each(to_openapi_30),
+        _ => {}
+    }
+}
+
+/// poem-openapi writes an absent optional field as `null` and reads `null` as absent (a default
+/// applies), but does not declare it nullable: every property of its schemas that is not
+/// required is made `nullable` (a `$ref` is wrapped in `allOf`, as OpenAPI 3.0 ignores
+/// siblings of `$ref`).
+fn declare_nullable(spec: &mut Value) {
+    let Some(schemas) = spec
+        .pointer_mut("/components/schemas")
+        .and_then(Value::as_object_mut)
+    else {
+        return;
+    };
+    // The plugins' input schemas (`TaskInput.*`) say what they accept themselves.
+    for (_, schema) in schemas
+        .iter_mut()
+        .filter(|(name, _)| !name.starts_with("TaskInput."))
+    {
+        let required: Vec<String> = schema["required"]
+            .as_array()
+            .map(|r| {
+                r.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) else {
+            continue;
+        };
+        for (name, prop) in props.iter_mut() {
+            if required.contains(name) || !prop.is_object() {
+                continue;
+            }
+            if let Some(target) = prop.get("$ref").cloned() {
+                let mut wrapped = json!({"allOf": [{"$ref": target}], "nullable": true});
+                if let Some(d) = prop.get("description") {
+                    wrapped["description"] = d.clone();
+                }
+                *prop = wrapped;
+            } else {
+                prop["nullable"] = json!(true);
+            }
+        }
+    }
+}
+
+/// Whether a request path matches a documented path template.
+fn path_matches(template: &str, path: &str) -> bool {
+    if let Some(prefix) = template.strip_suffix("{key}") {
+        return path.len() > prefix.len() && path.starts_with(prefix);
+    }
+    let (t, p): (Vec<&str>, Vec<&str>) = (template.split('/').collect(), path.split('/').collect());
+    t.len() == p.len()
+        && t.iter().zip(&p).all(|(t, p)| {
+            if t.starts_with('{') && t.ends_with('}') {
+                !p.is_empty()
+            } else {
+                t == p
+            }
+        })
 }
 
 impl Docs {
@@ -223,6 +374,51 @@ impl Docs {
     /// The merged spec as JSON text.
     pub(crate) fn spec_json(&self) -> String {
         self.current().0.as_ref().clone()
+    }
+
+    /// The methods a path answers, for the `Allow` header of a 405: those the document lists
+    /// for the path (a `{param}` segment matches any one segment, `/files/{key}` any rest),
+    /// plus the routes it does not list. `None` when no route has this path.
+    pub(crate) fn allowed_methods(&self, path: &str) -> Option<String> {
+        let spec: Value = serde_json::from_str(&self.current().0).ok()?;
+        let mut found: Vec<String> = Vec::new();
+        let paths = spec["paths"].as_object()?;
+        // A literal route wins over a `{param}` one (`/api/tasks/create` is not a task id).
+        let exact = paths.get(path).into_iter();
+        let matching = paths
+            .iter()
+            .filter(|(template, _)| path_matches(template, path))
+            .map(|(_, ops)| ops);
+        let ops: Vec<&Value> = if paths.contains_key(path) {
+            exact.collect()
+        } else {
+            matching.collect()
+        };
+        for o in ops {
+            found.extend(o.as_object().into_iter().flat_map(|o| o.keys().cloned()));
+        }
+        // Routes without a document entry of their own.
+        match path {
+            "/openapi.json" | "/docs" => found.push("get".into()),
+            _ if path.starts_with("/api/workflows/") && path[15..].split('/').count() == 1 => {
+                found.push("post".into())
+            }
+            _ => {}
+        }
+        if found.iter().any(|m| m == "get") {
+            found.push("head".into());
+        }
+        let mut methods: Vec<String> = Vec::new();
+        for m in found {
+            let m = m.to_ascii_uppercase();
+            if !methods.contains(&m) {
+                methods.push(m);
+            }
+        }
+        if methods.is_empty() {
+            return None;
+        }
+        Some(methods.join(", "))
     }
 
     /// The Swagger UI page with the merged spec.

@@ -250,7 +250,11 @@ async fn readiness(st: &AppState) -> Result<u64, String> {
     let mut depth = 0;
     match st.store.pending_by_type().await {
         Ok(by_type) => depth = by_type.values().sum(),
-        Err(e) => problems.push(format!("the task store is failing: {e}")),
+        Err(e) => {
+            // The detail may name the database file: logged, not answered.
+            tracing::warn!(code = e.code(), error = %e, "readiness: the task store is failing");
+            problems.push(format!("the task store is failing ({})", e.code()));
+        }
     }
     if let Some(fault) = st.store.health() {
         problems.push(format!(
@@ -260,7 +264,8 @@ async fn readiness(st: &AppState) -> Result<u64, String> {
         ));
     }
     if let Err(e) = st.storage.check().await {
-        problems.push(format!("storage is failing: {e}"));
+        tracing::warn!(code = e.code(), error = %e, "readiness: storage is failing");
+        problems.push(format!("storage is failing ({})", e.code()));
     }
     if st.max_queue_depth > 0 && depth > st.max_queue_depth {
         problems.push(format!(

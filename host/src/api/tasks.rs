@@ -33,10 +33,14 @@ pub(crate) struct CreateTaskRequest {
     /// Attempts allowed, 1 to 100 (default from `queue.default_max_attempts`).
     #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
     pub max_attempts: Option<u32>,
-    /// URL to POST the finished task to.
+    /// URL to POST the finished task to: http or https, on an address the fetcher's SSRF rules
+    /// accept (422 `invalid_webhook_url` / `webhook_url_blocked` otherwise). An empty string
+    /// is no webhook.
     pub webhook_url: Option<String>,
-    /// Deduplication key (also accepted as the `Idempotency-Key` header).
-    #[oai(validator(max_length = 255))]
+    /// Deduplication key (also accepted as the `Idempotency-Key` header, which wins), at most
+    /// 255 bytes; an empty string is no key. The key is bound to this request: the same key
+    /// with another type, input, priority, max_attempts, webhook_url or timeout_secs answers 409
+    /// `idempotency_conflict`.
     pub idempotency_key: Option<String>,
     /// Time limit of one attempt, in seconds (1 to 604800). An attempt that runs longer is
     /// cancelled and the task fails with `timeout` (retried only when the service is configured
@@ -87,6 +91,61 @@ pub enum DeleteResponse {
 
 /// The longest `wait` accepted, in seconds.
 pub(crate) const MAX_WAIT_SECS: u64 = 600;
+
+/// The longest idempotency key accepted, in bytes.
+pub(crate) const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
+
+/// Hex SHA-256 of what a create asks for: the task type, the input and the options that shape
+/// the task (priority, max_attempts, webhook_url, timeout_secs). It binds the idempotency key to the request
+/// (the store refuses the key with another hash). Object keys hash in sorted order whatever
+/// their order in the body (serde_json's map is sorted; a unit test keeps it so).
+pub(crate) fn request_hash(
+    task_type: &str,
+    input: &Value,
+    priority: i32,
+    max_attempts: u32,
+    webhook_url: Option<&str>,
+    timeout_secs: Option<u32>,
+) -> String {
+    use sha2::Digest as _;
+    let canonical = serde_json::json!([
+        task_type,
+        input,
+        priority,
+        max_attempts,
+        webhook_url,
+        timeout_secs
+    ]);
+    let digest = sha2::Sha256::digest(canonical.to_string().as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Refuses a webhook URL the completion call would refuse: not http(s) (422
+/// `invalid_webhook_url`), or on an address the SSRF guard refuses (422
+/// `webhook_url_blocked`).
+async fn check_webhook_url(state: &AppState, url: &str) -> Result<(), ApiError> {
+    let ok = url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+    if !ok {
+        return Err(ApiError::unprocessable(
+            error_codes::INVALID_WEBHOOK_URL,
+            "webhook_url must be an http(s) URL",
+        ));
+    }
+    let Some(fetcher) = &state.fetcher else {
+        return Ok(());
+    };
+    match fetcher.check_url(url).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.code() == error_codes::FETCH_BLOCKED => Err(ApiError::unprocessable(
+            error_codes::WEBHOOK_URL_BLOCKED,
+            format!("webhook_url refused: {e}"),
+        )),
+        Err(e) => Err(ApiError::unprocessable(
+            error_codes::INVALID_WEBHOOK_URL,
+            format!("webhook_url refused: {e}"),
+        )),
+    }
+}
 
 /// Validates `input` against the type's schema: 422 naming the first failing field.
 pub(crate) fn validate_input(
@@ -140,15 +199,25 @@ pub(crate) async fn create_task(
     header_key: Option<String>,
     wait: Option<u64>,
 ) -> Result<CreateResponse, ApiError> {
+    let key = header_key
+        .filter(|k| !k.is_empty())
+        .or(req.idempotency_key)
+        .filter(|k| !k.is_empty());
+    if let Some(key) = &key
+        && key.len() > MAX_IDEMPOTENCY_KEY_BYTES
+    {
+        return Err(ApiError::bad_request(
+            error_codes::IDEMPOTENCY_KEY_TOO_LONG,
+            format!(
+                "the idempotency key is {} bytes long; at most {MAX_IDEMPOTENCY_KEY_BYTES} are accepted",
+                key.len()
+            ),
+        ));
+    }
     validate_input(state, &req.task_type, &req.input)?;
-    if let Some(url) = &req.webhook_url {
-        let ok = url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
-        if !ok {
-            return Err(ApiError::unprocessable(
-                error_codes::INVALID_WEBHOOK_URL,
-                "webhook_url must be an http(s) URL",
-            ));
-        }
+    let webhook_url = req.webhook_url.filter(|u| !u.is_empty());
+    if let Some(url) = &webhook_url {
+        check_webhook_url(state, url).await?;
     }
     if state.max_pending > 0 {
         let depth: u64 = state.store.pending_by_type().await?.values().sum();
@@ -165,8 +234,19 @@ pub(crate) async fn create_task(
             return Err(ApiError::TooManyRequests(Json(b), 5));
         }
     }
-    let key = header_key.or(req.idempotency_key).filter(|k| !k.is_empty());
     let mut events = wait.map(|_| state.store.subscribe());
+    let max_attempts = req
+        .max_attempts
+        .unwrap_or(state.default_max_attempts)
+        .clamp(1, 100);
+    let hash = request_hash(
+        &req.task_type,
+        &req.input,
+        req.priority,
+        max_attempts,
+        webhook_url.as_deref(),
+        req.timeout_secs,
+    );
     let (task, created) = state
         .store
         .insert(NewTask {
@@ -174,14 +254,12 @@ pub(crate) async fn create_task(
             task_type: req.task_type,
             input: req.input,
             priority: req.priority,
-            max_attempts: req
-                .max_attempts
-                .unwrap_or(state.default_max_attempts)
-                .clamp(1, 100),
+            max_attempts,
             idempotency_key: key,
-            webhook_url: req.webhook_url,
+            webhook_url,
             trace_parent: crate::telemetry::current_traceparent(),
             timeout_secs: req.timeout_secs,
+            request_hash: Some(hash),
         })
         .await?;
     if created {
@@ -247,15 +325,18 @@ impl TasksApi {
     ///
     /// The input is validated against the type's JSON Schema before anything is written (422
     /// names the failing field). With `wait=SECONDS` the call answers when the task finishes
-    /// (200) or when the wait runs out (202). The same `Idempotency-Key` answers the task it
-    /// created first.
-    #[oai(path = "/api/tasks", method = "post")]
+    /// (200) or when the wait runs out (202). The same `Idempotency-Key` with the same request
+    /// answers the task it created first; with another request (type, input, priority,
+    /// max_attempts, webhook_url or timeout_secs) it answers 409 `idempotency_conflict`. Keys over 255 bytes
+    /// answer 400 `idempotency_key_too_long`.
+    #[oai(path = "/api/tasks", method = "post", operation_id = "create_task")]
     async fn create(
         &self,
         body: Json<CreateTaskRequest>,
         /// Seconds to wait for the task to finish (at most 600).
+        #[oai(validator(minimum(value = "0"), maximum(value = "600")))]
         wait: Query<Option<u64>>,
-        /// Deduplication key.
+        /// Deduplication key, at most 255 bytes, bound to this request (see above).
         #[oai(name = "Idempotency-Key")]
         idempotency_key: Header<Option<String>>,
     ) -> Result<CreateResponse, ApiError> {
@@ -287,7 +368,10 @@ impl TasksApi {
         /// Page size, 1 to 1000 (default 50).
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<u32>>,
-        /// `next_cursor` of the previous page.
+        /// `next_cursor` of the previous page (empty or absent: the first page).
+        #[oai(validator(
+            pattern = r"^$|^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+        ))]
         cursor: Query<Option<String>>,
     ) -> Result<Json<TaskPage>, ApiError> {
         let page = self
@@ -297,7 +381,8 @@ impl TasksApi {
                 status: status.0.map(Into::into),
                 task_type: task_type.0,
                 limit: limit.0.unwrap_or(50),
-                cursor: cursor.0,
+                // An empty cursor is the first page.
+                cursor: cursor.0.filter(|c| !c.is_empty()),
             })
             .await?;
         Ok(Json(TaskPage {
@@ -386,5 +471,34 @@ impl TasksApi {
                     .to_owned();
                 poem::web::sse::Event::message(v.to_string()).event_type(kind)
             }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::request_hash;
+
+    /// The hash ignores the order of object keys and whitespace, and sees every part.
+    #[test]
+    fn request_hash_is_canonical_and_complete() {
+        let a: serde_json::Value =
+            serde_json::from_str(r#"{"b": 2, "a": {"y": 1, "x": [1, 2]}}"#).unwrap();
+        let b: serde_json::Value =
+            serde_json::from_str(r#"{"a":{"x":[1,2],"y":1},"b":2}"#).unwrap();
+        let base = request_hash("t.x", &a, 0, 3, None, None);
+        assert_eq!(base.len(), 64);
+        assert_eq!(base, request_hash("t.x", &b, 0, 3, None, None));
+        for other in [
+            request_hash("t.y", &a, 0, 3, None, None),
+            request_hash("t.x", &json!({"b": 3}), 0, 3, None, None),
+            request_hash("t.x", &a, 1, 3, None, None),
+            request_hash("t.x", &a, 0, 4, None, None),
+            request_hash("t.x", &a, 0, 3, Some("https://example.com/h"), None),
+            request_hash("t.x", &a, 0, 3, None, Some(60)),
+        ] {
+            assert_ne!(base, other);
+        }
     }
 }

@@ -123,6 +123,18 @@ impl Fetcher {
         }
     }
 
+    /// Checks a URL this service will call later (a completion webhook, at submit) under the
+    /// rules of [`Fetcher::post_json`]: an http(s) URL whose host is not, and does not resolve
+    /// to, an address the SSRF guard refuses (unless `allow_hosts` lists it). A name that does
+    /// not resolve now passes: it is checked again, like every call, when it is called.
+    pub(crate) async fn check_url(&self, url: &str) -> Result<(), FetchError> {
+        let parsed = http_url(url)?;
+        match self.inner.guard.check(&parsed).await {
+            Ok(()) | Err(guard::Blocked::Resolve { .. }) => Ok(()),
+            Err(blocked) => Err(blocked.into_error(&parsed)),
+        }
+    }
+
     /// POSTs `body` as JSON to an http(s) URL under the same SSRF guard (used for completion
     /// webhooks). Redirects are not followed. Answers the HTTP status.
     pub(crate) async fn post_json(
@@ -130,16 +142,7 @@ impl Fetcher {
         url: &str,
         body: &serde_json::Value,
     ) -> Result<u16, FetchError> {
-        let parsed = Url::parse(url).map_err(|e| FetchError::InvalidUrl {
-            input: url.chars().take(200).collect(),
-            reason: e.to_string(),
-        })?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(FetchError::UnsupportedScheme {
-                url: shown(&parsed),
-                scheme: parsed.scheme().to_owned(),
-            });
-        }
+        let parsed = http_url(url)?;
         self.inner
             .guard
             .check(&parsed)
@@ -160,4 +163,19 @@ impl Fetcher {
             })?;
         Ok(resp.status().as_u16())
     }
+}
+
+/// `url` parsed, if it is an http or https URL.
+fn http_url(url: &str) -> Result<Url, FetchError> {
+    let parsed = Url::parse(url).map_err(|e| FetchError::InvalidUrl {
+        input: url.chars().take(200).collect(),
+        reason: e.to_string(),
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(FetchError::UnsupportedScheme {
+            url: shown(&parsed),
+            scheme: parsed.scheme().to_owned(),
+        });
+    }
+    Ok(parsed)
 }

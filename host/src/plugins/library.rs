@@ -79,6 +79,22 @@ pub(crate) enum LoadError {
         /// The loader's reason, first line.
         reason: String,
     },
+    /// Not a complete ELF shared library for this machine (checked before opening).
+    #[error("{path}: not a complete shared library for this machine ({reason}); not opened")]
+    InvalidLibrary {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong, where.
+        reason: String,
+    },
+    /// The private copy to open could not be made.
+    #[error("{path}: {reason}")]
+    CopyFailed {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// A shared library without an aihost plugin header.
     #[error(
         "{path}: not an aihost plugin (no plugin header exported; was it built with export_plugin!?)"
@@ -203,6 +219,8 @@ impl LoadError {
         match self {
             LoadError::MissingFile { .. } => error_codes::PLUGIN_MISSING_FILE,
             LoadError::NotALibrary { .. } => error_codes::PLUGIN_NOT_A_LIBRARY,
+            LoadError::InvalidLibrary { .. } => error_codes::PLUGIN_INVALID_LIBRARY,
+            LoadError::CopyFailed { .. } => error_codes::PLUGIN_COPY_FAILED,
             LoadError::NotAPlugin { .. } | LoadError::ForeignModule { .. } => {
                 error_codes::PLUGIN_NOT_A_PLUGIN
             }
@@ -228,6 +246,38 @@ pub(crate) struct Library {
     /// What it says about itself.
     pub desc: PluginDesc,
     module: PluginModRef,
+}
+
+/// Longest message of a plugin error whose code was replaced (characters).
+const MAX_REPLACED_MESSAGE: usize = 500;
+
+/// Whether a plugin's error code is acceptable as it is: `[a-z0-9_]{1,64}`.
+fn is_clean_code(code: &str) -> bool {
+    (1..=64).contains(&code.len())
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// A plugin's error as clients may see it: a code outside `[a-z0-9_]{1,64}` (markup, NUL,
+/// thousands of characters) becomes `plugin_error`, with the original code (cut to 64
+/// characters) at the start of the message; that message loses its control characters and
+/// is cut to [`MAX_REPLACED_MESSAGE`] characters.
+pub(crate) fn clean_plugin_error(e: PluginError) -> PluginError {
+    if is_clean_code(e.code.as_str()) {
+        return e;
+    }
+    let original: String = e.code.as_str().chars().take(64).collect();
+    let message: String = format!("plugin error code `{original}`: {}", e.message.as_str())
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_REPLACED_MESSAGE)
+        .collect();
+    PluginError {
+        code: RString::from(error_codes::PLUGIN_ERROR),
+        message: RString::from(message),
+        retryable: e.retryable,
+    }
 }
 
 fn first_line(s: &str) -> String {
@@ -293,17 +343,38 @@ fn describe(module: PluginModRef, path: &Path) -> Result<PluginDesc, LoadError> 
 }
 
 impl Library {
-    /// Opens a library: checks the file, the plugin header, the interface version (with semver,
-    /// before the layout), the layout, then calls `describe`.
+    /// Opens a library: copies it to a private folder (see `private_copy.rs`), checks that the
+    /// copy is a complete ELF shared library for this machine (`elf.rs`), opens the copy, then
+    /// checks the plugin header, the interface version (with semver, before the layout) and
+    /// the layout, and calls `describe`. `path` (the original, canonical) is what reports name.
     pub(crate) fn open(path: &Path) -> Result<Library, LoadError> {
         if !path.is_file() {
             return Err(LoadError::MissingFile { path: path.into() });
         }
         let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-        let header = lib_header_from_path(&path).map_err(|e| match e {
+        let copy = super::private_copy::PrivateCopy::of(&path).map_err(|reason| {
+            LoadError::CopyFailed {
+                path: path.clone(),
+                reason,
+            }
+        })?;
+        super::elf::check(&copy.file).map_err(|refusal| match refusal {
+            super::elf::Refusal::NotElf(reason) => LoadError::NotALibrary {
+                path: path.clone(),
+                reason,
+            },
+            super::elf::Refusal::Invalid(reason) => LoadError::InvalidLibrary {
+                path: path.clone(),
+                reason,
+            },
+        })?;
+        // The loader's messages name the file it opened: name the original instead.
+        let copy_name = copy.path.display().to_string();
+        let original = path.display().to_string();
+        let header = lib_header_from_path(&copy.path).map_err(|e| match e {
             LibraryError::OpenError { err, .. } => LoadError::NotALibrary {
                 path: path.clone(),
-                reason: first_line(&err.to_string()),
+                reason: first_line(&err.to_string()).replace(&copy_name, &original),
             },
             LibraryError::GetSymbolError { .. } => LoadError::NotAPlugin { path: path.clone() },
             other => LoadError::NotALibrary {
@@ -334,6 +405,8 @@ impl Library {
                 },
             }
         })?;
+        // The copy can go: the loader keeps its mapping (and the contents) alive.
+        drop(copy);
         let desc = describe(module, &path)?;
         Ok(Library { path, desc, module })
     }
@@ -364,7 +437,10 @@ impl Library {
         req: TaskRequest,
         ctx: TaskContext,
     ) -> Result<TaskOutput, PluginError> {
-        (self.module.run_task())(req, ctx).await.into_result()
+        (self.module.run_task())(req, ctx)
+            .await
+            .into_result()
+            .map_err(clean_plugin_error)
     }
 
     /// Asks the engine to stop a task.
@@ -376,18 +452,64 @@ impl Library {
     pub(crate) async fn call_op(&self, name: &str, args: &Value) -> Result<Value, PluginError> {
         let out = (self.module.call_op())(RString::from(name), RString::from(args.to_string()))
             .await
-            .into_result()?;
+            .into_result()
+            .map_err(clean_plugin_error)?;
         Ok(serde_json::from_str(out.as_str()).unwrap_or(Value::String(out.into_string())))
     }
 
     /// Asks the plugin for its health.
     pub(crate) async fn health(&self) -> Result<Value, PluginError> {
-        let out = (self.module.health())().await.into_result()?;
+        let out = (self.module.health())()
+            .await
+            .into_result()
+            .map_err(clean_plugin_error)?;
         Ok(serde_json::from_str(out.as_str()).unwrap_or(Value::String(out.into_string())))
     }
 
     /// Tells the plugin the host is stopping.
     pub(crate) fn shutdown(&self) {
         (self.module.shutdown())()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(code: &str, message: &str) -> PluginError {
+        PluginError {
+            code: RString::from(code),
+            message: RString::from(message),
+            retryable: true,
+        }
+    }
+
+    #[test]
+    fn clean_codes_pass_and_others_become_plugin_error() {
+        let ok = clean_plugin_error(err("invalid_workflow_2", "m\nline"));
+        assert_eq!(ok.code.as_str(), "invalid_workflow_2");
+        assert_eq!(ok.message.as_str(), "m\nline");
+        for bad in [
+            "<script>alert(1)</script>",
+            "a\0b",
+            "",
+            "Upper",
+            "dash-code",
+            &"x".repeat(65),
+        ] {
+            let e = clean_plugin_error(err(bad, "boom\u{7}"));
+            assert_eq!(e.code.as_str(), error_codes::PLUGIN_ERROR, "{bad:?}");
+            assert!(e.retryable);
+            assert!(
+                !e.message.as_str().chars().any(char::is_control),
+                "{:?}",
+                e.message
+            );
+            assert!(e.message.as_str().ends_with("boom"), "{:?}", e.message);
+        }
+        let long = clean_plugin_error(err(&"<".repeat(5000), &"y".repeat(5000)));
+        assert_eq!(long.message.as_str().chars().count(), MAX_REPLACED_MESSAGE);
+        assert!(long.message.as_str().contains(&"<".repeat(64)));
+        assert!(!long.message.as_str().contains(&"<".repeat(65)));
     }
 }

@@ -1,7 +1,10 @@
-//! Plugins: opening libraries ([`library`]), the loaded set ([`registry`]) and the host's side
-//! of the callbacks ([`services`]).
+//! Plugins: opening libraries ([`library`]: from a private copy, `private_copy.rs`, after the
+//! ELF check of `elf.rs`), the loaded set ([`registry`]) and the host's side of the callbacks
+//! ([`services`]).
 
+mod elf;
 pub(crate) mod library;
+mod private_copy;
 pub(crate) mod registry;
 pub(crate) mod services;
 

@@ -174,10 +174,14 @@ impl Registry {
     /// re-read: the manifest is read at start). Blocking.
     pub(crate) fn reload(&self) -> ReloadReport {
         // Only `required` entries can fail the load, and those were loaded at start.
-        self.load_new(false).unwrap_or_else(|e| ReloadReport {
+        let report = self.load_new(false).unwrap_or_else(|e| ReloadReport {
             loaded: Vec::new(),
             failed: vec![LoadFailure::new(None, Path::new(""), &e.0)],
-        })
+        });
+        for f in &report.failed {
+            tracing::warn!(code = %f.code, path = %f.path.display(), "plugin reload refused: {}", f.message);
+        }
+        report
     }
 
     fn candidates(&self) -> Vec<(Option<&PluginEntry>, PathBuf)> {

@@ -154,6 +154,9 @@ pub struct Task {
     /// The client's time limit of one attempt, in seconds (`None`: the configured or plugin
     /// default applies).
     pub timeout_secs: Option<u32>,
+    /// Hex SHA-256 of the request that created it (task type, input and options), which binds
+    /// its idempotency key; none for tasks stored before schema v3.
+    pub request_hash: Option<String>,
 }
 
 /// A task to insert.
@@ -177,6 +180,8 @@ pub(crate) struct NewTask {
     pub trace_parent: Option<String>,
     /// Time limit of one attempt, in seconds, if the client set one.
     pub timeout_secs: Option<u32>,
+    /// Hex SHA-256 of the request (see [`Task::request_hash`]).
+    pub request_hash: Option<String>,
 }
 
 /// What happened to a task, published to subscribers.
@@ -359,6 +364,15 @@ pub enum StoreError {
     /// A migration failed at open.
     #[error("task store migration failed: {0}")]
     Migration(String),
+    /// An insert named an idempotency key whose task was created by another request (another
+    /// type, input or options). Nothing was written.
+    #[error("idempotency key {key:?} was used by task {existing} for another request")]
+    IdempotencyConflict {
+        /// The key (cut to 64 characters for the message).
+        key: String,
+        /// The task that holds the key.
+        existing: Uuid,
+    },
     /// A cursor that this store did not produce.
     #[error("invalid cursor")]
     InvalidCursor,
@@ -374,6 +388,7 @@ impl StoreError {
             StoreError::Unavailable(_) => error_codes::STORE_UNAVAILABLE,
             StoreError::Migration(_) => error_codes::STORE_MIGRATION_FAILED,
             StoreError::InvalidCursor => error_codes::INVALID_CURSOR,
+            StoreError::IdempotencyConflict { .. } => error_codes::IDEMPOTENCY_CONFLICT,
             StoreError::Corrupt(_) => error_codes::STORE_CORRUPT,
         }
     }
@@ -387,6 +402,9 @@ pub(crate) type StoreResult<T> = Result<T, StoreError>;
 pub(crate) trait TaskStore: Send + Sync + 'static {
     /// Inserts a task, durably. If `idempotency_key` is set and a task with that key exists,
     /// returns that task and `false` and writes nothing; otherwise the new task and `true`.
+    /// When both the existing task and the new one carry a `request_hash` and the two differ,
+    /// answers [`StoreError::IdempotencyConflict`] and writes nothing (a task without a hash,
+    /// stored before schema v3, matches any request).
     async fn insert(&self, task: NewTask) -> StoreResult<(Task, bool)>;
 
     /// Reads one task.

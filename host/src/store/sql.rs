@@ -38,6 +38,28 @@ pub(super) fn migrator(migrations: &'static [(i64, &'static str, &'static str)])
     )
 }
 
+/// The answer of an insert whose idempotency key is held by `existing`: that task, unless the
+/// two requests differ (both hashes known and not equal: [`StoreError::IdempotencyConflict`]).
+/// A task stored without a hash (before schema v3) matches any request, as it did then.
+pub(super) fn keyed_existing(
+    existing: Task,
+    request_hash: Option<&str>,
+) -> StoreResult<(Task, bool)> {
+    match (existing.request_hash.as_deref(), request_hash) {
+        (Some(old), Some(new)) if old != new => Err(StoreError::IdempotencyConflict {
+            key: existing
+                .idempotency_key
+                .as_deref()
+                .unwrap_or_default()
+                .chars()
+                .take(64)
+                .collect(),
+            existing: existing.id,
+        }),
+        _ => Ok((existing, false)),
+    }
+}
+
 /// Database errors: decoding problems are corruption, the rest unavailability.
 pub(super) fn db_err(e: sqlx::Error) -> StoreError {
     match e {

@@ -114,9 +114,13 @@ fn answer(r: Result<Value, ComfyRouteError>) -> Response {
 fn query_wait(req: &Request) -> Result<Option<u64>, ComfyRouteError> {
     for pair in req.uri().query().unwrap_or("").split('&') {
         if let Some(v) = pair.strip_prefix("wait=") {
-            return v.parse().map(Some).map_err(|_| {
-                ComfyRouteError::BadBody(format!("wait must be a number of seconds, not {v:?}"))
-            });
+            return match v.parse::<u64>() {
+                Ok(secs) if secs <= crate::api::tasks::MAX_WAIT_SECS => Ok(Some(secs)),
+                _ => Err(ComfyRouteError::BadBody(format!(
+                    "wait must be a number of seconds from 0 to {}, not {v:?}",
+                    crate::api::tasks::MAX_WAIT_SECS
+                ))),
+            };
         }
     }
     Ok(None)
@@ -127,7 +131,11 @@ async fn read_json(body: Body) -> Result<Value, ComfyRouteError> {
         .into_vec()
         .await
         .map_err(|e| ComfyRouteError::BadBody(format!("cannot read the body: {e}")))?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    // JSON's whitespace only: a form feed is not an empty body.
+    if bytes
+        .iter()
+        .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+    {
         return Ok(json!({}));
     }
     serde_json::from_slice(&bytes)
@@ -322,6 +330,7 @@ fn task_answers() -> Value {
         "400": err("Malformed body"),
         "401": err("Missing or wrong API key"),
         "404": err("Unknown workflow template"),
+        "409": err("The idempotency key is held by a task created by another request (`idempotency_conflict`)"),
         "422": err("Unknown or out-of-range parameters"),
         "429": err("Queue full"),
         "503": err("The comfyui plugin is not loaded, or the store is unavailable")
@@ -340,7 +349,44 @@ fn op_answers(what: &str) -> Value {
 /// template the `comfyui.workflow` task type declares (its schema's `x-workflows`).
 pub(crate) fn spec_paths(registry: &Registry) -> Map<String, Value> {
     let wait = json!({"name": "wait", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "maximum": 600}, "description": "Seconds to wait for the task to finish"});
-    let key = json!({"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string"}});
+    let key = json!({"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string"}, "description": "Deduplication key, at most 255 bytes, bound to this request"});
+    let templates = registry
+        .task_type(TASK_TYPE)
+        .and_then(|t| t.desc.input_schema.get("x-workflows").cloned())
+        .and_then(|w| w.as_array().cloned())
+        .unwrap_or_default();
+    // One variant per template and body shape, so a body valid here names a template and
+    // parameters it accepts.
+    let mut shapes = Vec::new();
+    for t in &templates {
+        let (Some(name), params) = (t["name"].as_str(), &t["params_schema"]) else {
+            continue;
+        };
+        // The parameters may be left out only when the template requires none.
+        let needs = params["required"].as_array().is_some_and(|r| !r.is_empty());
+        let (by_name, by_workflow) = if needs {
+            (
+                json!(["workflow_name", "params"]),
+                json!(["workflow", "inputs"]),
+            )
+        } else {
+            (json!(["workflow_name"]), json!(["workflow"]))
+        };
+        shapes.push(json!({"type": "object", "required": by_name, "properties": {
+            "workflow_name": {"type": "string", "enum": [name]},
+            // `params` is `{"input_data": {"wf_json": PARAMS}}`, or PARAMS themselves.
+            "params": {"nullable": !needs, "anyOf": [
+                {"type": "object", "required": ["input_data"], "properties": {"input_data": {"type": "object", "required": ["wf_json"], "properties": {"wf_json": params}}}},
+                params
+            ]}}}));
+        shapes.push(
+            json!({"type": "object", "required": by_workflow, "properties": {
+            "workflow": {"type": "string", "enum": [name]}, "inputs": params}}),
+        );
+    }
+    if shapes.is_empty() {
+        shapes.push(json!({"type": "object", "required": ["workflow"], "properties": {"workflow": {"type": "string", "minLength": 1}, "inputs": {"type": "object"}}}));
+    }
     let mut paths = Map::new();
     paths.insert("/api/tasks/create".into(), json!({"post": {
         "tags": ["ComfyUI"],
@@ -348,10 +394,7 @@ pub(crate) fn spec_paths(registry: &Registry) -> Map<String, Value> {
         "description": "Accepts `{\"workflow_name\": NAME, \"params\": {\"input_data\": {\"wf_json\": {...}}}}` or `{\"workflow\": NAME, \"inputs\": {...}}`; both become a `comfyui.workflow` task `{\"workflow\": NAME, \"params\": {...}}`. Optional `priority`, `max_attempts`, `webhook_url`, `idempotency_key`.",
         "operationId": "seed_create_task",
         "parameters": [wait, key],
-        "requestBody": {"required": true, "content": {"application/json": {"schema": {"oneOf": [
-            {"type": "object", "required": ["workflow_name"], "properties": {"workflow_name": {"type": "string"}, "params": {"type": "object", "properties": {"input_data": {"type": "object", "properties": {"wf_json": {"type": "object"}}}}}}},
-            {"type": "object", "required": ["workflow"], "properties": {"workflow": {"type": "string"}, "inputs": {"type": "object"}}}
-        ]}}}},
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {"oneOf": shapes}}}},
         "responses": task_answers()
     }}));
     paths.insert("/api/comfyui-queue-status".into(), json!({"get": {
@@ -364,19 +407,14 @@ pub(crate) fn spec_paths(registry: &Registry) -> Map<String, Value> {
         "tags": ["ComfyUI"], "summary": "Interrupt the running ComfyUI prompt",
         "operationId": "comfyui_interrupt",
         "requestBody": {"required": false, "content": {"application/json": {"schema": {"type": "object", "properties": {"prompt_id": {"type": "string"}}}}}},
-        "responses": op_answers("`{interrupted: [urls]}`")}}));
+        "responses": {
+            "400": err("The body is not a JSON object (`invalid_body`)"),
+            "200": op_answers("`{interrupted: [urls]}`")["200"],
+            "401": err("Missing or wrong API key"),
+            "503": err("`comfyui_not_loaded`, or `engine_unavailable` when no ComfyUI answers")}}}));
     paths.insert("/api/workflows".into(), json!({"get": {
         "tags": ["ComfyUI"], "summary": "Installed workflow templates with their parameter schemas",
         "operationId": "list_workflows", "responses": op_answers("`{workflows: [{name, description, params_schema, media_params}]}`")}}));
-    let schema = registry
-        .task_type(TASK_TYPE)
-        .map(|t| t.desc.input_schema.clone());
-    let templates = schema
-        .as_ref()
-        .and_then(|s| s.get("x-workflows"))
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
     for t in templates {
         let Some(name) = t["name"].as_str() else {
             continue;
@@ -387,7 +425,8 @@ pub(crate) fn spec_paths(registry: &Registry) -> Map<String, Value> {
             "description": t["description"],
             "operationId": format!("workflow_{name}"),
             "parameters": [wait, key],
-            "requestBody": {"required": false, "content": {"application/json": {"schema": t["params_schema"]}}},
+            // Required when the template has required parameters (an absent body is `{}`).
+            "requestBody": {"required": t["params_schema"]["required"].as_array().is_some_and(|r| !r.is_empty()), "content": {"application/json": {"schema": t["params_schema"]}}},
             "responses": task_answers()
         }}));
     }

@@ -45,8 +45,8 @@ pub(crate) struct FaceswapRequest {
     pub priority: i32,
     /// URL to POST the finished task to.
     pub webhook_url: Option<String>,
-    /// Deduplication key (also accepted as the `Idempotency-Key` header).
-    #[oai(validator(max_length = 255))]
+    /// Deduplication key (also accepted as the `Idempotency-Key` header, which wins), at most
+    /// 255 bytes, bound to this request like `POST /api/tasks`'s.
     pub idempotency_key: Option<String>,
 }
 
@@ -83,11 +83,16 @@ impl FaceswapApi {
     /// Creates a `facefusion.faceswap` task from `{"source_url", "target_url", "resolution",
     /// "media_type"}`. Answers 202 with the task (200 when `wait` saw it finish), 422 when the
     /// body fails the task type's schema, 503 when the FaceFusion plugin is not loaded.
-    #[oai(path = "/api/faceswap/create", method = "post")]
+    #[oai(
+        path = "/api/faceswap/create",
+        method = "post",
+        operation_id = "faceswap_create"
+    )]
     async fn create(
         &self,
         body: Json<FaceswapRequest>,
         /// Seconds to wait for the task to finish (at most 600).
+        #[oai(validator(minimum(value = "0"), maximum(value = "600")))]
         wait: Query<Option<u64>>,
         /// Deduplication key.
         #[oai(name = "Idempotency-Key")]

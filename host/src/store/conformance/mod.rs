@@ -53,6 +53,8 @@ macro_rules! conformance_suite {
         $crate::store::conformance::conformance_suite!(@tests $harness;
             submit::insert_get_round_trip,
             submit::idempotency_key_dedups,
+            submit::idempotency_key_bound_to_request_hash,
+            submit::idempotency_rows_without_hash_match_any_request,
             submit::durable_across_reopen,
             claim::claim_order_priority_then_fifo,
             claim::claim_skips_future_run_at_and_other_types,
@@ -108,6 +110,7 @@ fn new_task(task_type: &str, priority: i32) -> NewTask {
         webhook_url: None,
         trace_parent: None,
         timeout_secs: None,
+        request_hash: None,
     }
 }
 

@@ -9,10 +9,14 @@ use super::{
     Harness, LEASE, assert_close, assert_recent, claim_one, err, get, insert, new_task,
     with_attempts,
 };
-use crate::store::{CancelOutcome, ListFilter, Progress, Status};
+use crate::store::{CancelOutcome, ListFilter, Progress, Status, StoreError};
 
 /// A W3C `traceparent` as the API stores it; the store keeps it as opaque text.
 const TRACE_PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// Request hashes as the API writes them (hex SHA-256); the store compares them as text.
+const HASH_A: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
+const HASH_B: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
 
 /// Every field survives insert → get, and every later-set field survives an update → get.
 pub(super) async fn insert_get_round_trip(h: &dyn Harness) {
@@ -24,6 +28,7 @@ pub(super) async fn insert_get_round_trip(h: &dyn Harness) {
     new.idempotency_key = Some("key-1".into());
     new.webhook_url = Some("https://example.com/hook?x=1".into());
     new.trace_parent = Some(TRACE_PARENT.into());
+    new.request_hash = Some(HASH_A.into());
 
     let task = insert(store, new.clone()).await;
     assert_eq!(task.id, new.id);
@@ -49,6 +54,7 @@ pub(super) async fn insert_get_round_trip(h: &dyn Harness) {
     assert_eq!(task.lease_until, None);
     assert!(!task.cancel_requested);
     assert_eq!(task.trace_parent.as_deref(), Some(TRACE_PARENT));
+    assert_eq!(task.request_hash.as_deref(), Some(HASH_A));
     assert_eq!(get(store, task.id).await, task);
 
     // Claimed: started_at, worker, lease_until, attempts.
@@ -132,6 +138,71 @@ pub(super) async fn idempotency_key_dedups(h: &dyn Harness) {
     insert(&*store, new_task("dedup", 0)).await;
     let page = store.list(ListFilter::default()).await.unwrap();
     assert_eq!(page.tasks.len(), 3);
+}
+
+/// An idempotency key is bound to the request that created its task: the same key with the
+/// same hash answers that task; with another hash the insert is refused
+/// (`IdempotencyConflict`, naming the task that holds the key), writes nothing and publishes
+/// nothing; the key keeps answering its own request afterwards.
+pub(super) async fn idempotency_key_bound_to_request_hash(h: &dyn Harness) {
+    let store = h.open().await;
+    let mut first = new_task("bound", 0);
+    first.idempotency_key = Some("bound-key".into());
+    first.request_hash = Some(HASH_A.into());
+    let created = insert(&*store, first.clone()).await;
+
+    let mut rx = store.subscribe();
+    let mut other = new_task("bound.other", 0);
+    other.idempotency_key = Some("bound-key".into());
+    other.request_hash = Some(HASH_B.into());
+    match store.insert(other.clone()).await {
+        Err(e @ StoreError::IdempotencyConflict { .. }) => {
+            assert_eq!(e.code(), crate::error_codes::IDEMPOTENCY_CONFLICT);
+            let StoreError::IdempotencyConflict { key, existing } = e else {
+                unreachable!()
+            };
+            assert_eq!(key, "bound-key");
+            assert_eq!(existing, created.id);
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(store.get(other.id).await.unwrap(), None);
+    assert!(rx.try_recv().is_err(), "a refused insert publishes nothing");
+
+    let mut same = first.clone();
+    same.id = Uuid::now_v7();
+    let (existing, was_created) = store.insert(same.clone()).await.unwrap();
+    assert!(!was_created);
+    assert_eq!(existing, created);
+    assert_eq!(store.get(same.id).await.unwrap(), None);
+
+    // Another key with the other hash is simply a new task.
+    other.idempotency_key = Some("bound-key-2".into());
+    let second = insert(&*store, other).await;
+    assert_eq!(second.request_hash.as_deref(), Some(HASH_B));
+    let page = store.list(ListFilter::default()).await.unwrap();
+    assert_eq!(page.tasks.len(), 2);
+}
+
+/// A task stored without a request hash (written before the hash existed) answers every
+/// request with its key, whatever that request's hash, as it did before.
+pub(super) async fn idempotency_rows_without_hash_match_any_request(h: &dyn Harness) {
+    let store = h.open().await;
+    let mut legacy = new_task("legacy", 0);
+    legacy.idempotency_key = Some("old-key".into());
+    legacy.request_hash = None;
+    let created = insert(&*store, legacy).await;
+    assert_eq!(created.request_hash, None);
+
+    for hash in [Some(HASH_A), Some(HASH_B), None] {
+        let mut again = new_task("legacy.other", 5);
+        again.idempotency_key = Some("old-key".into());
+        again.request_hash = hash.map(str::to_owned);
+        let (existing, was_created) = store.insert(again.clone()).await.unwrap();
+        assert!(!was_created);
+        assert_eq!(existing, created);
+        assert_eq!(store.get(again.id).await.unwrap(), None);
+    }
 }
 
 /// Tasks survive closing and reopening the store.

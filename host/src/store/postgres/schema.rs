@@ -29,6 +29,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../../migrations/postgres/0002_trace_parent.sql"),
     ),
     (
+        3,
+        "request hash",
+        include_str!("../../../migrations/postgres/0003_request_hash.sql"),
+    ),
+    (
         4,
         "task timeout",
         include_str!("../../../migrations/postgres/0004_timeout.sql"),
@@ -76,6 +81,9 @@ struct TaskRow {
     trace_parent: Option<String>,
     #[serde(default)]
     timeout_secs: Option<i64>,
+    // Absent from the notifications of a process that predates schema v3.
+    #[serde(default)]
+    request_hash: Option<String>,
 }
 
 fn unsigned(v: i64, name: &str) -> StoreResult<u32> {
@@ -124,5 +132,6 @@ pub(super) fn task_from_json(value: Value) -> StoreResult<Task> {
             .timeout_secs
             .map(|v| unsigned(v, "timeout_secs"))
             .transpose()?,
+        request_hash: r.request_hash,
     })
 }

@@ -9,15 +9,15 @@ use super::{
 };
 use crate::store::{
     NewTask, StoreError, StoreResult, Task,
-    sql::{clean_percent, db_err, to_json},
+    sql::{clean_percent, db_err, keyed_existing, to_json},
 };
 
 const SQL_INSERT: &str = notifying!(
     "INSERT INTO tasks (id, task_type, status, input, priority, attempts, max_attempts, \
      created_at, run_at, idempotency_key, webhook_url, cancel_requested, updated_at, \
-     trace_parent, timeout_secs) \
+     trace_parent, timeout_secs, request_hash) \
      VALUES ($1, $2, 'PENDING', $3, $4, 0, $5, statement_timestamp(), statement_timestamp(), \
-             $6, $7, false, statement_timestamp(), $8, $9) \
+             $6, $7, false, statement_timestamp(), $8, $9, $10) \
      ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
     "'created'"
 );
@@ -30,9 +30,9 @@ const SQL_GET_BY_KEY: &str =
 const SQL_IMPORT: &str = "INSERT INTO tasks (id, task_type, status, input, priority, attempts, \
      max_attempts, progress_percent, progress_message, result, error_code, error_message, \
      created_at, started_at, finished_at, run_at, idempotency_key, webhook_url, worker, \
-     lease_until, cancel_requested, trace_parent, timeout_secs, updated_at) \
+     lease_until, cancel_requested, trace_parent, timeout_secs, request_hash, updated_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-             $19, $20, $21, $22, $23, now()) \
+             $19, $20, $21, $22, $23, $24, now()) \
      ON CONFLICT DO NOTHING";
 
 /// [`TaskStore::insert`](crate::store::TaskStore::insert).
@@ -47,7 +47,8 @@ pub(super) async fn insert(store: &PostgresStore, task: NewTask) -> StoreResult<
         .bind(key.clone())
         .bind(task.webhook_url.as_deref().map(clean_text))
         .bind(task.trace_parent.as_deref().map(clean_text))
-        .bind(task.timeout_secs.map(i64::from));
+        .bind(task.timeout_secs.map(i64::from))
+        .bind(task.request_hash.as_deref().map(clean_text));
     if let Some((_, created)) = store.write_one(query, true).await? {
         return Ok((created, true));
     }
@@ -62,7 +63,7 @@ pub(super) async fn insert(store: &PostgresStore, task: NewTask) -> StoreResult<
         .await
         .map_err(db_err)?
         .ok_or_else(|| StoreError::Corrupt("idempotency conflict but no such task".into()))?;
-    Ok((task_from_row(&row)?, false))
+    keyed_existing(task_from_row(&row)?, task.request_hash.as_deref())
 }
 
 impl PostgresStore {
@@ -101,6 +102,7 @@ impl PostgresStore {
                 .bind(t.cancel_requested)
                 .bind(t.trace_parent.as_deref().map(clean_text))
                 .bind(t.timeout_secs.map(i64::from))
+                .bind(t.request_hash.as_deref().map(clean_text))
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;

@@ -52,6 +52,7 @@ fn new_task(task_type: &str) -> NewTask {
         webhook_url: None,
         trace_parent: None,
         timeout_secs: None,
+        request_hash: None,
     }
 }
 
@@ -226,6 +227,7 @@ async fn import_keeps_every_field() {
     keyed.webhook_url = Some("https://example.com/h".into());
     keyed.priority = 7;
     keyed.trace_parent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+    keyed.request_hash = Some("ab".repeat(32));
     lite.insert(keyed).await.unwrap();
     for _ in 0..4 {
         lite.insert(new_task("imp")).await.unwrap();

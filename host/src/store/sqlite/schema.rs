@@ -27,6 +27,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../../migrations/sqlite/0002_trace_parent.sql"),
     ),
     (
+        3,
+        "request hash",
+        include_str!("../../../migrations/sqlite/0003_request_hash.sql"),
+    ),
+    (
         4,
         "task timeout",
         include_str!("../../../migrations/sqlite/0004_timeout.sql"),
@@ -44,7 +49,7 @@ macro_rules! task_columns {
         "id, task_type, status, input, priority, attempts, max_attempts, progress_percent, \
          progress_message, result, error_code, error_message, created_at, started_at, \
          finished_at, run_at, idempotency_key, webhook_url, worker, lease_until, cancel_requested, \
-         trace_parent, timeout_secs"
+         trace_parent, timeout_secs, request_hash"
     };
 }
 pub(super) use task_columns;
@@ -132,5 +137,6 @@ pub(super) fn task_from_row(row: &SqliteRow) -> StoreResult<Task> {
                 })
             })
             .transpose()?,
+        request_hash: column(row, "request_hash")?,
     })
 }

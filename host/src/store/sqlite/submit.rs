@@ -7,14 +7,14 @@ use super::{
 };
 use crate::store::{
     EventKind, NewTask, StoreError, StoreResult, Task,
-    sql::{db_err, to_json},
+    sql::{db_err, keyed_existing, to_json},
 };
 
 const SQL_INSERT: &str = concat!(
     "INSERT INTO tasks (id, task_type, status, input, priority, attempts, max_attempts, \
      created_at, run_at, idempotency_key, webhook_url, cancel_requested, trace_parent, \
-     timeout_secs) \
-     VALUES (?1, ?2, 'PENDING', ?3, ?4, 0, ?5, ?6, ?6, ?7, ?8, 0, ?9, ?10) \
+     timeout_secs, request_hash) \
+     VALUES (?1, ?2, 'PENDING', ?3, ?4, 0, ?5, ?6, ?6, ?7, ?8, 0, ?9, ?10, ?11) \
      ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
      RETURNING ",
     task_columns!()
@@ -40,7 +40,8 @@ pub(super) async fn insert(store: &SqliteStore, task: NewTask) -> StoreResult<(T
         .bind(task.idempotency_key.clone())
         .bind(task.webhook_url)
         .bind(task.trace_parent)
-        .bind(task.timeout_secs.map(i64::from));
+        .bind(task.timeout_secs.map(i64::from))
+        .bind(task.request_hash.clone());
     if let Some(created) = store.write_task(query).await? {
         store.publish(EventKind::Created, &created);
         return Ok((created, true));
@@ -56,5 +57,5 @@ pub(super) async fn insert(store: &SqliteStore, task: NewTask) -> StoreResult<(T
         .await
         .map_err(db_err)?
         .ok_or_else(|| StoreError::Corrupt("idempotency conflict but no such task".into()))?;
-    Ok((task_from_row(&row)?, false))
+    keyed_existing(task_from_row(&row)?, task.request_hash.as_deref())
 }

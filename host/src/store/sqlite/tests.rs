@@ -133,6 +133,7 @@ async fn insert_throughput() {
                 webhook_url: None,
                 trace_parent: None,
                 timeout_secs: None,
+                request_hash: None,
             })
             .await
             .unwrap();
