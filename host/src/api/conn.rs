@@ -28,6 +28,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures_util::task::AtomicWaker;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     time::Sleep,
@@ -59,6 +60,10 @@ pub(super) struct ConnState {
     upgraded: AtomicBool,
     /// Cancelled to close this connection at once (the connection limit needs its slot).
     pub(super) evict: CancellationToken,
+    /// The read side waiting while a request was in flight (no clock then): woken when the
+    /// last request ends, so that the idle clock starts even if hyper's read is already
+    /// pending.
+    reader: AtomicWaker,
 }
 
 impl ConnState {
@@ -70,6 +75,7 @@ impl ConnState {
             idle_since_ms: AtomicU64::new(0),
             upgraded: AtomicBool::new(false),
             evict: CancellationToken::new(),
+            reader: AtomicWaker::new(),
         })
     }
 
@@ -102,7 +108,9 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let ms = u64::try_from(self.0.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.0.idle_since_ms.store(ms.max(1), Ordering::Release);
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.reader.wake();
+        }
     }
 }
 
@@ -235,6 +243,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
+                self.state.reader.register(cx.waker());
                 let Some((deadline, what)) = self.read_deadline() else {
                     return Poll::Pending;
                 };
