@@ -436,6 +436,8 @@ async fn store_migrate(from: &std::path::Path, to: &str, max_connections: u32) -
             .list(ListFilter {
                 limit: 1000,
                 cursor: cursor.take(),
+                // A page's memory bounded whatever the inputs' sizes.
+                input_budget: Some(64 << 20),
                 ..ListFilter::default()
             })
             .await
@@ -591,6 +593,9 @@ async fn print_openapi(config: &Config) -> ExitCode {
         public_url: config.public_url(),
         fetcher: None,
         started: std::time::Instant::now(),
+        streams: crate::api::permits(0),
+        uploads: crate::api::permits(0),
+        max_list_input_bytes: 0,
     });
     let spec = crate::api::openapi_document(state);
     registry.shutdown();

@@ -143,12 +143,18 @@ error_codes! {
         "The `Idempotency-Key` is held by a task created by another request (another type, input, priority, max_attempts, webhook_url or timeout_secs).";
     IDEMPOTENCY_KEY_TOO_LONG = "idempotency_key_too_long", [Http] 400,
         "The `Idempotency-Key` (header or field) is longer than 255 bytes.";
+    TOO_MANY_STREAMS = "too_many_streams", [Http] 503,
+        "`server.max_streams` SSE and WebSocket subscribers are open in this process already; retry later.";
 
     // Uploads and stored files (api/files.rs).
     UPLOAD_MISSING_FILE = "missing_file", [Http] 400,
         "The multipart upload has no file field (send the file as a field named `file`).";
     UPLOAD_INVALID_MULTIPART = "invalid_multipart", [Http] 400,
         "The upload body is not valid multipart/form-data.";
+    UPLOAD_INCOMPLETE = "upload_incomplete", [Http] 400,
+        "The upload body ended before its multipart end (a cut connection or a truncated body); nothing was stored.";
+    TOO_MANY_UPLOADS = "too_many_uploads", [Http] 503,
+        "`server.max_concurrent_uploads` uploads are being streamed already; retry after `Retry-After` seconds.";
     FILES_INVALID_KEY = "invalid_key", [Http] 400,
         "The key in a `/files/` path has a malformed %-escape or is not UTF-8.";
     FILES_RANGE_NOT_SATISFIABLE = "range_not_satisfiable", [Http] 416,

@@ -3,8 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use poem::{Server, listener::TcpListener};
-use tokio::sync::watch;
+use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
     api::{self, AppState},
@@ -262,26 +261,17 @@ pub(crate) async fn shutdown_signal() {
 async fn serve_metrics(
     bind: &str,
     state: Arc<AppState>,
+    settings: api::listen::ListenSettings,
     mut stop: watch::Receiver<bool>,
-) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, StartError> {
-    let acceptor = poem::listener::Listener::into_acceptor(TcpListener::bind(bind.to_owned()))
-        .await
-        .map_err(|e| StartError::Bind {
-            bind: bind.to_owned(),
-            reason: e.to_string(),
-        })?;
+) -> Result<tokio::task::JoinHandle<()>, StartError> {
+    let listener = bind_listener(bind).await?;
     tracing::info!(bind = %bind, "metrics listening at /metrics (no API key)");
     let app = api::metrics::metrics_only(state);
     Ok(tokio::spawn(async move {
-        Server::new_with_acceptor(acceptor)
-            .run_with_graceful_shutdown(
-                app,
-                async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                },
-                Some(Duration::from_secs(5)),
-            )
-            .await
+        api::listen::serve(listener, app, settings, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
     }))
 }
 
@@ -297,6 +287,27 @@ fn timeouts(config: &Config) -> crate::dispatcher::Timeouts {
             .map(|(t, secs)| (t, Duration::from_secs(secs)))
             .collect(),
         retry: d.retry_timeouts,
+    }
+}
+
+async fn bind_listener(bind: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(bind).await.map_err(|e| StartError::Bind {
+        bind: bind.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// The connection settings of `[server]`.
+fn listen_settings(config: &Config, grace: Duration) -> api::listen::ListenSettings {
+    let s = &config.server;
+    api::listen::ListenSettings {
+        clocks: api::conn::Clocks {
+            header_read: Duration::from_secs(s.header_read_timeout_secs),
+            idle: Duration::from_secs(s.idle_timeout_secs),
+            send: Duration::from_secs(s.send_timeout_secs),
+        },
+        max_connections: api::listen::connection_limit(s.max_connections),
+        grace,
     }
 }
 
@@ -369,29 +380,22 @@ pub(crate) async fn run(config: Config, roles: Roles) -> Result<(), StartError> 
         public_url: config.public_url(),
         fetcher: Some(services.fetcher.clone()),
         started: std::time::Instant::now(),
+        streams: api::permits(config.server.max_streams),
+        uploads: api::permits(config.server.max_concurrent_uploads),
+        max_list_input_bytes: config.server.max_list_input_bytes,
     });
+    let listen = listen_settings(&config, grace + Duration::from_secs(5));
     let server = if roles.api {
         let bind = config.server.bind.clone();
-        let listener = TcpListener::bind(bind.clone());
-        let acceptor = poem::listener::Listener::into_acceptor(listener)
-            .await
-            .map_err(|e| StartError::Bind {
-                bind: bind.clone(),
-                reason: e.to_string(),
-            })?;
+        let listener = bind_listener(&bind).await?;
         let mut rx = stop_rx.clone();
         let app = api::app(state.clone());
-        tracing::info!(bind = %bind, public_url = %config.public_url(), "aihost listening; docs at /docs");
+        tracing::info!(bind = %bind, public_url = %config.public_url(), max_connections = listen.max_connections, "aihost listening; docs at /docs");
         Some(tokio::spawn(async move {
-            Server::new_with_acceptor(acceptor)
-                .run_with_graceful_shutdown(
-                    app,
-                    async move {
-                        let _ = rx.wait_for(|s| *s).await;
-                    },
-                    Some(grace + Duration::from_secs(5)),
-                )
-                .await
+            api::listen::serve(listener, app, listen, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
         }))
     } else {
         None
@@ -399,7 +403,19 @@ pub(crate) async fn run(config: Config, roles: Roles) -> Result<(), StartError> 
     let metrics_server = if config.server.metrics_bind.is_empty() {
         None
     } else {
-        Some(serve_metrics(&config.server.metrics_bind, state.clone(), stop_rx.clone()).await?)
+        let settings = api::listen::ListenSettings {
+            grace: Duration::from_secs(5),
+            ..listen
+        };
+        Some(
+            serve_metrics(
+                &config.server.metrics_bind,
+                state.clone(),
+                settings,
+                stop_rx.clone(),
+            )
+            .await?,
+        )
     };
     tracing::info!(api = roles.api, consumer = roles.consumer, "aihost ready");
     shutdown_signal().await;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt, stream::BoxStream};
 use poem::{
     IntoResponse, Response, handler,
+    http::StatusCode,
     web::{
         Data, Path,
         websocket::{Message, WebSocket},
@@ -31,11 +32,22 @@ fn snapshot_kind(s: Status) -> EventKind {
     }
 }
 
-/// Subscribes first, then reads the task, so no change between the two is missed.
+/// Subscribes first, then reads the task, so no change between the two is missed. The stream
+/// holds one of `server.max_streams` permits (503 `too_many_streams` when none is left) and
+/// ends early when the subscriber falls so far behind that the event channel dropped events
+/// for it: it is not resynchronised from the store (that would read the task's input once
+/// per lagging subscriber); the client reconnects.
 pub(crate) async fn follow(
     state: &AppState,
     id: Uuid,
 ) -> Result<BoxStream<'static, Value>, ApiError> {
+    let Ok(permit) = state.streams.clone().try_acquire_owned() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            crate::error_codes::TOO_MANY_STREAMS,
+            "the most SSE and WebSocket subscribers this process serves (server.max_streams) are open; retry later",
+        ));
+    };
     let rx = state.store.subscribe();
     let Some(task) = state.store.get(id).await? else {
         return Err(ApiError::not_found(
@@ -43,46 +55,37 @@ pub(crate) async fn follow(
             format!("no task {id}"),
         ));
     };
-    let store = state.store.clone();
-    let first = TaskEvent {
-        kind: snapshot_kind(task.status),
-        task,
-    };
+    let first = TaskEvent::of_owned(snapshot_kind(task.status), task);
     let done = first.task.status.is_terminal();
     let start = futures_util::stream::iter([event_json(&first)]);
+    drop(first);
+    let keep = move |v| {
+        let _ = &permit;
+        v
+    };
     if done {
-        return Ok(start.boxed());
+        return Ok(start.map(keep).boxed());
     }
-    let rest = futures_util::stream::unfold(Some(rx), move |rx| {
-        let store = store.clone();
-        async move {
-            let mut rx = rx?;
-            loop {
-                match rx.recv().await {
-                    Ok(ev) if ev.task.id == id => {
-                        let terminal =
-                            ev.task.status.is_terminal() && !matches!(ev.kind, EventKind::Progress);
-                        let next = if terminal { None } else { Some(rx) };
-                        return Some((event_json(&ev), next));
-                    }
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        // We missed events: resynchronise from the store.
-                        if let Ok(Some(t)) = store.get(id).await {
-                            let terminal = t.status.is_terminal();
-                            let ev = TaskEvent {
-                                kind: snapshot_kind(t.status),
-                                task: t,
-                            };
-                            return Some((event_json(&ev), if terminal { None } else { Some(rx) }));
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
+    let rest = futures_util::stream::unfold(Some(rx), move |rx| async move {
+        let mut rx = rx?;
+        loop {
+            match rx.recv().await {
+                Ok(ev) if ev.task.id == id => {
+                    let terminal =
+                        ev.task.status.is_terminal() && !matches!(ev.kind, EventKind::Progress);
+                    let next = if terminal { None } else { Some(rx) };
+                    return Some((event_json(&ev), next));
                 }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::debug!(task_id = %id, missed = n, "event subscriber fell behind: ending its stream");
+                    return None;
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
     });
-    Ok(start.chain(rest).boxed())
+    Ok(start.chain(rest).map(keep).boxed())
 }
 
 /// `GET /api/tasks/{task_id}/ws`: the task's events as WebSocket text messages; the server

@@ -103,7 +103,10 @@ pub(crate) async fn scrape(Data(state): Data<&Arc<AppState>>) -> Response {
 
 /// The endpoint of `server.metrics_bind`: only `GET /metrics`, without API keys.
 pub(crate) fn metrics_only(state: Arc<AppState>) -> impl Endpoint {
-    Route::new().at("/metrics", get(scrape)).data(state)
+    Route::new()
+        .at("/metrics", get(scrape))
+        .data(state)
+        .around(super::nosniff)
 }
 
 /// Sets the values read at scrape time.

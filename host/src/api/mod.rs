@@ -15,10 +15,12 @@ use poem_openapi::{OpenApiService, Tags};
 use crate::{dispatcher::Dispatcher, plugins::Registry, storage::Storage, store::TaskStore};
 
 mod access_log;
+pub(crate) mod conn;
 pub(crate) mod error;
 pub(crate) mod events;
 pub(crate) mod files;
 mod ids;
+pub(crate) mod listen;
 pub(crate) mod metrics;
 pub(crate) mod seed;
 pub(crate) mod spec;
@@ -70,6 +72,20 @@ pub(crate) struct AppState {
     pub fetcher: Option<crate::fetch::Fetcher>,
     /// Process start.
     pub started: Instant,
+    /// One permit per SSE or WebSocket subscriber (`server.max_streams`).
+    pub streams: Arc<tokio::sync::Semaphore>,
+    /// One permit per upload being streamed (`server.max_concurrent_uploads`).
+    pub uploads: Arc<tokio::sync::Semaphore>,
+    /// With `include=input`, a task page stops once its inputs reach this many bytes.
+    pub max_list_input_bytes: u64,
+}
+
+/// A semaphore of `n` permits (at most tokio's maximum).
+pub(crate) fn permits(n: u64) -> Arc<tokio::sync::Semaphore> {
+    let n = usize::try_from(n)
+        .unwrap_or(usize::MAX)
+        .min(tokio::sync::Semaphore::MAX_PERMITS);
+    Arc::new(tokio::sync::Semaphore::new(n))
 }
 
 /// The OpenAPI service (operations documented by poem-openapi).
@@ -167,6 +183,21 @@ pub(crate) fn app(state: Arc<AppState>) -> impl Endpoint {
         })
         .around(metrics::track)
         .around(access_log::observe)
+        .around(nosniff)
+}
+
+/// `X-Content-Type-Options: nosniff` on every answer, errors included, so that no browser
+/// guesses a type the service did not state.
+pub(crate) async fn nosniff<E: Endpoint>(ep: Arc<E>, req: Request) -> poem::Result<Response> {
+    let mut resp = match ep.call(req).await {
+        Ok(r) => r.into_response(),
+        Err(e) => e.into_response(),
+    };
+    resp.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    Ok(resp)
 }
 
 /// CORS for `server.cors_origins`: preflight requests are answered here (before the API-key

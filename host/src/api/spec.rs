@@ -53,10 +53,10 @@ fn extra_paths() -> Value {
                     "type": "object", "required": ["key", "url", "size", "content_type"],
                     "properties": {"key": {"type": "string"}, "url": {"type": "string"},
                                    "size": {"type": "integer"}, "content_type": {"type": "string"}}}}}},
-                "400": {"description": "No file field or a malformed body", "content": error_ref()},
+                "400": {"description": "No file field, a malformed body, or a body that ends before its multipart end (`upload_incomplete`: nothing is stored)", "content": error_ref()},
                 "401": {"description": "Missing or wrong API key", "content": error_ref()},
                 "413": {"description": "Over `server.max_upload_bytes`", "content": error_ref()},
-                "503": {"description": "Storage unavailable", "content": error_ref()}
+                "503": {"description": "Storage unavailable, or `server.max_concurrent_uploads` uploads running (`too_many_uploads`, with `Retry-After`)", "content": error_ref()}
             }
         }},
         "/api/tasks/{task_id}/ws": {"get": {
@@ -76,7 +76,7 @@ fn extra_paths() -> Value {
                 "400": {"description": "Not a WebSocket upgrade request (`bad_request`)", "content": error_ref()},
                 "401": {"description": "Missing or wrong API key", "content": error_ref()},
                 "404": {"description": "Unknown task", "content": error_ref()},
-                "503": {"description": "The task store is unavailable", "content": error_ref()}
+                "503": {"description": "The task store is unavailable, or `server.max_streams` subscribers are open (`too_many_streams`)", "content": error_ref()}
             }
         }},
         "/metrics": {"get": {
@@ -92,6 +92,7 @@ fn extra_paths() -> Value {
         "/files/{key}": {"get": {
             "tags": ["Tasks"],
             "summary": "Download a stored output or upload (fs and memory storage)",
+            "description": "Images, audio, video and PDF are answered inline; anything else (HTML, SVG, XML, JavaScript, unknown types) as `Content-Disposition: attachment` with `Content-Security-Policy: sandbox`. Every answer has `X-Content-Type-Options: nosniff`.",
             "operationId": "get_file",
             "parameters": [
                 {"name": "key", "in": "path", "required": true, "schema": {"type": "string", "maxLength": 1024, "pattern": key_pattern()}, "description": "The storage key: `/`-separated segments, none empty, `.` or `..`, no backslash or control character"},

@@ -61,6 +61,14 @@ pub enum CreateResponse {
     Finished(Json<TaskView>),
 }
 
+/// What `GET /api/tasks` adds to each task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, poem_openapi::Enum)]
+#[oai(rename_all = "lowercase")]
+pub(crate) enum ListInclude {
+    /// The task's input.
+    Input,
+}
+
 /// A page of tasks.
 #[derive(Debug, Clone, Object)]
 pub(crate) struct TaskPage {
@@ -298,7 +306,12 @@ async fn wait_terminal(
     loop {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
             Err(_) => break,
-            Ok(Ok(ev)) if ev.task.id == id && ev.task.status.is_terminal() => return Ok(ev.task),
+            Ok(Ok(ev)) if ev.task.id == id && ev.task.status.is_terminal() => {
+                // Events carry no input; the answer has the one submitted.
+                let mut done = ev.task;
+                done.input = task.input;
+                return Ok(done);
+            }
             Ok(Ok(_)) => {}
             Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
                 if let Some(t) = store.get(id).await?
@@ -357,6 +370,9 @@ impl TasksApi {
     }
 
     /// List tasks, newest first.
+    ///
+    /// Tasks come without their input (`input` is null) unless `include=input` is given; read
+    /// one task (`GET /api/tasks/{task_id}`) for its input.
     #[oai(path = "/api/tasks", method = "get")]
     async fn list(
         &self,
@@ -373,7 +389,12 @@ impl TasksApi {
             pattern = r"^$|^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
         ))]
         cursor: Query<Option<String>>,
+        /// `input`: include each task's input (left out by default: `input` is null). A page
+        /// with inputs ends early, with a `next_cursor`, once they reach
+        /// `server.max_list_input_bytes`.
+        include: Query<Option<ListInclude>>,
     ) -> Result<Json<TaskPage>, ApiError> {
+        let with_input = include.0 == Some(ListInclude::Input);
         let page = self
             .state
             .store
@@ -383,6 +404,8 @@ impl TasksApi {
                 limit: limit.0.unwrap_or(50),
                 // An empty cursor is the first page.
                 cursor: cursor.0.filter(|c| !c.is_empty()),
+                without_input: !with_input,
+                input_budget: with_input.then_some(self.state.max_list_input_bytes),
             })
             .await?;
         Ok(Json(TaskPage {
@@ -445,7 +468,11 @@ impl TasksApi {
     ///
     /// The first event is the task's current state; then one event per state change or
     /// progress update; the stream ends after the terminal state. Each event's data is
-    /// `{"event", "task_id", "status", "progress", "task"}`, the same JSON as the WebSocket.
+    /// `{"event", "task_id", "status", "progress", "task"}`, the same JSON as the WebSocket;
+    /// `task` comes without its input (`input` is null). At most `server.max_streams`
+    /// subscribers per process (503 `too_many_streams` beyond); a subscriber that stops reading
+    /// is disconnected (`server.send_timeout_secs`), one that falls thousands of events behind
+    /// sees its stream end early: reconnect to get the current state.
     #[oai(path = "/api/tasks/:task_id/events", method = "get")]
     async fn events(
         &self,

@@ -65,6 +65,13 @@ pub(super) const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
             ("max_queue_depth", Int),
             ("cors_origins", List),
             ("metrics_bind", Str),
+            ("header_read_timeout_secs", Int),
+            ("idle_timeout_secs", Int),
+            ("send_timeout_secs", Int),
+            ("max_connections", Int),
+            ("max_streams", Int),
+            ("max_concurrent_uploads", Int),
+            ("max_list_input_bytes", Int),
         ],
     ),
     (

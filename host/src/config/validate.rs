@@ -57,6 +57,16 @@ impl Config {
         for (key, v) in [
             ("max_body_bytes", self.server.max_body_bytes),
             ("max_upload_bytes", self.server.max_upload_bytes),
+            (
+                "header_read_timeout_secs",
+                self.server.header_read_timeout_secs,
+            ),
+            ("idle_timeout_secs", self.server.idle_timeout_secs),
+            ("send_timeout_secs", self.server.send_timeout_secs),
+            ("max_connections", self.server.max_connections),
+            ("max_streams", self.server.max_streams),
+            ("max_concurrent_uploads", self.server.max_concurrent_uploads),
+            ("max_list_input_bytes", self.server.max_list_input_bytes),
         ] {
             if v == 0 {
                 l.invalid(("server", key), "must be at least 1");

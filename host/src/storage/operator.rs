@@ -48,6 +48,10 @@ pub(super) struct OpBackend {
     /// GCS: write with `if_not_exists`, which makes opendal use the JSON API's resumable
     /// uploads (after deleting any previous object under the key).
     resumable: bool,
+    /// Bytes gathered before each backend write: a multipart part for remote backends
+    /// ([`WRITE_CHUNK`]); none for local ones, whose writes go straight to the file, so an
+    /// upload holds no more than the buffer it is read through.
+    write_chunk: Option<usize>,
 }
 
 impl OpBackend {
@@ -60,6 +64,7 @@ impl OpBackend {
             presign: None,
             url_bases: Vec::new(),
             resumable: false,
+            write_chunk: None,
         }
     }
 
@@ -84,6 +89,7 @@ impl OpBackend {
             url_bases: public_base.iter().cloned().chain(bucket_bases).collect(),
             public_base,
             resumable,
+            write_chunk: Some(WRITE_CHUNK),
         }
     }
 
@@ -105,13 +111,16 @@ impl OpBackend {
                 .await
                 .map_err(|e| StorageError::backend("put", key, e))?;
         }
-        self.op
+        let writer = self
+            .op
             .writer_with(obj.path)
             .content_type(content_type)
-            .chunk(WRITE_CHUNK)
-            .if_not_exists(self.resumable)
-            .await
-            .map_err(|e| StorageError::backend("put", key, e))
+            .if_not_exists(self.resumable);
+        match self.write_chunk {
+            Some(chunk) => writer.chunk(chunk).await,
+            None => writer.await,
+        }
+        .map_err(|e| StorageError::backend("put", key, e))
     }
 
     /// Writes the local file at `path`, read in chunks.

@@ -229,8 +229,55 @@ impl EventKind {
 pub(crate) struct TaskEvent {
     /// What happened.
     pub kind: EventKind,
-    /// The task after the change.
+    /// The task after the change, without its input (`input` is null): an event is cloned for
+    /// every subscriber and kept in the channel's ring, so it carries nothing a client sized.
     pub task: Task,
+}
+
+impl TaskEvent {
+    /// The event `kind` of `task`, its input left out.
+    pub(crate) fn of(kind: EventKind, task: &Task) -> Self {
+        TaskEvent {
+            kind,
+            task: task.without_input(),
+        }
+    }
+
+    /// The event `kind` of an owned `task`, its input dropped.
+    pub(crate) fn of_owned(kind: EventKind, mut task: Task) -> Self {
+        task.input = Value::Null;
+        TaskEvent { kind, task }
+    }
+}
+
+impl Task {
+    /// A copy with `input` null, without copying the input.
+    pub(crate) fn without_input(&self) -> Task {
+        Task {
+            id: self.id,
+            task_type: self.task_type.clone(),
+            status: self.status,
+            input: Value::Null,
+            priority: self.priority,
+            attempts: self.attempts,
+            max_attempts: self.max_attempts,
+            progress: self.progress.clone(),
+            result: self.result.clone(),
+            error: self.error.clone(),
+            created_at: self.created_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            run_at: self.run_at,
+            idempotency_key: self.idempotency_key.clone(),
+            webhook_url: self.webhook_url.clone(),
+            worker: self.worker.clone(),
+            lease_until: self.lease_until,
+            cancel_requested: self.cancel_requested,
+            trace_parent: self.trace_parent.clone(),
+            timeout_secs: self.timeout_secs,
+            request_hash: self.request_hash.clone(),
+        }
+    }
 }
 
 /// Filters for [`TaskStore::list`].
@@ -244,6 +291,12 @@ pub(crate) struct ListFilter {
     pub limit: u32,
     /// Opaque cursor from a previous page.
     pub cursor: Option<String>,
+    /// Leave the inputs out (each task's `input` is null): they are not even read.
+    pub without_input: bool,
+    /// With inputs: end the page early (with a next cursor) once the inputs read reach this
+    /// many bytes (their JSON length), so a page's memory does not depend on what clients sent.
+    /// At least one task is always returned.
+    pub input_budget: Option<u64>,
 }
 
 /// One page of tasks, newest first.

@@ -105,6 +105,74 @@ pub(super) fn page_size(limit: u32) -> u32 {
 
 /// One page of `limit` tasks from a query that selected `limit + 1`: the extra one only tells
 /// that a next page exists.
+/// Collects the rows of a page one at a time: at most `limit` tasks (a row more tells that
+/// there is a next page) and, with an input budget, no more once the inputs reach it.
+pub(super) struct PageBuilder {
+    tasks: Vec<Task>,
+    limit: u32,
+    budget: Option<u64>,
+    used: u64,
+    cut: bool,
+}
+
+impl PageBuilder {
+    pub(super) fn new(limit: u32, budget: Option<u64>) -> Self {
+        PageBuilder {
+            tasks: Vec::new(),
+            limit,
+            budget,
+            used: 0,
+            cut: false,
+        }
+    }
+
+    /// Adds a task; false when no more rows should be read.
+    pub(super) fn push(&mut self, task: Task) -> bool {
+        let input_bytes = json_len(&task.input);
+        self.tasks.push(task);
+        if self.tasks.len() > self.limit as usize {
+            return false;
+        }
+        if let Some(budget) = self.budget {
+            self.used = self.used.saturating_add(input_bytes);
+            if self.used >= budget {
+                self.cut = true;
+                return false;
+            }
+        }
+        true
+    }
+
+    pub(super) fn finish(self) -> Page {
+        if self.cut {
+            let next_cursor = self.tasks.last().map(|t| encode_cursor(t.id));
+            Page {
+                tasks: self.tasks,
+                next_cursor,
+            }
+        } else {
+            into_page(self.tasks, self.limit)
+        }
+    }
+}
+
+/// Length of a value's JSON text, counted without writing it anywhere.
+fn json_len(v: &Value) -> u64 {
+    struct Count(u64);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 = self.0.saturating_add(buf.len() as u64);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
+}
+
 pub(super) fn into_page(mut tasks: Vec<Task>, limit: u32) -> Page {
     let next_cursor = if tasks.len() > limit as usize {
         tasks.truncate(limit as usize);

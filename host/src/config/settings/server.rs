@@ -30,6 +30,29 @@ pub(crate) struct ServerConfig {
     /// A second listen address (`host:port`) that serves only `GET /metrics`, without API
     /// keys, for a Prometheus on a private network. Empty (the default): none.
     pub metrics_bind: String,
+    /// Seconds a client has to send a whole request head (request line and headers), counted
+    /// from its first byte; slower senders are disconnected. Default 15.
+    pub header_read_timeout_secs: u64,
+    /// Seconds a connection may sit with no request in flight (a new connection that sends
+    /// nothing, or a keep-alive connection between requests) before it is closed. Default 60.
+    pub idle_timeout_secs: u64,
+    /// Seconds a response may wait for a client that does not read (no byte accepted by the
+    /// socket) before the connection is closed: a subscriber or download that stalls is dropped,
+    /// not buffered. Default 60.
+    pub send_timeout_secs: u64,
+    /// Open connections at most. At the limit a new connection closes the one idle the longest;
+    /// when none is idle it is refused. Lowered at start to the process's open-file limit minus
+    /// 256 (kept for the database, storage and plugins). Default 10000.
+    pub max_connections: u64,
+    /// SSE and WebSocket subscribers at most, in this process; beyond it they are answered 503
+    /// `too_many_streams`. Default 2048.
+    pub max_streams: u64,
+    /// Uploads (`POST /api/uploads`) streamed at once; beyond it 503 `too_many_uploads` with
+    /// `Retry-After`. Each streams through a fixed buffer. Default 32.
+    pub max_concurrent_uploads: u64,
+    /// With `GET /api/tasks?include=input`, a page stops early (with a `next_cursor`) once the
+    /// inputs it holds reach this many bytes. Default 32 MiB.
+    pub max_list_input_bytes: u64,
 }
 
 impl Default for ServerConfig {
@@ -44,6 +67,13 @@ impl Default for ServerConfig {
             max_queue_depth: 0,
             cors_origins: Vec::new(),
             metrics_bind: String::new(),
+            header_read_timeout_secs: 15,
+            idle_timeout_secs: 60,
+            send_timeout_secs: 60,
+            max_connections: 10_000,
+            max_streams: 2048,
+            max_concurrent_uploads: 32,
+            max_list_input_bytes: 32 * MIB,
         }
     }
 }

@@ -70,6 +70,7 @@ macro_rules! conformance_suite {
             finish::release_with_cancel_requested_cancels,
             finish::cancel_in_each_state,
             read::list_pagination_and_filters,
+            read::list_without_inputs_and_with_a_budget,
             read::stats_on_known_set,
             read::pending_by_type_counts,
             read::ping_answers,

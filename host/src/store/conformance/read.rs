@@ -11,6 +11,68 @@ use uuid::Uuid;
 use super::{Harness, LEASE, claim_one, err, insert, new_task, with_attempts};
 use crate::store::{ListFilter, Status, StoreError};
 
+/// Pages without inputs carry null inputs and the rest unchanged; with an input budget a page
+/// ends early with a cursor that continues where it stopped.
+pub(super) async fn list_without_inputs_and_with_a_budget(h: &dyn Harness) {
+    let store = h.open().await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let mut t = new_task("budget", 0);
+        t.input = json!({ "blob": "x".repeat(1000), "i": i });
+        ids.push(insert(&*store, t).await.id);
+    }
+    ids.reverse(); // newest first
+    let full = store.list(ListFilter::default()).await.unwrap().tasks;
+    assert!(full.iter().all(|t| t.input["blob"].is_string()));
+    let bare = store
+        .list(ListFilter {
+            without_input: true,
+            ..ListFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(bare.next_cursor, None);
+    assert_eq!(bare.tasks.len(), 6);
+    for (b, f) in bare.tasks.iter().zip(&full) {
+        assert!(b.input.is_null());
+        assert_eq!(*b, f.without_input());
+    }
+
+    // About 1 KB of JSON each: a 2,500-byte budget ends a page after the third task.
+    let mut seen = Vec::new();
+    let mut pages = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .list(ListFilter {
+                cursor: cursor.take(),
+                input_budget: Some(2500),
+                ..ListFilter::default()
+            })
+            .await
+            .unwrap();
+        pages.push(page.tasks.len());
+        assert!(page.tasks.iter().all(|t| t.input["blob"].is_string()));
+        seen.extend(page.tasks.iter().map(|t| t.id));
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids);
+    assert_eq!(pages[..2], [3, 3]);
+    // A budget smaller than one input still returns one task per page.
+    let page = store
+        .list(ListFilter {
+            input_budget: Some(1),
+            ..ListFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.tasks.len(), 1);
+    assert!(page.next_cursor.is_some());
+}
+
 /// Newest first, every task exactly once across pages, filters, limits, bad cursors.
 pub(super) async fn list_pagination_and_filters(h: &dyn Harness) {
     let store = h.open().await;
@@ -71,6 +133,7 @@ pub(super) async fn list_pagination_and_filters(h: &dyn Harness) {
         status,
         limit: 1000,
         cursor: None,
+        ..ListFilter::default()
     };
     let a = store.list(by_type("list.a", None)).await.unwrap().tasks;
     assert_eq!(a.len(), 40);

@@ -61,10 +61,7 @@ impl PostgresStore {
     /// Publishes an event on this process's channel; nobody listening is fine.
     pub(super) fn publish(&self, kind: EventKind, task: &Task) {
         if self.inner.events.receiver_count() > 0 {
-            let _ = self.inner.events.send(TaskEvent {
-                kind,
-                task: task.clone(),
-            });
+            let _ = self.inner.events.send(TaskEvent::of(kind, task));
         }
     }
 }
@@ -173,7 +170,7 @@ async fn handle_notice(
     };
     match task {
         Ok(task) => {
-            let _ = events.send(TaskEvent { kind, task });
+            let _ = events.send(TaskEvent::of_owned(kind, task));
         }
         Err(e) => tracing::warn!(error = %e, "undecodable task event"),
     }
@@ -208,7 +205,7 @@ async fn resync(pool: &PgPool, events: &broadcast::Sender<TaskEvent>, outage: Du
                 Status::Failed => EventKind::Failed,
                 Status::Cancelled => EventKind::Cancelled,
             };
-            let _ = events.send(TaskEvent { kind, task });
+            let _ = events.send(TaskEvent::of_owned(kind, task));
         }
     }
 }

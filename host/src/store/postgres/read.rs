@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use futures_util::TryStreamExt;
 use sqlx::{AssertSqlSafe, postgres::PgPool};
 use uuid::Uuid;
 
@@ -11,7 +12,7 @@ use super::{PostgresStore, schema::task_from_row};
 use crate::store::{
     ListFilter, Page, Stats, StoreResult, Task,
     sql::{
-        PERCENTILE_SAMPLE, column, count, db_err, decode_cursor, into_page, page_size,
+        PERCENTILE_SAMPLE, PageBuilder, column, count, db_err, decode_cursor, page_size,
         type_status_count,
     },
 };
@@ -64,7 +65,11 @@ pub(super) async fn list(store: &PostgresStore, filter: ListFilter) -> StoreResu
     if cursor.is_some() {
         conditions.push(format!("id < ${}", param()));
     }
-    let mut sql = String::from("SELECT row_to_json(tasks)::text AS j FROM tasks");
+    let mut sql = String::from(if filter.without_input {
+        "SELECT (to_jsonb(tasks) || '{\"input\": \"null\"}'::jsonb)::text AS j FROM tasks"
+    } else {
+        "SELECT row_to_json(tasks)::text AS j FROM tasks"
+    });
     if !conditions.is_empty() {
         sql.push_str(" WHERE ");
         sql.push_str(&conditions.join(" AND "));
@@ -84,12 +89,15 @@ pub(super) async fn list(store: &PostgresStore, filter: ListFilter) -> StoreResu
     }
     query = query.bind(i64::from(limit) + 1);
 
-    let rows = query.fetch_all(&store.inner.pool).await.map_err(db_err)?;
-    let tasks = rows
-        .iter()
-        .map(task_from_row)
-        .collect::<StoreResult<Vec<_>>>()?;
-    Ok(into_page(tasks, limit))
+    // Row by row, so that a page cut by the input budget reads no further.
+    let mut page = PageBuilder::new(limit, filter.input_budget.filter(|_| !filter.without_input));
+    let mut rows = query.fetch(&store.inner.pool);
+    while let Some(row) = rows.try_next().await.map_err(db_err)? {
+        if !page.push(task_from_row(&row)?) {
+            break;
+        }
+    }
+    Ok(page.finish())
 }
 
 /// [`TaskStore::stats`](crate::store::TaskStore::stats).

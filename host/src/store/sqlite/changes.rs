@@ -262,7 +262,7 @@ fn publish_batch(
         if let Some(i) = slot.insert(task.id, out.len()) {
             out[i] = None;
         }
-        out.push(Some(TaskEvent { kind, task }));
+        out.push(Some(TaskEvent::of_owned(kind, task)));
     }
     for ev in out.into_iter().flatten() {
         if !moved_past(ev.kind, ev.task.status) {

@@ -229,10 +229,7 @@ impl SqliteStore {
     /// Publishes an event; nobody listening is fine.
     fn publish(&self, kind: EventKind, task: &Task) {
         if self.events.receiver_count() > 0 {
-            let _ = self.events.send(TaskEvent {
-                kind,
-                task: task.clone(),
-            });
+            let _ = self.events.send(TaskEvent::of(kind, task));
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use futures_util::TryStreamExt;
 use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
@@ -14,7 +15,7 @@ use super::{
 use crate::store::{
     ListFilter, Page, Stats, StoreResult, Task,
     sql::{
-        PERCENTILE_SAMPLE, column, count, db_err, decode_cursor, into_page, page_size,
+        PERCENTILE_SAMPLE, PageBuilder, column, count, db_err, decode_cursor, page_size,
         type_status_count,
     },
 };
@@ -57,7 +58,12 @@ pub(super) async fn list(store: &SqliteStore, filter: ListFilter) -> StoreResult
     if cursor.is_some() {
         conditions.push("id < ?");
     }
-    let mut sql = String::from(concat!("SELECT ", task_columns!(), " FROM tasks"));
+    let columns = if filter.without_input {
+        task_columns!().replacen(", input,", ", 'null' AS input,", 1)
+    } else {
+        task_columns!().to_owned()
+    };
+    let mut sql = format!("SELECT {columns} FROM tasks");
     if !conditions.is_empty() {
         sql.push_str(" WHERE ");
         sql.push_str(&conditions.join(" AND "));
@@ -77,12 +83,15 @@ pub(super) async fn list(store: &SqliteStore, filter: ListFilter) -> StoreResult
     }
     query = query.bind(i64::from(limit) + 1);
 
-    let rows = query.fetch_all(&store.reader).await.map_err(db_err)?;
-    let tasks = rows
-        .iter()
-        .map(task_from_row)
-        .collect::<StoreResult<Vec<_>>>()?;
-    Ok(into_page(tasks, limit))
+    // Row by row, so that a page cut by the input budget reads no further.
+    let mut page = PageBuilder::new(limit, filter.input_budget.filter(|_| !filter.without_input));
+    let mut rows = query.fetch(&store.reader);
+    while let Some(row) = rows.try_next().await.map_err(db_err)? {
+        if !page.push(task_from_row(&row)?) {
+            break;
+        }
+    }
+    Ok(page.finish())
 }
 
 /// [`TaskStore::stats`](crate::store::TaskStore::stats).
