@@ -37,6 +37,7 @@ cleanup() {
   if [ -n "$db" ]; then
     psql "$pg_admin" -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
   fi
+  podman image prune -f >/dev/null 2>&1 || true
   rm -f "$conf"
   [ -n "${work:-}" ] && rm -rf "$work"
 }
