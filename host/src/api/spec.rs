@@ -215,19 +215,10 @@ pub(crate) fn merge(base: &str, registry: &Registry) -> Value {
 /// The `event` names of the task streams, as the events serialise them.
 fn event_names() -> Vec<Value> {
     use crate::store::EventKind;
-    [
-        EventKind::Created,
-        EventKind::Started,
-        EventKind::Progress,
-        EventKind::Retrying,
-        EventKind::CancelRequested,
-        EventKind::Completed,
-        EventKind::Failed,
-        EventKind::Cancelled,
-    ]
-    .iter()
-    .filter_map(|k| serde_json::to_value(k).ok())
-    .collect()
+    EventKind::ALL
+        .iter()
+        .filter_map(|k| serde_json::to_value(k).ok())
+        .collect()
 }
 
 /// poem-openapi declares an event stream as `type: array`; OpenAPI 3.0 has the schema of a

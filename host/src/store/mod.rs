@@ -217,6 +217,18 @@ impl std::fmt::Display for EventKind {
 }
 
 impl EventKind {
+    /// Every kind, in lifecycle order.
+    pub(crate) const ALL: [EventKind; 8] = [
+        EventKind::Created,
+        EventKind::Started,
+        EventKind::Progress,
+        EventKind::Retrying,
+        EventKind::CancelRequested,
+        EventKind::Completed,
+        EventKind::Failed,
+        EventKind::Cancelled,
+    ];
+
     /// Parses the wire form (`created`, `cancel_requested`, ...), as stored in the SQLite
     /// change log and sent in PostgreSQL notifications.
     pub(crate) fn parse(s: &str) -> Option<EventKind> {

@@ -17,16 +17,7 @@ use crate::store::{
 
 #[test]
 fn kinds_round_trip() {
-    for kind in [
-        EventKind::Created,
-        EventKind::Started,
-        EventKind::Progress,
-        EventKind::Retrying,
-        EventKind::CancelRequested,
-        EventKind::Completed,
-        EventKind::Failed,
-        EventKind::Cancelled,
-    ] {
+    for kind in EventKind::ALL {
         let s = serde_json::to_value(kind).unwrap();
         assert_eq!(parse_kind(s.as_str().unwrap()).unwrap(), kind);
     }
