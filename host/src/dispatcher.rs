@@ -7,6 +7,8 @@
 //! (or back to PENDING for a retry), cancelled, or released (shutdown). Concurrency is limited
 //! per task type.
 
+mod cancel;
+
 use std::{
     collections::HashMap,
     path::PathBuf,
@@ -53,6 +55,9 @@ pub(crate) struct DispatcherSettings {
     pub shutdown_grace: Duration,
     /// Time limits of attempts.
     pub timeouts: Timeouts,
+    /// How long a cancelled attempt's plugin may take to stop its engine before the attempt
+    /// is dropped anyway (`dispatcher.cancel_grace_secs`).
+    pub cancel_grace: Duration,
 }
 
 /// Time limits of attempts, from the configuration (`dispatcher.timeout_secs`,
@@ -410,7 +415,19 @@ impl Dispatcher {
                 }
             };
             lost.abort();
-            outcome
+            match outcome {
+                // The plugin is asked to stop and its future runs until the engine stopped.
+                Outcome::Cancelled => cancel::stop_engine(
+                    self.store.as_ref(),
+                    &plugin,
+                    id,
+                    attempt,
+                    self.settings.cancel_grace,
+                    run,
+                )
+                .await,
+                other => other,
+            }
             // `run` is dropped here: the plugin's work is aborted if it was still going.
         };
         // Let the last progress report land before the terminal write (bounded: a plugin that
@@ -422,6 +439,10 @@ impl Dispatcher {
         {
             abort.abort();
         }
+        let stopped = match &outcome {
+            Outcome::CancelledStopped(Some(s)) => Some(*s),
+            _ => None,
+        };
         let end = match outcome {
             Outcome::Done(Ok(output)) => self.complete(task, &output).await,
             Outcome::Done(Err(e)) => {
@@ -432,10 +453,13 @@ impl Dispatcher {
                 };
                 self.record_failure(task, err, retryable).await
             }
-            Outcome::Cancelled => {
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(10),
-                    plugin.cancel_task(&id.to_string()),
+            Outcome::Cancelled | Outcome::CancelledStopped(_) => {
+                cancel::report_stopped(
+                    self.store.as_ref(),
+                    id,
+                    attempt,
+                    stopped,
+                    self.settings.cancel_grace,
                 )
                 .await;
                 match self.store.finish_cancelled(id, attempt).await {
@@ -752,9 +776,13 @@ impl Dispatcher {
     }
 }
 
-enum Outcome {
+pub(crate) enum Outcome {
     Done(Result<aihost_plugin_api::TaskOutput, PluginError>),
+    /// A cancel was asked for (the plugin is not told yet).
     Cancelled,
+    /// The plugin was told to cancel: `Some(how it ended)` when its future ended within the
+    /// grace, `None` when it was dropped at the end of it.
+    CancelledStopped(Option<cancel::Stopped>),
     Released,
     LeaseLost,
     TimedOut,

@@ -341,6 +341,7 @@ pub(crate) async fn run(config: Config, roles: Roles) -> Result<(), StartError> 
                 backoff_max: Duration::from_millis(config.queue.backoff_max_ms),
                 shutdown_grace: grace,
                 timeouts: timeouts(&config),
+                cancel_grace: Duration::from_secs(config.dispatcher.cancel_grace_secs),
             },
         )
     });

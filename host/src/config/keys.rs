@@ -130,6 +130,7 @@ pub(super) const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
             ("timeout_secs", Int),
             ("type_timeouts", List),
             ("retry_timeouts", Bool),
+            ("cancel_grace_secs", Int),
         ],
     ),
     (

@@ -38,6 +38,7 @@ use aihost_plugin_api::{
     sdk::{Context, Description, Output, Plugin, PluginError, Task, TaskType, Value},
 };
 
+mod attach;
 mod config;
 pub mod engine;
 mod error;

@@ -15,7 +15,7 @@ use crate::{ComfyUi, engine::Instance, error::no_instance};
 
 /// A place on an instance; freed on drop.
 pub(crate) struct Slot {
-    plugin: Arc<ComfyUi>,
+    pub(crate) plugin: Arc<ComfyUi>,
     /// The instance the slot is on.
     pub(crate) inst: Arc<Instance>,
 }

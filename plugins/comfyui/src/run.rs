@@ -19,6 +19,7 @@ use serde_json::Map;
 
 use crate::{
     ComfyUi,
+    attach::{self, Found},
     engine::{Event, Instance},
     error::{INVALID_WORKFLOW, describe_validation, execution_error, fatal},
     input::{Input, build_graph},
@@ -26,26 +27,30 @@ use crate::{
 };
 
 /// Stops the prompt in ComfyUI when the task's future is dropped before it finished
-/// (cancel, shutdown, lost lease), and stops routing its messages.
+/// (cancel, shutdown, lost lease), stops routing its messages, and keeps the prompt's slot
+/// taken until ComfyUI reports the prompt gone.
 struct PromptGuard {
     plugin: Arc<ComfyUi>,
     task_id: String,
     inst: Arc<Instance>,
     prompt_id: String,
+    /// The slot the prompt holds; `None` once ComfyUI reported it out of its queue.
+    slot: Option<Slot>,
 }
 
 impl Drop for PromptGuard {
     fn drop(&mut self) {
         self.inst.unlisten(&self.prompt_id);
+        self.plugin.cancelled.lock().unwrap().remove(&self.task_id);
         let entry = self.plugin.running.lock().unwrap().remove(&self.task_id);
-        if let Some((inst, pid)) = entry
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
-            rt.spawn(async move {
-                if let Err(e) = inst.cancel(&pid).await {
-                    tracing::warn!(prompt_id = %pid, error = %e, "could not stop an abandoned prompt");
-                }
-            });
+        let stop = entry.is_some();
+        if stop || self.slot.is_some() {
+            attach::release_when_gone(
+                self.inst.clone(),
+                self.prompt_id.clone(),
+                self.slot.take(),
+                stop,
+            );
         }
     }
 }
@@ -57,33 +62,98 @@ impl ComfyUi {
         task: Task,
         ctx: Context,
     ) -> Result<Output, PluginError> {
+        let _active = attach::Active::new(&task.id);
+        let result = self.clone().run_inner(&task, &ctx).await;
+        self.cancelled.lock().unwrap().remove(&task.id);
+        result
+    }
+
+    async fn run_inner(self: Arc<Self>, task: &Task, ctx: &Context) -> Result<Output, PluginError> {
         let input: Input = serde_json::from_value(task.input.clone()).map_err(|e| {
             PluginError::invalid_input(format!("invalid comfyui.workflow input: {e}"))
         })?;
         let (mut graph, media, label) = build_graph(&self.templates, &input)?;
+        let timeout = Duration::from_secs(
+            input
+                .timeout_secs
+                .unwrap_or(self.config.task_timeout_secs)
+                .max(1),
+        );
+        // A prompt of an earlier attempt (or of this one, released and reused) may still be in
+        // ComfyUI: follow or collect it instead of running the work twice.
+        let own_taken = match self.find_attempts(&task.id, task.attempt).await {
+            Found::Done(inst, pid, entry) => {
+                let msg = format!(
+                    "re-attached to prompt {pid} on instance {}: it had finished, collecting its outputs",
+                    inst.url
+                );
+                tracing::info!(task_id = %task.id, prompt_id = %pid, url = %inst.url, "re-attached to a finished prompt");
+                ctx.log(2, &msg);
+                ctx.progress(96.0, &msg);
+                return self
+                    .outputs(&inst, &pid, &entry, task, ctx, &label, input.include_previews)
+                    .await;
+            }
+            Found::Live(inst, pid) => {
+                let slot = self.slot_on(&inst);
+                let rx = inst.listen(&pid);
+                self.running
+                    .lock()
+                    .unwrap()
+                    .insert(task.id.clone(), (inst.clone(), pid.clone()));
+                let guard = PromptGuard {
+                    plugin: self.clone(),
+                    task_id: task.id.clone(),
+                    inst: inst.clone(),
+                    prompt_id: pid.clone(),
+                    slot: Some(slot),
+                };
+                let msg = format!("re-attached to prompt {pid} on instance {}", inst.url);
+                tracing::info!(task_id = %task.id, prompt_id = %pid, url = %inst.url, "re-attached to a prompt still in ComfyUI");
+                ctx.log(2, &msg);
+                ctx.progress(3.0, &msg);
+                return self
+                    .finish(guard, rx, task, ctx, &graph, &label, timeout, input.include_previews, true)
+                    .await;
+            }
+            Found::Nothing { own_taken } => own_taken,
+        };
         ctx.progress(1.0, "waiting for a ComfyUI instance");
-        let slot = self.acquire().await?;
+        let pre = async {
+            let slot = self.acquire().await?;
+            let inst = slot.inst.clone();
+            let subfolder = format!("{}/{}", self.config.upload_subfolder, task.id);
+            for (n, m) in media.iter().enumerate() {
+                let local = ctx.fetch(&m.url).await?;
+                let name = inst.upload(&local, &subfolder).await?;
+                ctx.progress(2.0, &format!("uploaded input {} of {}", n + 1, media.len()));
+                graph[&m.node]["inputs"][&m.input] = json!(name);
+            }
+            Ok::<_, PluginError>(slot)
+        };
+        let slot = tokio::select! {
+            r = pre => r?,
+            () = self.cancel_requested(&task.id) => {
+                return Err(fatal(codes::CANCELLED, "cancelled before the prompt reached ComfyUI"));
+            }
+        };
         let inst = slot.inst.clone();
-        // Freed as soon as ComfyUI reports the prompt finished (see `follow`).
-        let mut slot = Some(slot);
-        let subfolder = format!("{}/{}", self.config.upload_subfolder, task.id);
-        for (n, m) in media.iter().enumerate() {
-            let local = ctx.fetch(&m.url).await?;
-            let name = inst.upload(&local, &subfolder).await?;
-            ctx.progress(2.0, &format!("uploaded input {} of {}", n + 1, media.len()));
-            graph[&m.node]["inputs"][&m.input] = json!(name);
-        }
-        let pid = uuid::Uuid::new_v4().to_string();
-        let mut rx = inst.listen(&pid);
+        let pid = if own_taken {
+            uuid::Uuid::new_v4().to_string()
+        } else {
+            attach::prompt_id(&task.id, task.attempt)
+        };
+        let rx = inst.listen(&pid);
         self.running
             .lock()
             .unwrap()
             .insert(task.id.clone(), (inst.clone(), pid.clone()));
-        let guard = PromptGuard {
+        let mut guard = PromptGuard {
             plugin: self.clone(),
             task_id: task.id.clone(),
             inst: inst.clone(),
             prompt_id: pid.clone(),
+            slot: Some(slot),
         };
         let (status, body) = inst.queue_prompt(&graph, &pid).await?;
         let refused = match status {
@@ -92,8 +162,8 @@ impl ComfyUi {
                     .as_object()
                     .is_some_and(|o| !o.is_empty())
                 {
-                    // Queued with only the valid outputs: we refuse half a workflow.
-                    let _ = inst.cancel(&pid).await;
+                    // Queued with only the valid outputs: we refuse half a workflow (the
+                    // guard holds the slot until the stopped prompt has left the queue).
                     Some(fatal(INVALID_WORKFLOW, describe_validation(&body)))
                 } else {
                     None
@@ -114,31 +184,71 @@ impl ComfyUi {
             )),
         };
         if let Some(e) = refused {
-            // ComfyUI answered: nothing of ours is left queued there.
-            self.running.lock().unwrap().remove(&task.id);
+            if status != 200 {
+                // ComfyUI answered: nothing of ours is left queued there.
+                self.running.lock().unwrap().remove(&task.id);
+                drop(guard.slot.take());
+            }
             return Err(e);
         }
         ctx.progress(3.0, "queued in ComfyUI");
-        let timeout = Duration::from_secs(
-            input
-                .timeout_secs
-                .unwrap_or(self.config.task_timeout_secs)
-                .max(1),
-        );
+        self.finish(guard, rx, task, ctx, &graph, &label, timeout, input.include_previews, false)
+            .await
+    }
+
+    /// Follows a queued prompt to its end and collects its outputs.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish(
+        &self,
+        mut guard: PromptGuard,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
+        task: &Task,
+        ctx: &Context,
+        graph: &Value,
+        label: &str,
+        timeout: Duration,
+        include_previews: bool,
+        reattached: bool,
+    ) -> Result<Output, PluginError> {
+        let inst = guard.inst.clone();
+        let pid = guard.prompt_id.clone();
         let result = self
             .follow(
-                &inst, &task.id, &pid, &mut rx, &mut slot, &ctx, &graph, timeout,
+                &inst, &task.id, &pid, &mut rx, &mut guard.slot, ctx, graph, timeout, reattached,
             )
             .await;
         // Finished in ComfyUI (either way): nothing to stop any more.
         self.running.lock().unwrap().remove(&task.id);
-        self.cancelled.lock().unwrap().remove(&task.id);
+        if result.is_err() && guard.slot.is_some() {
+            // Stopped or failed: the slot is free once ComfyUI has taken the prompt out of
+            // its queue (an interrupt is reported before the prompt leaves it).
+            attach::wait_gone(&inst, &pid, attach::GONE_WAIT).await;
+            if self.is_cancelling(&task.id) {
+                ctx.progress(100.0, "the engine stopped the prompt");
+            }
+        }
+        drop(guard.slot.take());
         drop(guard);
         let entry = result?;
-        drop(slot);
+        self.outputs(&inst, &pid, &entry, task, ctx, label, include_previews)
+            .await
+    }
+
+    /// Downloads the outputs of a finished prompt and builds the task's output.
+    #[allow(clippy::too_many_arguments)]
+    async fn outputs(
+        &self,
+        inst: &Instance,
+        pid: &str,
+        entry: &Value,
+        task: &Task,
+        ctx: &Context,
+        label: &str,
+        include_previews: bool,
+    ) -> Result<Output, PluginError> {
         ctx.progress(96.0, "downloading outputs");
         let (files, listed, texts) = self
-            .collect_outputs(&inst, &entry, &task.work_dir, input.include_previews)
+            .collect_outputs(inst, entry, &task.work_dir, include_previews)
             .await?;
         ctx.progress(100.0, &format!("{} files", files.len()));
         let mut out = Output::result(json!({
@@ -155,20 +265,19 @@ impl ComfyUi {
     }
 
     /// Cancels a task (the body of `Plugin::cancel_task`): marks it, so the interrupt it
-    /// causes reads as `cancelled`, and stops its prompt in ComfyUI if one is there.
+    /// causes reads as `cancelled` and a task still waiting for a slot or uploading stops,
+    /// and stops its prompt in ComfyUI if one is there. The task's `run` then ends by itself
+    /// once ComfyUI reports the prompt interrupted or gone.
     pub(crate) async fn cancel(&self, task_id: String) {
+        if !attach::is_active(&task_id) {
+            return;
+        }
         self.cancelled.lock().unwrap().insert(task_id.clone());
         let entry = self.running.lock().unwrap().remove(&task_id);
-        match entry {
-            // run_task clears the mark when it ends (with `cancelled` on the interrupt).
-            Some((inst, pid)) => {
-                if let Err(e) = inst.cancel(&pid).await {
-                    tracing::warn!(prompt_id = %pid, error = %e, "cancel in ComfyUI failed");
-                }
-            }
-            None => {
-                self.cancelled.lock().unwrap().remove(&task_id);
-            }
+        if let Some((inst, pid)) = entry
+            && let Err(e) = inst.cancel(&pid).await
+        {
+            tracing::warn!(prompt_id = %pid, error = %e, "cancel in ComfyUI failed");
         }
     }
 
@@ -188,6 +297,10 @@ impl ComfyUi {
         // It may have finished between the two calls.
         if let Some(entry) = inst.history(pid).await? {
             return Ok(self.interpret(task_id, entry));
+        }
+        if self.is_cancelling(task_id) {
+            // Deleted from the queue before it ran.
+            return Ok(Some(Err(fatal(codes::CANCELLED, "cancelled"))));
         }
         Ok(Some(Err(PluginError::retryable(
             codes::ENGINE_UNAVAILABLE,
@@ -253,6 +366,7 @@ impl ComfyUi {
         ctx: &Context,
         graph: &Value,
         timeout: Duration,
+        reattached: bool,
     ) -> Result<Value, PluginError> {
         let node_count = graph.as_object().map_or(1, |o| o.len().max(1));
         let total = node_count as f32;
@@ -330,7 +444,12 @@ impl ComfyUi {
                     None => check_now = true,
                 },
                 _ = poll.tick() => {
-                    check_now = down_since.is_some() || last_check.elapsed() >= check_every;
+                    // A re-attached prompt was queued under another client id: its messages go
+                    // to a socket that is gone, so its history is polled.
+                    check_now = down_since.is_some()
+                        || reattached
+                        || self.is_cancelling(task_id)
+                        || last_check.elapsed() >= check_every;
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     let _ = inst.cancel(pid).await;

@@ -28,6 +28,10 @@ pub(crate) struct DispatcherConfig {
     /// Whether an attempt that ran out of time may be retried (when attempts remain).
     /// Default false: a timeout fails the task.
     pub retry_timeouts: bool,
+    /// Seconds a cancelled running task waits for its plugin to stop the engine (the task shows
+    /// "cancel requested, waiting for the engine to stop" meanwhile) before the attempt is
+    /// dropped anyway. Default 30.
+    pub cancel_grace_secs: u64,
 }
 
 impl Default for DispatcherConfig {
@@ -40,6 +44,7 @@ impl Default for DispatcherConfig {
             timeout_secs: 0,
             type_timeouts: Vec::new(),
             retry_timeouts: false,
+            cancel_grace_secs: 30,
         }
     }
 }
