@@ -8,6 +8,7 @@
 //! per task type.
 
 mod cancel;
+mod outage;
 
 use std::{
     collections::HashMap,
@@ -58,6 +59,9 @@ pub(crate) struct DispatcherSettings {
     /// How long a cancelled attempt's plugin may take to stop its engine before the attempt
     /// is dropped anyway (`dispatcher.cancel_grace_secs`).
     pub cancel_grace: Duration,
+    /// How long tasks of a type no engine can take wait in the queue before they fail with
+    /// `engine_unavailable` (`dispatcher.max_unavailable_wait_secs`).
+    pub max_unavailable_wait: Duration,
 }
 
 /// Time limits of attempts, from the configuration (`dispatcher.timeout_secs`,
@@ -111,6 +115,8 @@ pub(crate) struct Dispatcher {
     running: Mutex<HashMap<Uuid, Running>>,
     wake: Notify,
     idle: Notify,
+    /// Task types whose engines are unavailable, since when (see `outage.rs`).
+    unready_since: Mutex<HashMap<String, Instant>>,
 }
 
 /// Delay before retry number `attempt` (1-based): base·2^(attempt−1), capped, with ±25% jitter.
@@ -139,6 +145,7 @@ impl Dispatcher {
             running: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             idle: Notify::new(),
+            unready_since: Mutex::new(HashMap::new()),
         })
     }
 
@@ -285,6 +292,10 @@ impl Dispatcher {
             let limit = self.limit_of(entry.desc.max_concurrency);
             let free = limit.saturating_sub(self.running_of(&entry.desc.name));
             if free == 0 {
+                continue;
+            }
+            // A type whose engines cannot take tasks now is not claimed: its tasks wait.
+            if !self.type_ready(&entry).await {
                 continue;
             }
             let claimed = self
@@ -445,6 +456,12 @@ impl Dispatcher {
         };
         let end = match outcome {
             Outcome::Done(Ok(output)) => self.complete(task, &output).await,
+            Outcome::Done(Err(e)) if self.engine_went_away(&plugin, task, &e).await => {
+                // Not the task's fault: back to the queue without counting the attempt; the
+                // type is not claimed again until it is ready.
+                let _ = self.store.release(id, attempt).await;
+                AttemptEnd::Released
+            }
             Outcome::Done(Err(e)) => {
                 let retryable = e.retryable;
                 let err = TaskError {

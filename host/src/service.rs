@@ -342,6 +342,9 @@ pub(crate) async fn run(config: Config, roles: Roles) -> Result<(), StartError> 
                 shutdown_grace: grace,
                 timeouts: timeouts(&config),
                 cancel_grace: Duration::from_secs(config.dispatcher.cancel_grace_secs),
+                max_unavailable_wait: Duration::from_secs(
+                    config.dispatcher.max_unavailable_wait_secs,
+                ),
             },
         )
     });

@@ -193,7 +193,10 @@ pub trait Plugin: Sized + Send + Sync + 'static {
         ctx: Context,
     ) -> impl Future<Output = Result<Output, PluginError>> + Send + 'static;
 
-    /// Asks the engine to stop the task's work (the host also drops the task's future).
+    /// Asks the engine to stop the task's work. When [`Plugin::stops_on_cancel`] is false (the
+    /// default) the SDK then aborts the task's future; when it is true the future is left to
+    /// end by itself (answering `cancelled` once the engine stopped), and the host drops it
+    /// only after its cancel grace.
     fn cancel_task(self: Arc<Self>, task_id: String) -> impl Future<Output = ()> + Send + 'static {
         let _ = task_id;
         async {}
@@ -219,6 +222,13 @@ pub trait Plugin: Sized + Send + Sync + 'static {
         self: Arc<Self>,
     ) -> impl Future<Output = Result<Value, PluginError>> + Send + 'static {
         async { Ok(json!({"status": "ok"})) }
+    }
+
+    /// Whether [`Plugin::cancel_task`] makes the task's `run_task` future end by itself (the
+    /// host then waits for it, so the task's CANCELLED means the engine stopped). Default
+    /// false: the SDK aborts the future right after `cancel_task` returns.
+    fn stops_on_cancel(&self) -> bool {
+        false
     }
 
     /// Concurrency limit for a task type once configured; 0 keeps the described value.
@@ -261,6 +271,8 @@ fn type_extra(timeout_secs: u32) -> RString {
 pub struct State<P> {
     runtime: OnceLock<tokio::runtime::Runtime>,
     plugin: OnceLock<Arc<P>>,
+    /// The running tasks' futures by task id, so `cancel_task` can abort them.
+    tasks: std::sync::Mutex<Vec<(String, tokio::task::AbortHandle)>>,
 }
 
 impl<P> Default for State<P> {
@@ -275,6 +287,7 @@ impl<P> State<P> {
         Self {
             runtime: OnceLock::new(),
             plugin: OnceLock::new(),
+            tasks: std::sync::Mutex::new(Vec::new()),
         }
     }
 }
@@ -500,6 +513,7 @@ impl<P: Plugin> State<P> {
         req: TaskRequest,
         ctx: TaskContext,
     ) -> FfiFuture<RResult<crate::TaskOutput, PluginError>> {
+        let task_id = req.task_id.as_str().to_owned();
         let started = self.spawn("run_task", move |plugin| {
             let input: Value = serde_json::from_str(req.input_json.as_str())
                 .map_err(|e| PluginError::invalid_input(format!("input is not JSON: {e}")))?;
@@ -512,10 +526,24 @@ impl<P: Plugin> State<P> {
             };
             Ok(plugin.run_task(task, Context { inner: ctx }))
         });
+        let key = started.as_ref().ok().map(|h| {
+            let handle = h.0.abort_handle();
+            let id = handle.id();
+            self.tasks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push((task_id, handle));
+            id
+        });
         guarded_ffi(async move {
-            join(started, "run_task")
-                .await
-                .map(|out: Output| crate::TaskOutput {
+            let out = join(started, "run_task").await;
+            if let Some(key) = key {
+                self.tasks
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .retain(|(_, h)| h.id() != key);
+            }
+            out.map(|out: Output| crate::TaskOutput {
                     files: out
                         .files
                         .into_iter()
@@ -537,9 +565,23 @@ impl<P: Plugin> State<P> {
     /// Entry point `cancel_task`.
     pub fn cancel_task(&'static self, task_id: RString) -> FfiFuture<()> {
         let started = self.spawn("cancel_task", move |plugin| {
-            let fut = plugin.cancel_task(task_id.into_string());
+            let id = task_id.into_string();
+            let abort = !plugin.stops_on_cancel();
+            let fut = plugin.cancel_task(id.clone());
             Ok(async move {
                 fut.await;
+                if abort {
+                    for (t, h) in self
+                        .tasks
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .iter()
+                    {
+                        if *t == id {
+                            h.abort();
+                        }
+                    }
+                }
                 Ok(())
             })
         });

@@ -363,6 +363,14 @@ impl SystemApi {
                     serde_json::json!({"status": "error", "code": crate::error_codes::TIMEOUT, "message": "health check took over 5 s"})
                 }
             };
+            // Task types whose tasks wait in the queue, and why (the `availability` op).
+            let waiting = crate::plugins::availability::waiting(&p, false).await;
+            let mut v = v;
+            if !waiting.is_empty()
+                && let Some(o) = v.as_object_mut()
+            {
+                o.insert("waiting".into(), serde_json::json!(waiting));
+            }
             plugins.insert(p.desc.name.clone(), v);
         }
         let consumers = if reachable {

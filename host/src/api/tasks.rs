@@ -361,7 +361,23 @@ impl TasksApi {
     async fn get(&self, task_id: Path<String>) -> Result<Json<TaskView>, ApiError> {
         let id = parse_id(&task_id.0)?;
         match self.state.store.get(id).await? {
-            Some(t) => Ok(Json(t.into())),
+            Some(t) => {
+                let mut view: TaskView = t.into();
+                // A PENDING task of a type whose engine is unavailable says why it waits.
+                if matches!(view.status, TaskStatus::Pending)
+                    && let Some(entry) = self.state.registry.task_type(&view.task_type)
+                    && let Some(reason) =
+                        crate::plugins::availability::waiting(&entry.plugin, false)
+                            .await
+                            .remove(&view.task_type)
+                {
+                    view.progress = Some(crate::task_view::ProgressView {
+                        percent: view.progress.as_ref().map_or(0.0, |p| p.percent),
+                        message: reason,
+                    });
+                }
+                Ok(Json(view))
+            }
             None => Err(ApiError::not_found(
                 error_codes::TASK_NOT_FOUND,
                 format!("no task {id}"),

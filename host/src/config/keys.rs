@@ -131,6 +131,7 @@ pub(super) const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
             ("type_timeouts", List),
             ("retry_timeouts", Bool),
             ("cancel_grace_secs", Int),
+            ("max_unavailable_wait_secs", Int),
         ],
     ),
     (

@@ -2,6 +2,7 @@
 //! ELF check of `elf.rs`), the loaded set ([`registry`]) and the host's side of the callbacks
 //! ([`services`]).
 
+pub(crate) mod availability;
 mod elf;
 pub(crate) mod library;
 mod private_copy;

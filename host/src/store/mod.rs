@@ -532,6 +532,16 @@ pub(crate) trait TaskStore: Send + Sync + 'static {
     /// was requested). Answers the tasks it changed, in their new state.
     async fn rescue_expired(&self) -> StoreResult<Vec<Task>>;
 
+    /// Outage limit: every PENDING task of `task_type` due at or before `due_before` goes to
+    /// FAILED with `error` (its engine stayed unavailable too long). Publishes Failed for each;
+    /// answers them in their new state.
+    async fn fail_waiting(
+        &self,
+        task_type: &str,
+        due_before: DateTime<Utc>,
+        error: TaskError,
+    ) -> StoreResult<Vec<Task>>;
+
     /// Deletes up to `limit` tasks of the terminal `status` that finished before `before`, oldest
     /// first; answers their ids (so their files can be removed). Nothing for a live status.
     /// Deleting frees the task's idempotency key. Idempotent: many processes may prune at once.

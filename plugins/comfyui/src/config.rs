@@ -29,7 +29,8 @@ pub struct Config {
     /// Timeout of one HTTP request to ComfyUI.
     pub request_timeout_secs: u64,
     /// How long a task waits for an unreachable instance to come back before failing with a
-    /// retryable `engine_unavailable`.
+    /// retryable `engine_unavailable` (the host then puts it back in its queue uncounted while
+    /// no instance is reachable: see the `availability` op).
     pub unavailable_wait_secs: u64,
     /// `/history` poll interval while the socket is down, milliseconds.
     pub history_poll_ms: u64,

@@ -19,7 +19,8 @@
 //!    and the attempt fails retryably;
 //! 4. stream every output file `/history` lists from `/view` into the work folder.
 //!
-//! Ops: `queue_status`, `system_stats`, `interrupt`, `list_workflows`.
+//! Ops: `queue_status`, `system_stats`, `interrupt`, `list_workflows`, `availability` (the
+//! host leaves tasks in its queue while no instance is reachable).
 //!
 //! Where things are: `config.rs` (the `[plugin.config]` table), `input.rs` (task input,
 //! schema, graph), `pool.rs` (instance slots), `run.rs` (one task from upload to outputs),
@@ -39,6 +40,7 @@ use aihost_plugin_api::{
 };
 
 mod attach;
+mod availability;
 mod config;
 pub mod engine;
 mod error;
@@ -138,6 +140,11 @@ impl Plugin for ComfyUi {
 
     async fn cancel_task(self: Arc<Self>, task_id: String) {
         self.cancel(task_id).await
+    }
+
+    fn stops_on_cancel(&self) -> bool {
+        // The task's future ends with `cancelled` once ComfyUI reports the prompt stopped.
+        true
     }
 
     async fn call_op(self: Arc<Self>, name: String, args: Value) -> Result<Value, PluginError> {

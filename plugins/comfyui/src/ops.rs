@@ -35,6 +35,10 @@ pub(crate) fn describe() -> Vec<Op> {
             name: "list_workflows".into(),
             description: "Installed workflow templates with their parameter schemas.".into(),
         },
+        Op {
+            name: "availability".into(),
+            description: "Whether the pool can take a task now, per task type (from memory; the host skips claiming while not ready).".into(),
+        },
     ]
 }
 
@@ -46,6 +50,7 @@ impl ComfyUi {
             "system_stats" => self.system_stats().await,
             "interrupt" => self.interrupt(args).await,
             "list_workflows" => Ok(self.list_workflows()),
+            "availability" => Ok(self.availability()),
             other => Err(fatal(
                 codes::UNKNOWN_OP,
                 format!("the comfyui plugin has no op {other:?}"),

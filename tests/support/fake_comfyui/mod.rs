@@ -154,6 +154,12 @@ impl FakeComfy {
         st.running.as_ref().map(|(q, _)| q.id.clone())
     }
 
+    /// The most prompts that were queued or running at once since the last (re)start (the
+    /// fake's own record of its queue).
+    pub fn max_queued(&self) -> usize {
+        self.inner().st().max_remaining
+    }
+
     /// Pending prompt ids.
     pub fn pending(&self) -> Vec<String> {
         let st = self.inner().st();

@@ -118,6 +118,8 @@ fn queue_prompt(inner: &Inner, body: &Value) -> Result<Response, Crash> {
                 extra,
                 outputs,
             });
+            let held = st.remaining();
+            st.max_remaining = st.max_remaining.max(held);
             st.broadcast_status();
             drop(st);
             inner.wake.notify_waiters();

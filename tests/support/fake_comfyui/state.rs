@@ -64,6 +64,8 @@ pub(crate) struct St {
     pub(crate) interrupt: bool,
     /// Outputs of successful prompts by prompt graph and outputs (a rerun is served from here).
     pub(crate) cache: HashMap<String, Map<String, Value>>,
+    /// Test record: the most prompts queued or running at once since the (re)start.
+    pub(crate) max_remaining: usize,
 }
 
 impl St {

@@ -32,6 +32,10 @@ pub(crate) struct DispatcherConfig {
     /// "cancel requested, waiting for the engine to stop" meanwhile) before the attempt is
     /// dropped anyway. Default 30.
     pub cancel_grace_secs: u64,
+    /// Seconds tasks of a type wait in the queue while its plugin's `availability` op says no
+    /// engine can take them (e.g. every ComfyUI instance down) before they fail with
+    /// `engine_unavailable`. Default 3600.
+    pub max_unavailable_wait_secs: u64,
 }
 
 impl Default for DispatcherConfig {
@@ -45,6 +49,7 @@ impl Default for DispatcherConfig {
             type_timeouts: Vec::new(),
             retry_timeouts: false,
             cancel_grace_secs: 30,
+            max_unavailable_wait_secs: 3600,
         }
     }
 }

@@ -253,3 +253,51 @@ pub(super) async fn cancel_in_each_state(h: &dyn Harness) {
         CancelOutcome::NotFound
     );
 }
+
+/// Tasks of a type whose engine stayed unavailable fail with the given error once due before
+/// the cutoff; other types and running tasks are left alone.
+pub(super) async fn fail_waiting_fails_only_old_pending_of_the_type(h: &dyn Harness) {
+    let store = h.open().await;
+    let before = Utc::now() - chrono::Duration::seconds(5);
+    let busy = insert(&*store, new_task("outage", 0)).await;
+    let waiting = insert(&*store, new_task("outage", 0)).await;
+    let other = insert(&*store, new_task("outage_other", 0)).await;
+    assert_eq!(claim_one(&*store, "outage", LEASE).await.id, busy.id, "fifo");
+    let mut events = store.subscribe();
+    let e = err("engine_unavailable");
+    assert!(
+        store
+            .fail_waiting("outage", before, e.clone())
+            .await
+            .unwrap()
+            .is_empty(),
+        "none was due before the cutoff"
+    );
+    let cutoff = Utc::now() + chrono::Duration::seconds(1);
+    let failed = store.fail_waiting("outage", cutoff, e.clone()).await.unwrap();
+    let ids: Vec<Uuid> = failed.iter().map(|t| t.id).collect();
+    assert_eq!(ids, vec![waiting.id], "only the waiting task of the type");
+    assert_eq!(failed[0].status, Status::Failed);
+    assert_eq!(failed[0].error, Some(e.clone()));
+    assert!(failed[0].finished_at.is_some());
+    assert_eq!(get(&*store, other.id).await.status, Status::Pending);
+    assert_eq!(get(&*store, busy.id).await.status, Status::Processing);
+    let mut saw_failed = false;
+    while let Ok(Ok(ev)) =
+        tokio::time::timeout(std::time::Duration::from_secs(2), events.recv()).await
+    {
+        if ev.kind == crate::store::EventKind::Failed && ev.task.id == waiting.id {
+            saw_failed = true;
+            break;
+        }
+    }
+    assert!(saw_failed, "a Failed event is published");
+    assert!(
+        store
+            .fail_waiting("outage", cutoff, e)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing left to fail"
+    );
+}

@@ -134,3 +134,32 @@ pub(super) async fn finish_cancelled(
         .bind(i64::from(attempt));
     Ok(store.write_one(query, true).await?.map(|(_, t)| t))
 }
+
+const SQL_FAIL_WAITING: &str = notifying!(
+    "UPDATE tasks SET status = 'FAILED', finished_at = statement_timestamp(), \
+       error_code = $1, error_message = $2, updated_at = statement_timestamp() \
+     WHERE id IN (SELECT id FROM tasks \
+                  WHERE status = 'PENDING' AND task_type = $3 AND run_at <= $4 \
+                  FOR UPDATE SKIP LOCKED)",
+    "'failed'"
+);
+
+/// [`TaskStore::fail_waiting`](crate::store::TaskStore::fail_waiting).
+pub(super) async fn fail_waiting(
+    store: &PostgresStore,
+    task_type: &str,
+    due_before: DateTime<Utc>,
+    error: TaskError,
+) -> StoreResult<Vec<Task>> {
+    let query = sqlx::query(SQL_FAIL_WAITING)
+        .bind(clean_text(&error.code))
+        .bind(clean_text(&error.message))
+        .bind(task_type.to_owned())
+        .bind(due_before);
+    let mut changed = store.write(query, true).await?;
+    changed.sort_by_key(|(_, t)| t.id);
+    for (kind, task) in &changed {
+        store.publish(*kind, task);
+    }
+    Ok(changed.into_iter().map(|(_, task)| task).collect())
+}

@@ -272,6 +272,15 @@ impl TaskStore for PostgresStore {
         claim::rescue_expired(self).await
     }
 
+    async fn fail_waiting(
+        &self,
+        task_type: &str,
+        due_before: DateTime<Utc>,
+        error: TaskError,
+    ) -> StoreResult<Vec<Task>> {
+        finish::fail_waiting(self, task_type, due_before, error).await
+    }
+
     async fn prune(
         &self,
         status: Status,

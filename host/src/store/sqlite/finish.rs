@@ -172,3 +172,31 @@ pub(super) async fn finish_cancelled(
     }
     Ok(task)
 }
+
+const SQL_FAIL_WAITING: &str = concat!(
+    "UPDATE tasks SET status = 'FAILED', finished_at = ?1, error_code = ?2, error_message = ?3 \
+     WHERE status = 'PENDING' AND task_type = ?4 AND run_at <= ?5 \
+     RETURNING ",
+    task_columns!()
+);
+
+/// [`TaskStore::fail_waiting`](crate::store::TaskStore::fail_waiting).
+pub(super) async fn fail_waiting(
+    store: &SqliteStore,
+    task_type: &str,
+    due_before: DateTime<Utc>,
+    error: TaskError,
+) -> StoreResult<Vec<Task>> {
+    let query = sqlx::query(SQL_FAIL_WAITING)
+        .bind(now_ms())
+        .bind(error.code)
+        .bind(error.message)
+        .bind(task_type.to_owned())
+        .bind(due_before.timestamp_millis());
+    let mut tasks = store.write_rows(query, true).await?;
+    tasks.sort_by_key(|t| t.id);
+    for task in &tasks {
+        store.publish(EventKind::Failed, task);
+    }
+    Ok(tasks)
+}

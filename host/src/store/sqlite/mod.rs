@@ -302,6 +302,15 @@ impl TaskStore for SqliteStore {
         claim::rescue_expired(self).await
     }
 
+    async fn fail_waiting(
+        &self,
+        task_type: &str,
+        due_before: DateTime<Utc>,
+        error: TaskError,
+    ) -> StoreResult<Vec<Task>> {
+        finish::fail_waiting(self, task_type, due_before, error).await
+    }
+
     async fn prune(
         &self,
         status: Status,
