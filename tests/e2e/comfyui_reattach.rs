@@ -20,8 +20,13 @@ fn workflows_dir() -> String {
 }
 
 async fn start(url: &str, extra: &str, env: Vec<(String, String)>) -> Server {
+    let wait = if extra.contains("unavailable_wait_secs") {
+        ""
+    } else {
+        "unavailable_wait_secs = 20\n"
+    };
     let cfg = format!(
-        "urls = [{url:?}]\nworkflows_dir = {:?}\nunavailable_wait_secs = 20\nhistory_poll_ms = 200\nreconnect_max_ms = 300\n{extra}",
+        "urls = [{url:?}]\nworkflows_dir = {:?}\n{wait}history_poll_ms = 200\nreconnect_max_ms = 300\n{extra}",
         workflows_dir()
     );
     Server::start_with(Options {
