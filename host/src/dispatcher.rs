@@ -428,15 +428,17 @@ impl Dispatcher {
             lost.abort();
             match outcome {
                 // The plugin is asked to stop and its future runs until the engine stopped.
-                Outcome::Cancelled => cancel::stop_engine(
-                    self.store.as_ref(),
-                    &plugin,
-                    id,
-                    attempt,
-                    self.settings.cancel_grace,
-                    run,
-                )
-                .await,
+                Outcome::Cancelled => {
+                    cancel::stop_engine(
+                        self.store.as_ref(),
+                        &plugin,
+                        id,
+                        attempt,
+                        self.settings.cancel_grace,
+                        run,
+                    )
+                    .await
+                }
                 other => other,
             }
             // `run` is dropped here: the plugin's work is aborted if it was still going.
@@ -793,7 +795,7 @@ impl Dispatcher {
     }
 }
 
-pub(crate) enum Outcome {
+enum Outcome {
     Done(Result<aihost_plugin_api::TaskOutput, PluginError>),
     /// A cancel was asked for (the plugin is not told yet).
     Cancelled,

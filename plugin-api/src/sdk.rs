@@ -544,21 +544,21 @@ impl<P: Plugin> State<P> {
                     .retain(|(_, h)| h.id() != key);
             }
             out.map(|out: Output| crate::TaskOutput {
-                    files: out
-                        .files
-                        .into_iter()
-                        .map(|f| crate::OutputFile {
-                            path: f.path.to_string_lossy().as_ref().into(),
-                            content_type: f.content_type.into(),
-                            name: f.name.into(),
-                        })
-                        .collect(),
-                    result_json: if out.result.is_null() {
-                        "{}".into()
-                    } else {
-                        to_rstring(&out.result)
-                    },
-                })
+                files: out
+                    .files
+                    .into_iter()
+                    .map(|f| crate::OutputFile {
+                        path: f.path.to_string_lossy().as_ref().into(),
+                        content_type: f.content_type.into(),
+                        name: f.name.into(),
+                    })
+                    .collect(),
+                result_json: if out.result.is_null() {
+                    "{}".into()
+                } else {
+                    to_rstring(&out.result)
+                },
+            })
         })
     }
 

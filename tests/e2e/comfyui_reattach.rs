@@ -80,7 +80,12 @@ async fn a_host_killed_mid_prompt_re_attaches_after_restart_and_the_prompt_runs_
         !done["result"]["outputs"].as_array().unwrap().is_empty(),
         "{done}"
     );
-    assert_eq!(fake.prompts().len(), 1, "the work ran once: {:?}", fake.prompts());
+    assert_eq!(
+        fake.prompts().len(),
+        1,
+        "the work ran once: {:?}",
+        fake.prompts()
+    );
     assert!(s.log().contains("re-attached"), "{}", s.log());
 }
 

@@ -23,19 +23,19 @@ use crate::{
 /// How the plugin's future ended after the cancel: how long after it was asked, and the error
 /// code it answered (`None` when it answered a success).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Stopped {
+pub(super) struct Stopped {
     /// From the cancel request to the end of the future.
-    pub after: Duration,
+    pub(super) after: Duration,
     /// Whether the future answered `cancelled` (the engine confirmed the stop).
-    pub confirmed: bool,
+    pub(super) confirmed: bool,
 }
 
 /// The message of a task while its engine is being stopped.
-pub(crate) const WAITING: &str = "cancel requested, waiting for the engine to stop";
+pub(super) const WAITING: &str = "cancel requested, waiting for the engine to stop";
 
 /// Tells the plugin to cancel task `id` and polls its run future until it ends or `grace`
 /// passes; answers [`Outcome::CancelledStopped`].
-pub(crate) async fn stop_engine<F, T>(
+pub(super) async fn stop_engine<F, T>(
     store: &dyn TaskStore,
     plugin: &Library,
     id: Uuid,
@@ -91,7 +91,7 @@ async fn current_percent(store: &dyn TaskStore, id: Uuid) -> f32 {
 
 /// Writes the progress the CANCELLED task keeps: when the engine stopped, or that it did not
 /// within the grace.
-pub(crate) async fn report_stopped(
+pub(super) async fn report_stopped(
     store: &dyn TaskStore,
     id: Uuid,
     attempt: u32,

@@ -91,7 +91,15 @@ impl ComfyUi {
                 ctx.log(2, &msg);
                 ctx.progress(96.0, &msg);
                 return self
-                    .outputs(&inst, &pid, &entry, task, ctx, &label, input.include_previews)
+                    .outputs(
+                        &inst,
+                        &pid,
+                        &entry,
+                        task,
+                        ctx,
+                        &label,
+                        input.include_previews,
+                    )
                     .await;
             }
             Found::Live(inst, pid) => {
@@ -113,7 +121,17 @@ impl ComfyUi {
                 ctx.log(2, &msg);
                 ctx.progress(3.0, &msg);
                 return self
-                    .finish(guard, rx, task, ctx, &graph, &label, timeout, input.include_previews, true)
+                    .finish(
+                        guard,
+                        rx,
+                        task,
+                        ctx,
+                        &graph,
+                        &label,
+                        timeout,
+                        input.include_previews,
+                        true,
+                    )
                     .await;
             }
             Found::Nothing { own_taken } => own_taken,
@@ -192,8 +210,18 @@ impl ComfyUi {
             return Err(e);
         }
         ctx.progress(3.0, "queued in ComfyUI");
-        self.finish(guard, rx, task, ctx, &graph, &label, timeout, input.include_previews, false)
-            .await
+        self.finish(
+            guard,
+            rx,
+            task,
+            ctx,
+            &graph,
+            &label,
+            timeout,
+            input.include_previews,
+            false,
+        )
+        .await
     }
 
     /// Follows a queued prompt to its end and collects its outputs.
@@ -214,7 +242,15 @@ impl ComfyUi {
         let pid = guard.prompt_id.clone();
         let result = self
             .follow(
-                &inst, &task.id, &pid, &mut rx, &mut guard.slot, ctx, graph, timeout, reattached,
+                &inst,
+                &task.id,
+                &pid,
+                &mut rx,
+                &mut guard.slot,
+                ctx,
+                graph,
+                timeout,
+                reattached,
             )
             .await;
         // Finished in ComfyUI (either way): nothing to stop any more.

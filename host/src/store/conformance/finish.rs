@@ -262,7 +262,11 @@ pub(super) async fn fail_waiting_fails_only_old_pending_of_the_type(h: &dyn Harn
     let busy = insert(&*store, new_task("outage", 0)).await;
     let waiting = insert(&*store, new_task("outage", 0)).await;
     let other = insert(&*store, new_task("outage_other", 0)).await;
-    assert_eq!(claim_one(&*store, "outage", LEASE).await.id, busy.id, "fifo");
+    assert_eq!(
+        claim_one(&*store, "outage", LEASE).await.id,
+        busy.id,
+        "fifo"
+    );
     let mut events = store.subscribe();
     let e = err("engine_unavailable");
     assert!(
@@ -274,7 +278,10 @@ pub(super) async fn fail_waiting_fails_only_old_pending_of_the_type(h: &dyn Harn
         "none was due before the cutoff"
     );
     let cutoff = Utc::now() + chrono::Duration::seconds(1);
-    let failed = store.fail_waiting("outage", cutoff, e.clone()).await.unwrap();
+    let failed = store
+        .fail_waiting("outage", cutoff, e.clone())
+        .await
+        .unwrap();
     let ids: Vec<Uuid> = failed.iter().map(|t| t.id).collect();
     assert_eq!(ids, vec![waiting.id], "only the waiting task of the type");
     assert_eq!(failed[0].status, Status::Failed);
