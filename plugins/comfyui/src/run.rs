@@ -88,7 +88,7 @@ impl ComfyUi {
                     inst.url
                 );
                 tracing::info!(task_id = %task.id, prompt_id = %pid, url = %inst.url, "re-attached to a finished prompt");
-                ctx.log(2, &msg);
+                ctx.log(aihost_plugin_api::level::INFO, &msg);
                 ctx.progress(96.0, &msg);
                 return self
                     .outputs(
@@ -118,7 +118,7 @@ impl ComfyUi {
                 };
                 let msg = format!("re-attached to prompt {pid} on instance {}", inst.url);
                 tracing::info!(task_id = %task.id, prompt_id = %pid, url = %inst.url, "re-attached to a prompt still in ComfyUI");
-                ctx.log(2, &msg);
+                ctx.log(aihost_plugin_api::level::INFO, &msg);
                 ctx.progress(3.0, &msg);
                 return self
                     .finish(

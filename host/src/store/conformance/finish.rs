@@ -268,7 +268,7 @@ pub(super) async fn fail_waiting_fails_only_old_pending_of_the_type(h: &dyn Harn
         "fifo"
     );
     let mut events = store.subscribe();
-    let e = err("engine_unavailable");
+    let e = err(crate::error_codes::ENGINE_UNAVAILABLE);
     assert!(
         store
             .fail_waiting("outage", before, e.clone())
