@@ -19,6 +19,7 @@ pub(crate) mod conn;
 pub(crate) mod error;
 pub(crate) mod events;
 pub(crate) mod files;
+mod input_check;
 mod ids;
 pub(crate) mod listen;
 pub(crate) mod metrics;
