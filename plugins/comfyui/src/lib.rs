@@ -44,6 +44,7 @@ mod error;
 mod graph;
 mod input;
 mod ops;
+mod outputs;
 mod pool;
 mod run;
 pub mod templates;

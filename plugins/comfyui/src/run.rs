@@ -22,6 +22,7 @@ use crate::{
     engine::{Event, Instance},
     error::{INVALID_WORKFLOW, describe_validation, execution_error, fatal},
     input::{Input, build_graph},
+    outputs,
     pool::Slot,
 };
 
@@ -397,23 +398,18 @@ impl ComfyUi {
                     if ftype != "output" && ftype != "temp" {
                         continue;
                     }
-                    let base: String = filename
-                        .chars()
-                        .map(|c| if c == '/' || c == '\\' { '_' } else { c })
-                        .collect();
-                    let mut name = base.clone();
-                    let mut n = 1;
-                    while !names.insert(name.clone()) {
-                        n += 1;
-                        name = format!("{n}_{base}");
-                    }
-                    let dest = dir.join(&name);
+                    let subfolder = f["subfolder"].as_str().unwrap_or_default();
+                    let name = outputs::unique(&outputs::name(subfolder, filename), &mut names);
+                    // Flat in the work folder, unique by position; the name keeps the subfolder.
+                    let base = name.rsplit('/').next().unwrap_or_default();
+                    let dest = dir.join(format!("{}-{base}", listed.len()));
                     let size = inst.download(f, &dest).await?;
                     let ct = mime_guess::from_path(filename)
                         .first_or_octet_stream()
                         .to_string();
                     listed.push(
-                        json!({"name": name, "node": node, "kind": kind, "type": ftype,
+                        json!({"name": name, "node": node, "kind": outputs::kind(&ct),
+                        "output": kind, "type": ftype,
                         "filename": filename, "subfolder": f["subfolder"], "size": size}),
                     );
                     files.push((dest, ct, name));

@@ -66,6 +66,7 @@ macro_rules! conformance_suite {
             finish::complete_exactly_once,
             finish::fail_retry_then_exhausted,
             finish::fail_without_retry_is_final,
+            finish::attempts_start_and_end_clean,
             finish::release_does_not_count_the_attempt,
             finish::release_with_cancel_requested_cancels,
             finish::cancel_in_each_state,

@@ -18,7 +18,8 @@ const SQL_CLAIM: &str = notifying!(
     "UPDATE tasks SET status = 'PROCESSING', attempts = attempts + 1, \
      started_at = statement_timestamp(), \
      worker = $1, lease_until = statement_timestamp() + $2::bigint * interval '1 microsecond', \
-     progress_percent = NULL, progress_message = NULL, updated_at = statement_timestamp() \
+     progress_percent = NULL, progress_message = NULL, error_code = NULL, error_message = NULL, \
+     updated_at = statement_timestamp() \
      WHERE id IN (SELECT id FROM tasks \
                   WHERE status = 'PENDING' AND task_type = $3 \
                     AND run_at <= statement_timestamp() \
@@ -59,7 +60,8 @@ const SQL_RESCUE: &str = notifying!(
        error_message = CASE WHEN cancel_requested THEN error_message \
                             ELSE 'the worker running attempt ' || attempts || \
                                  ' stopped renewing its lease' END, \
-       lease_until = NULL, updated_at = statement_timestamp() \
+       lease_until = NULL, progress_percent = NULL, progress_message = NULL, \
+       updated_at = statement_timestamp() \
      WHERE id IN (SELECT id FROM tasks \
                   WHERE status = 'PROCESSING' AND lease_until < statement_timestamp() \
                   FOR UPDATE SKIP LOCKED)",

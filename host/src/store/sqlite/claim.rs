@@ -19,7 +19,8 @@ use crate::store::{
 /// statistics, could otherwise pick `tasks_status_id` and sort every PENDING row.
 pub(super) const SQL_CLAIM: &str = concat!(
     "UPDATE tasks SET status = 'PROCESSING', attempts = attempts + 1, started_at = ?1, \
-     worker = ?2, lease_until = ?3, progress_percent = NULL, progress_message = NULL \
+     worker = ?2, lease_until = ?3, progress_percent = NULL, progress_message = NULL, \
+     error_code = NULL, error_message = NULL \
      WHERE id IN (SELECT id FROM tasks INDEXED BY tasks_claim \
                   WHERE status = 'PENDING' AND task_type = ?4 AND run_at <= ?1 \
                   ORDER BY priority DESC, id LIMIT ?5) \
@@ -55,7 +56,7 @@ pub(super) const SQL_RESCUE: &str = concat!(
        error_message = CASE WHEN cancel_requested = 1 THEN error_message \
                             ELSE 'the worker running attempt ' || attempts || \
                                  ' stopped renewing its lease' END, \
-       lease_until = NULL \
+       lease_until = NULL, progress_percent = NULL, progress_message = NULL \
      WHERE status = 'PROCESSING' AND lease_until < ?1 \
      RETURNING ",
     task_columns!()
