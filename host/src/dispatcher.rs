@@ -370,6 +370,16 @@ impl Dispatcher {
             self.fetcher.clone(),
             work_dir.clone(),
         );
+        let progress_rx = crate::previews::split(
+            crate::previews::Attempt {
+                store: self.store.clone(),
+                storage: self.storage.clone(),
+                id,
+                attempt,
+                work_dir: work_dir.clone(),
+            },
+            progress_rx,
+        );
         let progress = tokio::spawn(progress_writer(
             self.store.clone(),
             id,
@@ -801,6 +811,7 @@ async fn progress_writer(
                 pending = Some(Progress {
                     percent: p.percent,
                     message: p.message,
+                    preview: None,
                 })
             }
             Ok(None) => {

@@ -241,3 +241,53 @@ async fn a_failed_task_keeps_its_error_but_not_the_progress_of_its_last_attempt(
     assert_eq!(t["error"]["code"], "engine_unavailable", "{t}");
     assert_eq!(t["progress"], Value::Null, "{t}");
 }
+
+#[tokio::test]
+async fn live_previews_arrive_as_preview_events_whose_url_serves_the_image() {
+    let fake = FakeComfy::start().await;
+    fake.previews(true);
+    let s = start(std::slice::from_ref(&fake.url), 20).await;
+    let params = json!({"prompt": "a fox", "steps": 3, "width": 64, "height": 64, "seed": 1});
+    // Held at the first node, so the event stream is open before anything runs.
+    fake.hold(true);
+    let t = s
+        .create(
+            "comfyui.workflow",
+            json!({"workflow": "basic_generation", "params": params, "previews": true}),
+        )
+        .await;
+    let id = t["task_id"].as_str().unwrap().to_owned();
+    let http = reqwest::Client::new();
+    let r = http
+        .get(s.url(&format!("/api/tasks/{id}/events")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    fake.hold(false);
+    let text = tokio::time::timeout(T, r.text()).await.unwrap().unwrap();
+    let events = aihost_tests::sse_events(&text);
+    let previews: Vec<&Value> = events.iter().filter(|e| e["event"] == "preview").collect();
+    assert!(!previews.is_empty(), "no preview event: {text}");
+    let last = events.last().unwrap();
+    assert_eq!(last["status"], "COMPLETED", "{text}");
+    let p = &previews[previews.len() - 1]["preview"];
+    assert_eq!(p["content_type"], "image/jpeg", "{p}");
+    let key = p["key"].as_str().unwrap();
+    assert!(key.starts_with(&format!("previews/{id}/1/preview-")), "{key}");
+    assert!(previews[0]["task"]["progress"]["preview"]["key"].is_string());
+    // The URL serves the image: the sampler's latent at 1/8 of the size.
+    let bytes = s.download(p["url"].as_str().unwrap()).await;
+    let img = image::load_from_memory(&bytes).unwrap();
+    assert_eq!((img.width(), img.height()), (8, 8));
+    // The finished task keeps no preview; a task without `previews` gets no preview event.
+    assert_eq!(last["task"]["progress"]["preview"], Value::Null, "{last}");
+    let t = s
+        .create(
+            "comfyui.workflow",
+            json!({"workflow": "basic_generation", "params": {"prompt": "a cat", "steps": 2, "seed": 2}}),
+        )
+        .await;
+    let events = s.events(t["task_id"].as_str().unwrap(), T).await;
+    assert!(events.iter().all(|e| e["event"] != "preview"), "{events:?}");
+}

@@ -33,6 +33,9 @@ pub(crate) struct Input {
     pub(crate) media: Vec<MediaInput>,
     #[serde(default)]
     pub(crate) include_previews: bool,
+    /// Forward ComfyUI's live preview images (sampler steps) as `preview` events.
+    #[serde(default)]
+    pub(crate) previews: bool,
     pub(crate) timeout_secs: Option<u64>,
 }
 
@@ -73,6 +76,7 @@ pub fn input_schema(templates: &[Template]) -> Value {
                 "items": {"type": "object", "additionalProperties": false, "required": ["node", "input", "url"],
                     "properties": {"node": {"type": "string"}, "input": {"type": "string"}, "url": {"type": "string", "minLength": 1}}}},
             "include_previews": {"type": "boolean", "default": false, "description": "Also return `temp` files (PreviewImage)."},
+            "previews": {"type": "boolean", "default": false, "description": "Send ComfyUI's live preview images (sampler steps, when ComfyUI runs with --preview-method) as `preview` events on the task's event stream, at most about 2 a second; the latest is `progress.preview`."},
             "timeout_secs": {"type": "integer", "minimum": 1, "maximum": 86400, "description": "Interrupt and fail with `timeout` after this long."}
         },
         // In `allOf` so that its failure has a message of its own (a bare `oneOf` error would

@@ -46,6 +46,7 @@ mod input;
 mod ops;
 mod outputs;
 mod pool;
+mod previews;
 mod run;
 pub mod templates;
 

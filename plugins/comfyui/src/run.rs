@@ -76,6 +76,9 @@ impl ComfyUi {
         }
         let pid = uuid::Uuid::new_v4().to_string();
         let mut rx = inst.listen(&pid);
+        let previews = input.previews.then(|| {
+            crate::previews::forward(ctx.clone(), task.work_dir.clone(), inst.listen_previews(&pid))
+        });
         self.running
             .lock()
             .unwrap()
@@ -131,6 +134,11 @@ impl ComfyUi {
                 &inst, &task.id, &pid, &mut rx, &mut slot, &ctx, &graph, timeout,
             )
             .await;
+        // Every preview frame came before the end: offer the last ones before returning.
+        inst.unlisten_previews(&pid);
+        if let Some(h) = previews {
+            let _ = tokio::time::timeout(Duration::from_secs(2), h).await;
+        }
         // Finished in ComfyUI (either way): nothing to stop any more.
         self.running.lock().unwrap().remove(&task.id);
         self.cancelled.lock().unwrap().remove(&task.id);

@@ -131,6 +131,7 @@ pub(super) async fn attempts_start_and_end_clean(h: &dyn Harness) {
     let p = || Progress {
         percent: 40.0,
         message: "waiting for an instance".into(),
+        preview: None,
     };
     let task = insert(&*store, with_attempts(new_task("clean", 0), 3)).await;
     claim_one(&*store, "clean", LEASE).await;

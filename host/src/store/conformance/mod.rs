@@ -76,6 +76,7 @@ macro_rules! conformance_suite {
             read::pending_by_type_counts,
             read::ping_answers,
             events::events_in_order,
+            events::previews_ride_progress,
             events::events_of_retries_and_cancels,
             events::other_stores_changes_are_published,
             retention::prune_bounded_batches,

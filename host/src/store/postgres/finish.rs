@@ -12,7 +12,8 @@ use crate::store::{CancelOutcome, Status, StoreResult, Task, TaskError, sql::to_
 const SQL_COMPLETE: &str = notifying!(
     "UPDATE tasks SET status = 'COMPLETED', result = $1, finished_at = statement_timestamp(), \
      lease_until = NULL, \
-     error_code = NULL, error_message = NULL, updated_at = statement_timestamp() \
+     error_code = NULL, error_message = NULL, progress_preview = NULL, \
+     updated_at = statement_timestamp() \
      WHERE id = $2 AND status = 'PROCESSING' AND attempts = $3",
     "'completed'"
 );
@@ -31,7 +32,7 @@ const SQL_FAIL: &str = notifying!(
        worker = CASE WHEN ($3::timestamptz IS NOT NULL AND attempts < max_attempts \
                            AND NOT cancel_requested) THEN NULL ELSE worker END, \
        lease_until = NULL, error_code = $4, error_message = $5, updated_at = statement_timestamp(), \
-       progress_percent = NULL, progress_message = NULL \
+       progress_percent = NULL, progress_message = NULL, progress_preview = NULL \
      WHERE id = $1 AND status = 'PROCESSING' AND attempts = $2",
     "CASE WHEN status = 'PENDING' THEN 'retrying' ELSE 'failed' END"
 );
@@ -45,7 +46,7 @@ const SQL_RELEASE: &str = notifying!(
        finished_at = CASE WHEN cancel_requested THEN statement_timestamp() ELSE NULL END, \
        worker = CASE WHEN cancel_requested THEN worker ELSE NULL END, \
        lease_until = NULL, updated_at = statement_timestamp(), \
-       progress_percent = NULL, progress_message = NULL \
+       progress_percent = NULL, progress_message = NULL, progress_preview = NULL \
      WHERE id = $1 AND status = 'PROCESSING' AND attempts = $2",
     "CASE WHEN status = 'CANCELLED' THEN 'cancelled' ELSE 'retrying' END"
 );
@@ -57,6 +58,7 @@ const SQL_CANCEL: &str = notifying!(
        cancel_requested = CASE WHEN status = 'PROCESSING' THEN true ELSE cancel_requested END, \
        progress_percent = CASE WHEN status = 'PENDING' THEN NULL ELSE progress_percent END, \
        progress_message = CASE WHEN status = 'PENDING' THEN NULL ELSE progress_message END, \
+       progress_preview = CASE WHEN status = 'PENDING' THEN NULL ELSE progress_preview END, \
        updated_at = statement_timestamp() \
      WHERE id = $1 AND status IN ('PENDING', 'PROCESSING')",
     "CASE WHEN status = 'CANCELLED' THEN 'cancelled' ELSE 'cancel_requested' END"
@@ -64,7 +66,7 @@ const SQL_CANCEL: &str = notifying!(
 
 const SQL_FINISH_CANCELLED: &str = notifying!(
     "UPDATE tasks SET status = 'CANCELLED', finished_at = statement_timestamp(), \
-     lease_until = NULL, progress_percent = NULL, progress_message = NULL, \
+     lease_until = NULL, progress_percent = NULL, progress_message = NULL, progress_preview = NULL, \
      updated_at = statement_timestamp() \
      WHERE id = $1 AND status = 'PROCESSING' AND attempts = $2",
     "'cancelled'"
