@@ -47,7 +47,7 @@ pub struct Instance {
     listeners: Mutex<HashMap<String, mpsc::UnboundedSender<Event>>>,
     /// Preview receivers by prompt id (tasks with `previews: true`), and our prompt running
     /// now, to which a preview frame without a prompt id belongs (`previews.rs`).
-    previews: Mutex<(HashMap<String, mpsc::UnboundedSender<crate::previews::Frame>>, Option<String>)>,
+    previews: Mutex<crate::previews::Routes>,
     connected: AtomicBool,
     /// Successful WebSocket handshakes so far.
     pub connections: AtomicU64,

@@ -29,6 +29,12 @@ const MAX_BYTES: usize = 8 << 20;
 /// A preview image: its content type and bytes.
 pub(crate) type Frame = (String, Vec<u8>);
 
+/// An instance's preview routes: the receivers by prompt id, and our prompt running now.
+pub(crate) type Routes = (
+    std::collections::HashMap<String, mpsc::UnboundedSender<Frame>>,
+    Option<String>,
+);
+
 /// A parsed preview frame: the prompt it names (type 4 only), content type, image.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Preview {
@@ -150,7 +156,7 @@ mod tests {
         );
         let meta = br#"{"node_id": "3", "prompt_id": "p1", "image_type": "image/png"}"#;
         let mut four = 4u32.to_be_bytes().to_vec();
-        four.extend((meta.len() as u32).to_be_bytes());
+        four.extend(u32::try_from(meta.len()).unwrap().to_be_bytes());
         four.extend(meta);
         four.extend(b"png");
         let p = parse(&four).unwrap();
