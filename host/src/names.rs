@@ -90,7 +90,10 @@ mod tests {
         assert_eq!(sanitize_path("/a b\\c/x?.png", "output"), "a_b/c/x_.png");
         assert_eq!(sanitize_path("a/..", "output"), "a");
         assert_eq!(sanitize_path("../..", "output"), "output");
-        assert_eq!(sanitize_path("1/2/3/4/5/6/x.png", "output"), "3/4/5/6/x.png");
+        assert_eq!(
+            sanitize_path("1/2/3/4/5/6/x.png", "output"),
+            "3/4/5/6/x.png"
+        );
         assert_eq!(sanitize_path(".../x.png", "output"), "x.png");
     }
 }

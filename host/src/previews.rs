@@ -127,9 +127,9 @@ impl Attempt {
             tokio::fs::canonicalize(path).await,
             tokio::fs::canonicalize(&self.work_dir).await,
         ) {
-            (Ok(p), Ok(root)) if p.starts_with(&root) => tokio::fs::metadata(&p)
-                .await
-                .is_ok_and(|m| m.is_file()),
+            (Ok(p), Ok(root)) if p.starts_with(&root) => {
+                tokio::fs::metadata(&p).await.is_ok_and(|m| m.is_file())
+            }
             _ => false,
         };
         if !inside {
@@ -147,7 +147,9 @@ impl Attempt {
             attempt_folder(self.id, self.attempt)
         );
         match self.storage.put_file(&key, path, content_type).await {
-            Ok(obj) => Some(json!({"key": obj.key, "url": obj.url, "content_type": obj.content_type, "n": n})),
+            Ok(obj) => Some(
+                json!({"key": obj.key, "url": obj.url, "content_type": obj.content_type, "n": n}),
+            ),
             Err(e) => {
                 tracing::debug!(task_id = %self.id, key = %key, code = e.code(), "preview not stored: {e}");
                 None

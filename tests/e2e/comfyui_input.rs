@@ -55,7 +55,10 @@ fn ui_export() -> Value {
 async fn a_graph_under_workflow_runs_like_workflow_json() {
     let fake = FakeComfy::start().await;
     let s = start(std::slice::from_ref(&fake.url), 20).await;
-    for input in [json!({"workflow": graph()}), json!({"workflow_json": graph()})] {
+    for input in [
+        json!({"workflow": graph()}),
+        json!({"workflow_json": graph()}),
+    ] {
         let t = s.run("comfyui.workflow", input, T).await;
         assert_eq!(t["status"], "COMPLETED", "{t}");
         assert_eq!(t["result"]["outputs"].as_array().unwrap().len(), 1, "{t}");
@@ -103,6 +106,10 @@ async fn graphs_that_are_not_api_graphs_are_refused_at_submit_and_nothing_is_sto
             json!({"workflow": {}}),
             "input/workflow: must be an API-format ComfyUI graph",
         ),
+        (
+            json!({"workflow_json": [1, 2]}),
+            "input/workflow_json: must be an API-format ComfyUI graph",
+        ),
         // A workflow saved in the UI format: how to export the API format instead.
         (
             json!({"workflow": ui_export()}),
@@ -124,6 +131,9 @@ async fn graphs_that_are_not_api_graphs_are_refused_at_submit_and_nothing_is_sto
         assert_eq!(body["error"]["code"], "invalid_workflow", "{input}: {body}");
         let message = body["error"]["message"].as_str().unwrap();
         assert!(message.contains(expected), "{input}: {message}");
+        // Only a UI export is told about the UI format.
+        let ui = input.to_string().contains("last_node_id");
+        assert_eq!(message.contains("UI format"), ui, "{input}: {message}");
         // The graph is not echoed back.
         let text = body.to_string();
         assert!(!text.contains(secret), "{text}");
@@ -157,14 +167,22 @@ async fn graphs_that_are_not_api_graphs_are_refused_at_submit_and_nothing_is_sto
             &json!({"type": "comfyui.workflow", "input": {"workflow": "no_such_template"}}),
         )
         .await;
-    assert_eq!((st, body["error"]["code"].clone()), (422, json!("invalid_input")), "{body}");
+    assert_eq!(
+        (st, body["error"]["code"].clone()),
+        (422, json!("invalid_input")),
+        "{body}"
+    );
     let (st, body) = s
         .post(
             "/api/tasks",
             &json!({"type": "comfyui.workflow", "input": {"workflow": graph(), "workflow_json": graph()}}),
         )
         .await;
-    assert_eq!((st, body["error"]["code"].clone()), (422, json!("invalid_input")), "{body}");
+    assert_eq!(
+        (st, body["error"]["code"].clone()),
+        (422, json!("invalid_input")),
+        "{body}"
+    );
     assert!(
         body["error"]["message"]
             .as_str()
@@ -214,13 +232,23 @@ async fn outputs_keep_their_subfolder_and_say_what_they_are() {
     let outputs = t["result"]["outputs"].as_array().unwrap();
     assert_eq!(outputs.len(), 3, "{t}");
     let id = t["task_id"].as_str().unwrap();
-    for (o, name) in outputs.iter().zip(["a/x_00001_.png", "b/x_00001_.png", "clips/clip_00001_.webm"]) {
+    for (o, name) in
+        outputs
+            .iter()
+            .zip(["a/x_00001_.png", "b/x_00001_.png", "clips/clip_00001_.webm"])
+    {
         assert_eq!(o["key"], format!("outputs/{id}/1/{name}"), "{t}");
     }
     // Two different files, both served.
     let red = s.download(outputs[0]["url"].as_str().unwrap()).await;
     let green = s.download(outputs[1]["url"].as_str().unwrap()).await;
-    let px = |b: &[u8]| image::load_from_memory(b).unwrap().to_rgb8().get_pixel(0, 0).0;
+    let px = |b: &[u8]| {
+        image::load_from_memory(b)
+            .unwrap()
+            .to_rgb8()
+            .get_pixel(0, 0)
+            .0
+    };
     assert_eq!((px(&red), px(&green)), ([0, 0, 255], [0, 255, 0]));
 }
 
@@ -274,7 +302,10 @@ async fn live_previews_arrive_as_preview_events_whose_url_serves_the_image() {
     let p = &previews[previews.len() - 1]["preview"];
     assert_eq!(p["content_type"], "image/jpeg", "{p}");
     let key = p["key"].as_str().unwrap();
-    assert!(key.starts_with(&format!("previews/{id}/1/preview-")), "{key}");
+    assert!(
+        key.starts_with(&format!("previews/{id}/1/preview-")),
+        "{key}"
+    );
     assert!(previews[0]["task"]["progress"]["preview"]["key"].is_string());
     // The URL serves the image: the sampler's latent at 1/8 of the size.
     let bytes = s.download(p["url"].as_str().unwrap()).await;

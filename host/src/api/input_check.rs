@@ -134,7 +134,7 @@ mod tests {
                         "type": "object",
                         "x-error-code": "invalid_graph",
                         "x-error-message": "must be a graph",
-                        "if": {"required": ["nodes"]},
+                        "if": {"type": "object", "required": ["nodes"]},
                         "then": {"not": {}, "x-error-message": "a UI export"},
                         "else": {"additionalProperties": {
                             "type": "object", "required": ["kind"],

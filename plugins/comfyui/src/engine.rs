@@ -291,8 +291,7 @@ impl Instance {
             ("execution_start", _) | ("executing", Some(Value::String(_))) => {
                 self.previews.lock().unwrap().1 = Some(pid.to_owned());
             }
-            ("executing", Some(Value::Null))
-            | ("execution_error" | "execution_interrupted", _) => {
+            ("executing", Some(Value::Null)) | ("execution_error" | "execution_interrupted", _) => {
                 let mut p = self.previews.lock().unwrap();
                 if p.1.as_deref() == Some(pid) {
                     p.1 = None;

@@ -16,8 +16,7 @@ use crate::error::{INVALID_WORKFLOW, fatal};
 pub(crate) const UI_EXPORT_HINT: &str = "this is a workflow saved in ComfyUI's UI format (it has `nodes` and `links`), not the API format that ComfyUI queues: in ComfyUI's menu choose Workflow > Export (API) (\"Save (API Format)\" on older front-ends, shown once \"Enable Dev mode Options\" is on in the settings) and send that file";
 
 const GRAPH_MESSAGE: &str = "must be an API-format ComfyUI graph: an object of node id -> {\"class_type\", \"inputs\"} (ComfyUI's Workflow > Export (API))";
-const NODE_MESSAGE: &str =
-    "this node must be an object with \"class_type\" (a node class name) and \"inputs\" (an object)";
+const NODE_MESSAGE: &str = "this node must be an object with \"class_type\" (a node class name) and \"inputs\" (an object)";
 const CLASS_MESSAGE: &str = "\"class_type\" must be a non-empty string naming a node class";
 const INPUTS_MESSAGE: &str =
     "\"inputs\" must be an object of input name -> value or [node id, output index]";
@@ -30,7 +29,7 @@ pub(crate) fn schema() -> Value {
         "description": "An API-format ComfyUI graph (node id -> {class_type, inputs}), as ComfyUI's Workflow > Export (API) saves it.",
         "x-error-code": INVALID_WORKFLOW,
         "x-error-message": GRAPH_MESSAGE,
-        "if": {"required": ["nodes", "links"], "properties": {"nodes": {"type": "array"}}},
+        "if": {"type": "object", "required": ["nodes", "links"], "properties": {"nodes": {"type": "array"}}},
         "then": {"not": {}, "x-error-message": UI_EXPORT_HINT},
         "else": {"additionalProperties": {
             "type": "object",

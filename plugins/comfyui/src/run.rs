@@ -77,7 +77,11 @@ impl ComfyUi {
         let pid = uuid::Uuid::new_v4().to_string();
         let mut rx = inst.listen(&pid);
         let previews = input.previews.then(|| {
-            crate::previews::forward(ctx.clone(), task.work_dir.clone(), inst.listen_previews(&pid))
+            crate::previews::forward(
+                ctx.clone(),
+                task.work_dir.clone(),
+                inst.listen_previews(&pid),
+            )
         });
         self.running
             .lock()

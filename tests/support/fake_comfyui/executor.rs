@@ -107,10 +107,17 @@ impl Run<'_> {
             return;
         }
         let shade = (step * 40).clamp(0, 255) as u8;
-        let img = image::RgbImage::from_pixel((w / 8).max(1), (h / 8).max(1), image::Rgb([shade, 64, 128]));
+        let img = image::RgbImage::from_pixel(
+            (w / 8).max(1),
+            (h / 8).max(1),
+            image::Rgb([shade, 64, 128]),
+        );
         let mut jpeg = Vec::new();
-        img.write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
-            .expect("encode a preview");
+        img.write_to(
+            &mut std::io::Cursor::new(&mut jpeg),
+            image::ImageFormat::Jpeg,
+        )
+        .expect("encode a preview");
         let st = self.inner.st();
         let frame = if st.preview_metadata.contains(client) {
             let meta = json!({"node_id": node, "prompt_id": self.pid, "display_node_id": node,

@@ -40,7 +40,11 @@ pub(super) async fn previews_ride_progress(h: &dyn Harness) {
     let e = next_event(&mut rx).await;
     assert_eq!(e.kind, EventKind::Progress);
     assert_eq!(e.task.progress.unwrap().preview, Some(preview));
-    let failed = store.fail(task.id, 1, err("x"), None).await.unwrap().unwrap();
+    let failed = store
+        .fail(task.id, 1, err("x"), None)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(failed.progress, None);
 }
 

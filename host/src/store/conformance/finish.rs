@@ -142,7 +142,10 @@ pub(super) async fn attempts_start_and_end_clean(h: &dyn Harness) {
         .unwrap()
         .unwrap();
     assert_eq!(pending.status, Status::Pending);
-    assert_eq!((pending.progress, pending.error), (None, Some(err("first"))));
+    assert_eq!(
+        (pending.progress, pending.error),
+        (None, Some(err("first")))
+    );
     let second = claim_one(&*store, "clean", LEASE).await;
     assert_eq!((second.attempts, second.error.clone()), (2, None));
     assert_eq!(get(&*store, task.id).await.error, None);
