@@ -176,13 +176,42 @@ mod tests {
         let t = templates::load_dir(&dir).unwrap();
         let s = input_schema(&t);
         assert_eq!(s["additionalProperties"], false);
+        // The exclusivity rule, then one rule per template.
         let rules = s["allOf"].as_array().unwrap();
-        assert_eq!(rules.len(), t.len());
+        assert_eq!(rules.len(), t.len() + 1);
+        assert!(rules[0]["oneOf"].is_array());
         assert!(
-            s["properties"]["workflow"]["enum"]
+            s["properties"]["workflow"]["then"]["enum"]
                 .as_array()
                 .unwrap()
                 .contains(&json!("basic_generation"))
+        );
+        assert_eq!(s["properties"]["workflow"]["else"], graph::schema());
+        assert_eq!(
+            s["properties"]["workflow_json"]["x-error-code"],
+            "invalid_workflow"
+        );
+    }
+
+    #[test]
+    fn a_graph_under_workflow_or_workflow_json_builds_and_a_bad_one_is_refused() {
+        let g = json!({"1": {"class_type": "EmptyImage", "inputs": {}}});
+        for v in [json!({"workflow": g}), json!({"workflow_json": g})] {
+            let input: Input = serde_json::from_value(v).unwrap();
+            let (graph, media, label) = build_graph(&[], &input).unwrap();
+            assert_eq!(
+                (graph, media.len(), label.as_str()),
+                (g.clone(), 0, "workflow_json")
+            );
+        }
+        let input: Input = serde_json::from_value(json!({"workflow": {"a": 1}})).unwrap();
+        let e = build_graph(&[], &input).unwrap_err();
+        assert_eq!(e.code.as_str(), "invalid_workflow");
+        let both: Input =
+            serde_json::from_value(json!({"workflow": g, "workflow_json": g})).unwrap();
+        assert_eq!(
+            build_graph(&[], &both).unwrap_err().code.as_str(),
+            "invalid_input"
         );
     }
 }
