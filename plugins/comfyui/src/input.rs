@@ -119,7 +119,7 @@ pub(crate) fn build_graph(
     let name = input.workflow.as_ref().and_then(Value::as_str);
     let (graph, label) = match (name, graph_given) {
         (Some(name), None) if input.workflow_json.is_none() => {
-            let t = templates.iter().find(|t| &t.name == name).ok_or_else(|| {
+            let t = templates.iter().find(|t| t.name == name).ok_or_else(|| {
                 PluginError::invalid_input(format!(
                     "no workflow template named {name:?}; installed: {}",
                     templates
