@@ -10,11 +10,13 @@ use serde_json::json;
 use super::{Harness, LEASE, claim_one, err, get, insert, new_task, next_event, with_attempts};
 use crate::store::{EventKind, Progress, Status};
 
-/// A preview rides a progress update: published as Preview, kept by later progress updates
-/// without one, cleared when the attempt ends.
+/// A preview rides a progress update: published as Preview (by a second store on the same
+/// database too), kept by later progress updates without one, cleared when the attempt ends.
 pub(super) async fn previews_ride_progress(h: &dyn Harness) {
     let store = h.open().await;
+    let other = h.open().await;
     let mut rx = store.subscribe();
+    let mut on_other = other.subscribe();
     let task = insert(&*store, new_task("preview", 0)).await;
     claim_one(&*store, "preview", LEASE).await;
     let preview = json!({"key": "previews/x/1/preview-1.png", "url": "/files/previews/x/1/preview-1.png",
@@ -25,6 +27,13 @@ pub(super) async fn previews_ride_progress(h: &dyn Harness) {
         preview: Some(preview.clone()),
     };
     assert!(store.set_progress(task.id, 1, with.clone()).await.unwrap());
+    loop {
+        let e = next_event(&mut on_other).await;
+        if e.kind == EventKind::Preview {
+            assert_eq!(e.task.progress, Some(with.clone()));
+            break;
+        }
+    }
     let plain = Progress {
         percent: 20.0,
         message: "later".into(),
