@@ -7,6 +7,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use aihost_tests::{Options, Server, fake_comfyui::FakeComfy, free_port, plugin_lib};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(60);
@@ -292,8 +293,24 @@ async fn live_previews_arrive_as_preview_events_whose_url_serves_the_image() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // The WebSocket carries the same events.
+    let ws_url = s
+        .url(&format!("/api/tasks/{id}/ws"))
+        .replacen("http", "ws", 1);
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
     fake.hold(false);
     let text = tokio::time::timeout(T, r.text()).await.unwrap().unwrap();
+    let mut ws_previews = 0;
+    while let Some(Ok(m)) = tokio::time::timeout(T, ws.next()).await.unwrap() {
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
+            let v: Value = serde_json::from_str(t.as_str()).unwrap();
+            if v["event"] == "preview" {
+                assert!(v["preview"]["url"].is_string(), "{v}");
+                ws_previews += 1;
+            }
+        }
+    }
+    assert!(ws_previews > 0, "no preview event on the WebSocket");
     let events = aihost_tests::sse_events(&text);
     let previews: Vec<&Value> = events.iter().filter(|e| e["event"] == "preview").collect();
     assert!(!previews.is_empty(), "no preview event: {text}");
