@@ -2,7 +2,7 @@
 //!
 //! One task type, `comfyui.workflow`: a workflow template with parameters
 //! (`{"workflow": NAME, "params": {...}}`) or any API-format graph
-//! (`{"workflow_json": {...}}`). Media parameters given as URLs are fetched through the host
+//! (`{"workflow": {...}}` or `{"workflow_json": {...}}`). Media parameters given as URLs are fetched through the host
 //! and uploaded to ComfyUI's input folder under a per-task subfolder.
 //!
 //! How a task runs:
@@ -23,7 +23,7 @@
 //!
 //! Where things are: `config.rs` (the `[plugin.config]` table), `input.rs` (task input,
 //! schema, graph), `pool.rs` (instance slots), `run.rs` (one task from upload to outputs),
-//! `ops.rs` (ops and health), `error.rs` (error code and messages), `engine.rs` (one
+//! `graph.rs` (what an API-format graph is), `ops.rs` (ops and health), `error.rs` (error code and messages), `engine.rs` (one
 //! instance's HTTP calls and socket), `templates.rs` (workflow templates). This file holds the
 //! plugin's state and its `Plugin` impl.
 
@@ -41,9 +41,12 @@ use aihost_plugin_api::{
 mod config;
 pub mod engine;
 mod error;
+mod graph;
 mod input;
 mod ops;
+mod outputs;
 mod pool;
+mod previews;
 mod run;
 pub mod templates;
 

@@ -22,6 +22,7 @@ use crate::{
     engine::{Event, Instance},
     error::{INVALID_WORKFLOW, describe_validation, execution_error, fatal},
     input::{Input, build_graph},
+    outputs,
     pool::Slot,
 };
 
@@ -75,6 +76,13 @@ impl ComfyUi {
         }
         let pid = uuid::Uuid::new_v4().to_string();
         let mut rx = inst.listen(&pid);
+        let previews = input.previews.then(|| {
+            crate::previews::forward(
+                ctx.clone(),
+                task.work_dir.clone(),
+                inst.listen_previews(&pid),
+            )
+        });
         self.running
             .lock()
             .unwrap()
@@ -130,6 +138,11 @@ impl ComfyUi {
                 &inst, &task.id, &pid, &mut rx, &mut slot, &ctx, &graph, timeout,
             )
             .await;
+        // Every preview frame came before the end: offer the last ones before returning.
+        inst.unlisten_previews(&pid);
+        if let Some(h) = previews {
+            let _ = tokio::time::timeout(Duration::from_secs(2), h).await;
+        }
         // Finished in ComfyUI (either way): nothing to stop any more.
         self.running.lock().unwrap().remove(&task.id);
         self.cancelled.lock().unwrap().remove(&task.id);
@@ -397,23 +410,18 @@ impl ComfyUi {
                     if ftype != "output" && ftype != "temp" {
                         continue;
                     }
-                    let base: String = filename
-                        .chars()
-                        .map(|c| if c == '/' || c == '\\' { '_' } else { c })
-                        .collect();
-                    let mut name = base.clone();
-                    let mut n = 1;
-                    while !names.insert(name.clone()) {
-                        n += 1;
-                        name = format!("{n}_{base}");
-                    }
-                    let dest = dir.join(&name);
+                    let subfolder = f["subfolder"].as_str().unwrap_or_default();
+                    let name = outputs::unique(&outputs::name(subfolder, filename), &mut names);
+                    // Flat in the work folder, unique by position; the name keeps the subfolder.
+                    let base = name.rsplit('/').next().unwrap_or_default();
+                    let dest = dir.join(format!("{}-{base}", listed.len()));
                     let size = inst.download(f, &dest).await?;
                     let ct = mime_guess::from_path(filename)
                         .first_or_octet_stream()
                         .to_string();
                     listed.push(
-                        json!({"name": name, "node": node, "kind": kind, "type": ftype,
+                        json!({"name": name, "node": node, "kind": outputs::kind(&ct),
+                        "output": kind, "type": ftype,
                         "filename": filename, "subfolder": f["subfolder"], "size": size}),
                     );
                     files.push((dest, ct, name));

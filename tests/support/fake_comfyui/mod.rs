@@ -117,6 +117,14 @@ impl FakeComfy {
         self.inner.as_ref().expect("fake ComfyUI is not running")
     }
 
+    /// Turns latent previews on or off, as ComfyUI's `--preview-method auto` (until the next
+    /// restart): each KSampler step then sends a binary preview frame (a JPEG) to the
+    /// prompt's client, of type 4 with metadata when its socket announced
+    /// `supports_preview_metadata`, else of type 1.
+    pub fn previews(&self, on: bool) {
+        self.inner().previews.store(on, Ordering::SeqCst);
+    }
+
     /// Pauses (true) or resumes (false) execution at node boundaries.
     pub fn hold(&self, on: bool) {
         self.inner().hold.send_replace(on);

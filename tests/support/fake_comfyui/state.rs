@@ -64,6 +64,9 @@ pub(crate) struct St {
     pub(crate) interrupt: bool,
     /// Outputs of successful prompts by prompt graph and outputs (a rerun is served from here).
     pub(crate) cache: HashMap<String, Map<String, Value>>,
+    /// Sockets whose first message announced `supports_preview_metadata` (they get preview
+    /// frames of type 4, the others type 1).
+    pub(crate) preview_metadata: std::collections::HashSet<String>,
 }
 
 impl St {
@@ -87,6 +90,12 @@ impl St {
     pub(crate) fn broadcast_raw(&self, msg: &Message) {
         for (_, tx) in self.sockets.values() {
             let _ = tx.send(msg.clone());
+        }
+    }
+
+    pub(crate) fn send_raw_to(&self, client: &str, msg: Message) {
+        if let Some((_, tx)) = self.sockets.get(client) {
+            let _ = tx.send(msg);
         }
     }
 
@@ -122,6 +131,9 @@ pub(crate) struct Inner {
     pub(crate) next_conn: AtomicU64,
     /// Set by `kill()`: every socket loop ends without a close frame.
     pub(crate) killed: AtomicBool,
+    /// Latent previews on, as ComfyUI started with `--preview-method auto`: KSampler sends a
+    /// binary preview frame after each step.
+    pub(crate) previews: AtomicBool,
     pub(crate) log: Mutex<Vec<Logged>>,
     /// The folder holding `input`, `output` and `temp`.
     pub(crate) dir: PathBuf,
@@ -140,6 +152,7 @@ impl Inner {
             stalled_upto: AtomicU64::new(0),
             next_conn: AtomicU64::new(1),
             killed: AtomicBool::new(false),
+            previews: AtomicBool::new(false),
             log: Mutex::default(),
             dir,
             tasks: Mutex::default(),
