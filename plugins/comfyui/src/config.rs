@@ -41,6 +41,23 @@ pub struct Config {
     pub reconnect_max_ms: u64,
     /// Uploads go to `{upload_subfolder}/{task_id}` in ComfyUI's input folder.
     pub upload_subfolder: String,
+    /// Instances in the richer form (added to `urls`): each with its URL and, optionally, how
+    /// to launch and supervise it (see `supervise.rs`).
+    pub instances: Vec<crate::supervise::InstanceConfig>,
+    /// `POST /free` (unload models, free memory) on an instance idle this long; 0 = never.
+    pub idle_free_secs: u64,
+    /// A supervised instance whose running prompt sends no socket message this long is
+    /// restarted; 0 = no watchdog.
+    pub stall_secs: u64,
+    /// Models every supervised instance downloads before it takes tasks (see `models.rs`).
+    pub models: Vec<crate::models::ModelSpec>,
+    /// A TOML file with more models (`[[models]]` tables like `models`); empty = none.
+    pub models_file: String,
+    /// Hosts per-task model URLs may come from (`example.com`, `*.example.com`); empty
+    /// refuses every per-task model URL.
+    pub model_url_hosts: Vec<String>,
+    /// Largest per-task model file, bytes.
+    pub model_url_max_bytes: u64,
 }
 
 impl Default for Config {
@@ -58,6 +75,13 @@ impl Default for Config {
             ws_idle_secs: 30,
             reconnect_max_ms: 5000,
             upload_subfolder: "aihost".into(),
+            instances: Vec::new(),
+            idle_free_secs: 0,
+            stall_secs: 0,
+            models: Vec::new(),
+            models_file: String::new(),
+            model_url_hosts: Vec::new(),
+            model_url_max_bytes: 2 << 30,
         }
     }
 }
@@ -78,16 +102,39 @@ impl Config {
         self
     }
 
+    /// Every instance: `urls` (unless left at the default while `instances` is set) then
+    /// `instances`.
+    pub(crate) fn all_instances(&self) -> Vec<crate::supervise::InstanceConfig> {
+        let keep_urls = self.instances.is_empty() || self.urls != Config::default().urls;
+        let mut out: Vec<_> = if keep_urls {
+            self.urls
+                .iter()
+                .map(|u| crate::supervise::InstanceConfig {
+                    url: u.clone(),
+                    launch: None,
+                    input_dir: None,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        out.extend(self.instances.iter().cloned());
+        out
+    }
+
     /// Refuses a config without servers or with a server URL that is not http(s), with
     /// `invalid_config`.
     pub(crate) fn check(&self) -> Result<(), PluginError> {
-        if self.urls.is_empty() {
+        if self.urls.is_empty() && self.instances.is_empty() {
             return Err(fatal(
                 codes::INVALID_CONFIG,
                 "urls must list at least one ComfyUI server",
             ));
         }
-        for u in &self.urls {
+        for i in &self.instances {
+            i.check()?;
+        }
+        for u in self.urls.iter().chain(self.instances.iter().map(|i| &i.url)) {
             if !(u.starts_with("http://") || u.starts_with("https://")) {
                 return Err(fatal(
                     codes::INVALID_CONFIG,
