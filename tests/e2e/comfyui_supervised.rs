@@ -40,7 +40,7 @@ async fn start(cfg: &str) -> Server {
 /// The config line of one supervised fake in `dir` on `port`.
 fn supervised(port: u16, dir: &Path) -> String {
     format!(
-        "instances = [{{ url = \"http://127.0.0.1:{port}\", launch = {{ command = [{:?}, \"--port\", \"{{port}}\", \"--dir\", {:?}], max_backoff_secs = 1, stop_grace_secs = 3 }} }}]\n",
+        "instances = [{{ url = \"http://127.0.0.1:{port}\", launch = {{ command = [{:?}, \"--port\", \"{{port}}\", \"--dir\", \".\"], cwd = {:?}, max_backoff_secs = 1, stop_grace_secs = 3 }} }}]\n",
         env!("CARGO_BIN_EXE_fake-comfyui"),
         dir.display().to_string()
     )
@@ -281,11 +281,15 @@ async fn tasks_go_to_the_instance_that_has_their_checkpoint() {
     a.set_models("checkpoints", &["a.safetensors", "shared.safetensors"]);
     b.set_models("checkpoints", &["b.safetensors", "shared.safetensors"]);
     // The fake validates like ComfyUI: a checkpoint outside the instance's list is refused.
+    let mut graph: Value = serde_json::from_str(
+        &std::fs::read_to_string(PathBuf::from(workflows_dir()).join("basic_generation.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    graph["4"]["inputs"]["ckpt_name"] = json!("b.safetensors");
     let r: Value = reqwest::Client::new()
         .post(format!("{}/prompt", a.url))
-        .json(&json!({"prompt": {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "b.safetensors"}},
-            "2": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "x"}},
-            "3": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}}}}))
+        .json(&json!({ "prompt": graph }))
         .send()
         .await
         .unwrap()
@@ -293,7 +297,7 @@ async fn tasks_go_to_the_instance_that_has_their_checkpoint() {
         .await
         .unwrap();
     assert_eq!(
-        r["node_errors"]["1"]["errors"][0]["type"],
+        r["node_errors"]["4"]["errors"][0]["type"],
         "value_not_in_list",
         "{r}"
     );
