@@ -123,6 +123,26 @@ async fn supervised_fake_is_launched_restarted_after_a_kill_and_stopped_at_shutd
     let t = s.run("comfyui.workflow", solid(), T).await;
     assert_eq!(t["status"], "COMPLETED", "{t}");
 
+    // The inputs aihost uploaded into the supervised instance's input folder are removed
+    // after the task.
+    let up = s
+        .upload("in.png", aihost_tests::solid_png(4, 4, [9, 9, 9]), None)
+        .await;
+    let t = s
+        .run(
+            "comfyui.workflow",
+            json!({"workflow": "invert_scale", "params": {"image": up["key"], "width": 4, "height": 4}}),
+            T,
+        )
+        .await;
+    assert_eq!(t["status"], "COMPLETED", "{t}");
+    let uploads = comfy.path().join("input/aihost");
+    assert!(uploads.is_dir(), "the upload went elsewhere");
+    assert!(
+        !uploads.join(t["task_id"].as_str().unwrap()).exists(),
+        "the task's uploads are still in ComfyUI's input folder"
+    );
+
     // A host shutdown stops the child.
     assert!(s.terminate(T));
     wait_for("the child is gone", T, async || {
@@ -343,5 +363,13 @@ async fn tasks_go_to_the_instance_that_has_their_checkpoint() {
             .contains("c.safetensors"),
         "{t}"
     );
+    assert_eq!(t["attempts"], 1, "{t}");
+
+    // A per-task model URL outside `model_url_hosts` (empty: off) fails at once.
+    let mut input = generation("a.safetensors");
+    input["models"] = json!([{"url": "https://models.example/lora.safetensors", "folder": "loras", "node": "4", "input": "ckpt_name"}]);
+    let t = s.run("comfyui.workflow", input, T).await;
+    assert_eq!(t["status"], "FAILED", "{t}");
+    assert_eq!(t["error"]["code"], "model_url_refused", "{t}");
     assert_eq!(t["attempts"], 1, "{t}");
 }
