@@ -1,6 +1,7 @@
 //! `fake-comfyui --port N --dir FOLDER`: the fake ComfyUI of the support crate as a process
 //! of its own, so the comfyui plugin can launch and supervise it as it would a real ComfyUI
-//! (`tests/e2e/comfyui_supervised.rs`). It serves until killed.
+//! (`tests/e2e/comfyui_supervised.rs`). It serves until killed. `FAKE_COMFYUI_HOLD=1` holds
+//! every prompt at its first node boundary (a stalled ComfyUI).
 
 fn main() {
     let mut port: Option<u16> = None;
@@ -25,5 +26,9 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime")
-        .block_on(aihost_tests::fake_comfyui::serve_forever(port, dir));
+        .block_on(aihost_tests::fake_comfyui::serve_forever(
+            port,
+            dir,
+            std::env::var("FAKE_COMFYUI_HOLD").is_ok_and(|v| v == "1"),
+        ));
 }

@@ -39,8 +39,13 @@ async fn start(cfg: &str) -> Server {
 
 /// The config line of one supervised fake in `dir` on `port`.
 fn supervised(port: u16, dir: &Path) -> String {
+    supervised_env(port, dir, "")
+}
+
+/// The same with `env` entries (`K = "V", ...`) for the child.
+fn supervised_env(port: u16, dir: &Path, env: &str) -> String {
     format!(
-        "instances = [{{ url = \"http://127.0.0.1:{port}\", launch = {{ command = [{:?}, \"--port\", \"{{port}}\", \"--dir\", \".\"], cwd = {:?}, max_backoff_secs = 1, stop_grace_secs = 3 }} }}]\n",
+        "instances = [{{ url = \"http://127.0.0.1:{port}\", launch = {{ command = [{:?}, \"--port\", \"{{port}}\", \"--dir\", \".\"], cwd = {:?}, env = {{ {env} }}, max_backoff_secs = 1, stop_grace_secs = 3 }} }}]\n",
         env!("CARGO_BIN_EXE_fake-comfyui"),
         dir.display().to_string()
     )
@@ -243,10 +248,7 @@ async fn manifest_downloads_before_tasks_refuses_a_bad_checksum_and_routes_by_th
     );
     let s = start(&cfg).await;
     running_pid(&s, None).await;
-    assert_eq!(
-        std::fs::read(ckpts.join("good.safetensors")).unwrap(),
-        good
-    );
+    assert_eq!(std::fs::read(ckpts.join("good.safetensors")).unwrap(), good);
     assert!(!ckpts.join("good.safetensors.part").exists());
     let loras = comfy.path().join("models/loras");
     assert!(!loras.join("style.safetensors").exists());
@@ -317,8 +319,7 @@ async fn tasks_go_to_the_instance_that_has_their_checkpoint() {
         .await
         .unwrap();
     assert_eq!(
-        r["node_errors"]["4"]["errors"][0]["type"],
-        "value_not_in_list",
+        r["node_errors"]["4"]["errors"][0]["type"], "value_not_in_list",
         "{r}"
     );
     let models: Value = reqwest::get(format!("{}/models/checkpoints", b.url))
@@ -372,4 +373,60 @@ async fn tasks_go_to_the_instance_that_has_their_checkpoint() {
     assert_eq!(t["status"], "FAILED", "{t}");
     assert_eq!(t["error"]["code"], "model_url_refused", "{t}");
     assert_eq!(t["attempts"], 1, "{t}");
+}
+
+#[tokio::test]
+async fn the_watchdog_restarts_an_instance_whose_prompt_makes_no_progress() {
+    let comfy = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = format!(
+        "stall_secs = 1\n{}",
+        supervised_env(port, comfy.path(), "FAKE_COMFYUI_HOLD = \"1\"")
+    );
+    let s = start(&cfg).await;
+    let pid = running_pid(&s, None).await;
+    let id = s.create("comfyui.workflow", solid()).await["task_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let i = wait_for(
+        "the watchdog restarted the stalled instance",
+        T,
+        async || {
+            let i = instance(&s).await;
+            let restarted = i["supervised"]["restarts"].as_u64().unwrap_or(0) >= 1
+                && i["supervised"]["pid"].as_u64().is_some_and(|p| p != pid);
+            if restarted { Ok(i) } else { Err(i.to_string()) }
+        },
+    )
+    .await;
+    assert!(
+        i["supervised"]["last_restart_reason"]
+            .as_str()
+            .unwrap()
+            .contains("no progress"),
+        "{i}"
+    );
+    assert_eq!(
+        i["supervised"]["last_exit"], "stopped by the watchdog",
+        "{i}"
+    );
+    assert!(!alive(pid));
+    let _ = s.post(&format!("/api/tasks/{id}/cancel"), &json!({})).await;
+}
+
+#[tokio::test]
+async fn an_idle_instance_is_told_to_free_its_memory() {
+    let fake = FakeComfy::start().await;
+    let s = start(&format!("urls = [{:?}]\nidle_free_secs = 1\n", fake.url)).await;
+    let t = s.run("comfyui.workflow", solid(), T).await;
+    assert_eq!(t["status"], "COMPLETED", "{t}");
+    fake.wait_until("POST /free arrived", T, |f| {
+        f.requests().iter().any(|r| {
+            r.method == "POST"
+                && r.path == "/free"
+                && r.body == json!({"unload_models": true, "free_memory": true})
+        })
+    })
+    .await;
 }

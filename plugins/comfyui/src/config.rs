@@ -134,7 +134,11 @@ impl Config {
         for i in &self.instances {
             i.check()?;
         }
-        for u in self.urls.iter().chain(self.instances.iter().map(|i| &i.url)) {
+        for u in self
+            .urls
+            .iter()
+            .chain(self.instances.iter().map(|i| &i.url))
+        {
             if !(u.starts_with("http://") || u.starts_with("https://")) {
                 return Err(fatal(
                     codes::INVALID_CONFIG,

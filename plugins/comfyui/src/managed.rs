@@ -34,6 +34,8 @@ pub(crate) struct Managed {
     pub(crate) provision: Provision,
     /// Its models.
     pub(crate) known: Known,
+    /// Bumped whenever a task takes or leaves it (the idle clock of `/free` restarts).
+    activity: std::sync::atomic::AtomicU64,
 }
 
 impl Managed {
@@ -54,7 +56,13 @@ impl Managed {
             input_dir,
             provision: Provision::default(),
             known: Known::default(),
+            activity: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Records work on it (a task took or left it).
+    pub(crate) fn touch(&self) {
+        self.activity.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Whether it may take tasks now: manifest done, and (supervised) the child answers.
@@ -123,6 +131,7 @@ impl Managed {
         let mut last_busy = Instant::now();
         let mut freed = true;
         let mut busy_since: Option<Instant> = None;
+        let mut seen_activity = 0u64;
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tick.tick().await;
@@ -137,6 +146,12 @@ impl Managed {
                         tracing::debug!(url = %inst.url, error = %e, "cannot read ComfyUI's models")
                     }
                 }
+            }
+            let activity = self.activity.load(Ordering::Acquire);
+            if activity != seen_activity {
+                seen_activity = activity;
+                last_busy = Instant::now();
+                freed = false;
             }
             let busy = inst.inflight.load(Ordering::Acquire) > 0;
             if busy {
@@ -233,7 +248,11 @@ impl crate::ComfyUi {
         }
         let needs = crate::routing::needs(graph)
             .into_iter()
-            .filter(|n| !models.iter().any(|m| m.node == n.node && m.input == n.input))
+            .filter(|n| {
+                !models
+                    .iter()
+                    .any(|m| m.node == n.node && m.input == n.input)
+            })
             .collect();
         let want = Want {
             needs,

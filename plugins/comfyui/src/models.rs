@@ -81,7 +81,8 @@ impl ModelSpec {
 
     /// `invalid_config` for a bad URL, checksum, folder or name.
     fn check(&self) -> Result<(), PluginError> {
-        let bad = |what: String| fatal(codes::INVALID_CONFIG, format!("model {}: {what}", self.url));
+        let bad =
+            |what: String| fatal(codes::INVALID_CONFIG, format!("model {}: {what}", self.url));
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
             return Err(bad("url must start with http:// or https://".into()));
         }
@@ -89,7 +90,10 @@ impl ModelSpec {
             return Err(bad("sha256 must be 64 hex digits".into()));
         }
         if !safe_folder(&self.folder) {
-            return Err(bad(format!("folder {:?} is not a plain folder name", self.folder)));
+            return Err(bad(format!(
+                "folder {:?} is not a plain folder name",
+                self.folder
+            )));
         }
         if !safe_segment(&self.file_name()) {
             return Err(bad(format!(
@@ -279,7 +283,10 @@ impl Provision {
         url: &str,
         part: &Path,
     ) -> Result<(), String> {
-        let have = tokio::fs::metadata(part).await.map(|m| m.len()).unwrap_or(0);
+        let have = tokio::fs::metadata(part)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
         let mut req = http.get(url);
         if have > 0 {
             req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
@@ -433,7 +440,10 @@ pub(crate) async fn fetch_task_model(
         let _ = tokio::fs::remove_file(&local).await;
         return Err(fatal(
             MODEL_URL_REFUSED,
-            format!("model at {} is {len} bytes, over model_url_max_bytes ({max_bytes})", m.url),
+            format!(
+                "model at {} is {len} bytes, over model_url_max_bytes ({max_bytes})",
+                m.url
+            ),
         ));
     }
     if let Some(parent) = target.parent() {

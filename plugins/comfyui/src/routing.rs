@@ -220,12 +220,7 @@ pub(crate) fn unavailable(missing: &[&Need]) -> PluginError {
     }
     let names: Vec<String> = missing
         .iter()
-        .map(|n| {
-            format!(
-                "{:?} (node {} {}.{})",
-                n.value, n.node, n.class, n.input
-            )
-        })
+        .map(|n| format!("{:?} (node {} {}.{})", n.value, n.node, n.class, n.input))
         .collect();
     fatal(
         MODEL_UNAVAILABLE,

@@ -66,6 +66,7 @@ impl ComfyUi {
         let slot = self.acquire(&want).await?;
         let inst = slot.inst.clone();
         let managed = self.managed_of(&inst);
+        managed.touch();
         self.fetch_models(&ctx, &managed, &input.models, &mut graph)
             .await?;
         // Freed as soon as ComfyUI reports the prompt finished (see `follow`).
@@ -143,6 +144,7 @@ impl ComfyUi {
         }
         let entry = result?;
         managed.known.ran(&crate::routing::needs(&graph));
+        managed.touch();
         drop(slot);
         ctx.progress(96.0, "downloading outputs");
         let (files, listed, texts) = self

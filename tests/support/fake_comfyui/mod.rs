@@ -207,9 +207,11 @@ impl FakeComfy {
 
 /// Runs a fake ComfyUI on `port` in `dir` until the process is killed, printing ComfyUI's
 /// start lines (for the `fake-comfyui` binary, which supervised-instance tests launch).
-pub async fn serve_forever(port: u16, dir: PathBuf) {
+/// `hold` pauses execution at node boundaries for good.
+pub async fn serve_forever(port: u16, dir: PathBuf, hold: bool) {
     println!("Starting server");
-    let _f = FakeComfy::start_in(port, dir).await;
+    let f = FakeComfy::start_in(port, dir).await;
+    f.hold(hold);
     println!("To see the GUI go to: http://127.0.0.1:{port}");
     eprintln!("fake ComfyUI: pid {}", std::process::id());
     std::future::pending::<()>().await;
