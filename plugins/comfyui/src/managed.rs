@@ -296,3 +296,29 @@ impl crate::ComfyUi {
         Ok(())
     }
 }
+
+/// What a supervised instance is doing, for the health error while no instance answers:
+/// `; supervised: downloading_models; manifest: 1 of 2 files, 120 of 300 bytes` (empty when
+/// it is not supervised).
+pub(crate) fn summary(report: &Value) -> String {
+    let sup = &report["supervised"];
+    let Some(phase) = sup["phase"].as_str() else {
+        return String::new();
+    };
+    let mut out = format!("; supervised: {phase}, {} restarts", sup["restarts"]);
+    if let Some(exit) = sup["last_exit"].as_str() {
+        out.push_str(&format!(", last exit {exit}"));
+    }
+    if let Some(files) = report["manifest"]["files"].as_array()
+        && !files.is_empty()
+    {
+        let done = files.iter().filter(|f| f["status"] == "ready").count();
+        let bytes: u64 = files.iter().filter_map(|f| f["bytes"].as_u64()).sum();
+        let total: u64 = files.iter().filter_map(|f| f["total"].as_u64()).sum();
+        out.push_str(&format!(
+            "; manifest: {done} of {} files ready, {bytes} of {total} bytes",
+            files.len()
+        ));
+    }
+    out
+}

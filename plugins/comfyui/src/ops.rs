@@ -63,9 +63,10 @@ impl ComfyUi {
                 .iter()
                 .map(|r| {
                     format!(
-                        "{} ({})",
+                        "{} ({}{})",
                         r["url"].as_str().unwrap_or("?"),
-                        r["error"].as_str().unwrap_or("unreachable")
+                        r["error"].as_str().unwrap_or("unreachable"),
+                        crate::managed::summary(r)
                     )
                 })
                 .collect();
