@@ -1,8 +1,11 @@
 //! The comfyui plugin's production features through the real binary: a supervised instance
-//! (the plugin launches the `fake-comfyui` binary as a child, restarts it when it is killed,
-//! stops it at shutdown), the model manifest (downloaded from a local HTTP server, a bad
-//! checksum refused and reported in `/api/status`), and model-aware routing (two fakes with
-//! different checkpoints; a checkpoint neither has fails with `model_unavailable`).
+//! (the plugin launches the `fake-comfyui` binary as a child, restarts it when it is killed or
+//! its prompt stalls, stops it at shutdown, and it dies with a kill -9'd host; uploads removed
+//! from its input folder), `/free` after idle time, the model manifest (downloaded from a
+//! local HTTP server with a resumed part, a bad checksum refused and reported in
+//! `/api/status`), per-task model URLs (fetched into the cache; refused outside the
+//! allow-list), and model-aware routing (two fakes with different checkpoints; a checkpoint
+//! neither has fails with `model_unavailable`).
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -26,12 +29,18 @@ fn workflows_dir() -> String {
 }
 
 async fn start(cfg: &str) -> Server {
+    start_toml(cfg, "").await
+}
+
+/// With extra sections for aihost.toml.
+async fn start_toml(cfg: &str, extra_toml: &str) -> Server {
     let cfg = format!(
         "workflows_dir = {:?}\nunavailable_wait_secs = 20\nhistory_poll_ms = 200\nreconnect_max_ms = 300\n{cfg}",
         workflows_dir()
     );
     Server::start_with(Options {
         plugins: vec![("comfyui".into(), plugin_lib("aihost_comfyui"), cfg)],
+        extra_toml: extra_toml.to_owned(),
         ..Options::default()
     })
     .await
@@ -429,4 +438,57 @@ async fn an_idle_instance_is_told_to_free_its_memory() {
         })
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_supervised_child_dies_with_a_killed_host() {
+    let comfy = tempfile::tempdir().unwrap();
+    let mut s = start(&supervised(free_port(), comfy.path())).await;
+    let pid = running_pid(&s, None).await;
+    s.kill9();
+    wait_for("the child died with the host", T, async || {
+        if alive(pid) {
+            Err(format!("{pid} still runs"))
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_per_task_model_url_is_fetched_into_the_cache_and_used() {
+    let lora: Vec<u8> = (0..5000u32).map(|i| (i % 7) as u8).collect();
+    let base = serve_files(vec![("/files/my-model.safetensors", lora.clone())]);
+    let host_port = base.trim_start_matches("http://").to_owned();
+    let comfy = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "model_url_hosts = [\"127.0.0.1\"]\n{}",
+        supervised(free_port(), comfy.path())
+    );
+    let s = start_toml(&cfg, &format!("[fetch]\nallow_hosts = [{host_port:?}]\n")).await;
+    running_pid(&s, None).await;
+    let url = format!("{base}/files/my-model.safetensors");
+    let mut input = generation("placeholder.safetensors");
+    input["models"] =
+        json!([{"url": url, "folder": "checkpoints", "node": "4", "input": "ckpt_name"}]);
+    for _ in 0..2 {
+        let t = s.run("comfyui.workflow", input.clone(), T).await;
+        assert_eq!(t["status"], "COMPLETED", "{t}");
+    }
+    let cache = comfy.path().join("models/checkpoints/aihost-cache");
+    let files: Vec<PathBuf> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(std::fs::read(&files[0]).unwrap(), lora);
+    assert!(
+        files[0]
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .ends_with(".safetensors")
+    );
 }
