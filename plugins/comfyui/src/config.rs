@@ -173,4 +173,31 @@ mod tests {
         assert_eq!(c.client_id, "seed");
         assert!(serde_json::from_str::<Config>(r#"{"nope": 1}"#).is_err());
     }
+
+    #[test]
+    fn instances_replace_the_default_urls_and_need_a_command() {
+        let c: Config = toml::from_str(
+            r#"instances = [{ url = "http://127.0.0.1:9000", launch = { command = ["python", "main.py", "--port", "{port}"], cwd = "/opt/ComfyUI", cuda_device = "1" } }]"#,
+        )
+        .unwrap();
+        assert!(c.check().is_ok());
+        let all = c.all_instances();
+        assert_eq!(all.len(), 1);
+        let launch = all[0].launch.as_ref().unwrap();
+        assert_eq!(launch.start_timeout_secs, 600);
+        assert_eq!(
+            all[0].comfyui_dir(),
+            Some(std::path::PathBuf::from("/opt/ComfyUI"))
+        );
+        // Set explicitly, `urls` joins the instances.
+        let c: Config =
+            toml::from_str("urls = [\"http://a:1\"]\ninstances = [{ url = \"http://b:2\" }]")
+                .unwrap();
+        let urls: Vec<String> = c.all_instances().into_iter().map(|i| i.url).collect();
+        assert_eq!(urls, ["http://a:1", "http://b:2"]);
+        let c: Config =
+            toml::from_str(r#"instances = [{ url = "http://b:2", launch = { command = [] } }]"#)
+                .unwrap();
+        assert!(c.check().is_err());
+    }
 }
