@@ -310,6 +310,12 @@ error_codes! {
         "The service cannot start: the system has no CA certificates (install `ca-certificates`).";
     WORKER_ID_IN_USE = "worker_id_in_use", [Cli] -,
         "The consumer cannot start: another running consumer of the task store holds its `dispatcher.worker_id`.";
+
+    // Task codes of the comfyui plugin (plugins/comfyui: routing.rs, models.rs).
+    MODEL_UNAVAILABLE = "model_unavailable", [Task] -,
+        "No ComfyUI instance of the pool has a model the task's graph names (the message names it).";
+    MODEL_URL_REFUSED = "model_url_refused", [Task] -,
+        "A per-task model URL is not allowed by the comfyui plugin's `model_url_hosts`, is too large, or names a bad folder.";
 }
 
 /// The entry of `code`.

@@ -56,6 +56,8 @@ pub struct Instance {
     last_error: Mutex<Option<String>>,
     last_ok: Mutex<Option<Instant>>,
     ws_ready: tokio::sync::Notify,
+    /// When the socket last carried a message (the stall watchdog reads it).
+    last_message: Mutex<Option<Instant>>,
 }
 
 /// Maps a reqwest failure to a retryable `engine_unavailable`.
@@ -86,6 +88,7 @@ impl Instance {
             last_error: Mutex::new(None),
             last_ok: Mutex::new(None),
             ws_ready: tokio::sync::Notify::new(),
+            last_message: Mutex::new(None),
         })
     }
 
@@ -102,6 +105,11 @@ impl Instance {
                 .lock()
                 .unwrap()
                 .is_some_and(|t| t.elapsed() < within)
+    }
+
+    /// When the socket last carried a message.
+    pub fn last_message(&self) -> Option<Instant> {
+        *self.last_message.lock().unwrap()
     }
 
     /// The last connection error, if the socket is down.
@@ -263,6 +271,7 @@ impl Instance {
                 Ok(Some(Err(e))) => return e.to_string(),
                 Ok(Some(Ok(msg))) => {
                     pinged = false;
+                    *self.last_message.lock().unwrap() = Some(Instant::now());
                     match msg {
                         Message::Text(t) => self.route(t.as_str()),
                         Message::Close(_) => return "the server sent a close frame".into(),

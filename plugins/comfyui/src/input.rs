@@ -31,6 +31,9 @@ pub(crate) struct Input {
     pub(crate) workflow_json: Option<Value>,
     #[serde(default)]
     pub(crate) media: Vec<MediaInput>,
+    /// Per-task model files (supervised instances only, `models.rs`).
+    #[serde(default)]
+    pub(crate) models: Vec<crate::models::TaskModel>,
     #[serde(default)]
     pub(crate) include_previews: bool,
     /// Forward ComfyUI's live preview images (sampler steps) as `preview` events.
@@ -75,6 +78,9 @@ pub fn input_schema(templates: &[Template]) -> Value {
             "media": {"type": "array", "maxItems": 64, "description": "Files to upload before queuing: each URL's file is uploaded and its name set at node/input.",
                 "items": {"type": "object", "additionalProperties": false, "required": ["node", "input", "url"],
                     "properties": {"node": {"type": "string"}, "input": {"type": "string"}, "url": {"type": "string", "minLength": 1}}}},
+            "models": {"type": "array", "maxItems": 16, "description": "Model files to fetch before queuing (supervised instances only; hosts must be in the plugin's model_url_hosts): each URL's file is cached in the instance's models/{folder}/aihost-cache/ and its name set at node/input.",
+                "items": {"type": "object", "additionalProperties": false, "required": ["url", "folder", "node", "input"],
+                    "properties": {"url": {"type": "string", "minLength": 1}, "folder": {"type": "string", "minLength": 1}, "node": {"type": "string"}, "input": {"type": "string"}}}},
             "include_previews": {"type": "boolean", "default": false, "description": "Also return `temp` files (PreviewImage)."},
             "previews": {"type": "boolean", "default": false, "description": "Send ComfyUI's live preview images (sampler steps, when ComfyUI runs with --preview-method) as `preview` events on the task's event stream, at most about 2 a second; the latest is `progress.preview`."},
             "timeout_secs": {"type": "integer", "minimum": 1, "maximum": 86400, "description": "Interrupt and fail with `timeout` after this long."}

@@ -62,9 +62,14 @@ impl ComfyUi {
             PluginError::invalid_input(format!("invalid comfyui.workflow input: {e}"))
         })?;
         let (mut graph, media, label) = build_graph(&self.templates, &input)?;
+        let want = self.want(&graph, &input.models)?;
         ctx.progress(1.0, "waiting for a ComfyUI instance");
-        let slot = self.acquire().await?;
+        let slot = self.acquire(&want).await?;
         let inst = slot.inst.clone();
+        let managed = self.managed_of(&inst);
+        managed.touch();
+        self.fetch_models(&ctx, &managed, &input.models, &mut graph)
+            .await?;
         // Freed as soon as ComfyUI reports the prompt finished (see `follow`).
         let mut slot = Some(slot);
         let subfolder = format!("{}/{}", self.config.upload_subfolder, task.id);
@@ -147,7 +152,12 @@ impl ComfyUi {
         self.running.lock().unwrap().remove(&task.id);
         self.cancelled.lock().unwrap().remove(&task.id);
         drop(guard);
+        if !media.is_empty() {
+            managed.remove_uploads(&subfolder).await;
+        }
         let entry = result?;
+        managed.known.ran(&crate::routing::needs(&graph));
+        managed.touch();
         drop(slot);
         ctx.progress(96.0, "downloading outputs");
         let (files, listed, texts) = self
