@@ -67,6 +67,13 @@ fi
 
 # 2. The binaries the image ships, and the image.
 cargo build --locked --profile dist -p aihost -p aihost-imageops -p aihost-comfyui -p aihost-facefusion
+# The build context holds them under target/dist/ (see .dockerignore) wherever cargo built them.
+built="${CARGO_TARGET_DIR:-target}/dist"
+if [ "$(realpath -m "$built")" != "$(realpath -m target/dist)" ]; then
+  mkdir -p target/dist
+  cp "$built"/aihost "$built"/libaihost_imageops.so "$built"/libaihost_comfyui.so \
+    "$built"/libaihost_facefusion.so target/dist/
+fi
 podman build --isolation=chroot --format docker --build-arg ARTIFACTS=prebuilt \
   -f docker/Dockerfile -t "$image" . >"$work/build.log" 2>&1 || { cat "$work/build.log"; exit 1; }
 size=$(podman image inspect "$image" --format '{{.Size}}')

@@ -386,6 +386,16 @@ impl Dispatcher {
             self.fetcher.clone(),
             work_dir.clone(),
         );
+        let progress_rx = crate::previews::split(
+            crate::previews::Attempt {
+                store: self.store.clone(),
+                storage: self.storage.clone(),
+                id,
+                attempt,
+                work_dir: work_dir.clone(),
+            },
+            progress_rx,
+        );
         let progress = tokio::spawn(progress_writer(
             self.store.clone(),
             id,
@@ -820,9 +830,10 @@ pub(crate) fn attempt_folder(id: Uuid, attempt: u32) -> String {
     format!("outputs/{id}/{attempt}")
 }
 
-/// An output name as stored: its last path segment under the one file-name rule.
+/// An output name as stored: a relative path under the one file-name rule (a plugin may keep
+/// an engine's subfolders, e.g. `clips/clip_00001_.webm`).
 fn sanitize_name(name: &str) -> String {
-    crate::names::sanitize(crate::names::base_name(name), "output")
+    crate::names::sanitize_path(name, "output")
 }
 
 /// Writes progress reports to the store, at most one per `interval` (the latest wins) and the
@@ -847,6 +858,7 @@ async fn progress_writer(
                 pending = Some(Progress {
                     percent: p.percent,
                     message: p.message,
+                    preview: None,
                 })
             }
             Ok(None) => {
@@ -889,7 +901,8 @@ mod tests {
 
     #[test]
     fn output_names_never_escape() {
-        assert_eq!(sanitize_name("../../etc/passwd"), "passwd");
+        assert_eq!(sanitize_name("../../etc/passwd"), "etc/passwd");
+        assert_eq!(sanitize_name("a/b.png"), "a/b.png");
         assert_eq!(sanitize_name("a b.png"), "a_b.png");
         assert_eq!(sanitize_name(".."), "output");
         assert_eq!(sanitize_name(""), "output");

@@ -8,8 +8,9 @@
 //! `host/src`.
 //!
 //! The codes plugins share are those of [`aihost_plugin_api::codes`]: they are referenced, not
-//! spelled again. Plugins may add task codes of their own (`invalid_workflow`, ...); those are
-//! not listed here.
+//! spelled again. Plugins may add task codes of their own (`invalid_target`, ...); those are
+//! not listed here, except the ones the shipped plugins' schemas make HTTP answers at submit
+//! (`x-error-code`, see `api/input_check.rs`): `invalid_workflow`.
 //!
 //! A code names one thing. Where a word alone would be ambiguous the constant's name says where
 //! the code comes from (`CONFIG_DUPLICATE`, `FILES_INVALID_KEY`); codes that clients already see
@@ -207,6 +208,8 @@ error_codes! {
     // The codes plugins share (plugin-api `codes`), also written by the host and the SDK.
     INVALID_INPUT = codes::INVALID_INPUT, [Http, Task] 422,
         "The task input is wrong: it fails the task type's schema (HTTP) or the plugin's checks.";
+    INVALID_WORKFLOW = "invalid_workflow", [Http, Task] 422,
+        "comfyui: the graph is not an API-format ComfyUI graph (at submit, from the schema's `x-error-code`, naming the bad node; a UI-format export is told how to export the API format) or ComfyUI refused it.";
     INVALID_CONFIG = codes::INVALID_CONFIG, [Task] -,
         "The plugin's configuration is wrong.";
     ENGINE_UNAVAILABLE = codes::ENGINE_UNAVAILABLE, [Http, Task, PluginReport] 503,
@@ -307,6 +310,12 @@ error_codes! {
         "The service cannot start: the system has no CA certificates (install `ca-certificates`).";
     WORKER_ID_IN_USE = "worker_id_in_use", [Cli] -,
         "The consumer cannot start: another running consumer of the task store holds its `dispatcher.worker_id`.";
+
+    // Task codes of the comfyui plugin (plugins/comfyui: routing.rs, models.rs).
+    MODEL_UNAVAILABLE = "model_unavailable", [Task] -,
+        "No ComfyUI instance of the pool has a model the task's graph names (the message names it).";
+    MODEL_URL_REFUSED = "model_url_refused", [Task] -,
+        "A per-task model URL is not allowed by the comfyui plugin's `model_url_hosts`, is too large, or names a bad folder.";
 }
 
 /// The entry of `code`.

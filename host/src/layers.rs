@@ -33,10 +33,13 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("plugins", &["fetch", "manifest", "config", "error_codes"]),
     // Retention: deletes finished tasks and their files; no HTTP, no plugins.
     ("retention", &["store", "storage", "config"]),
+    // Live previews of running attempts: stored and recorded on the task.
+    ("previews", &["plugins", "store", "storage"]),
     // Running tasks: no HTTP.
     (
         "dispatcher",
         &[
+            "previews",
             "plugins",
             "store",
             "storage",

@@ -20,6 +20,7 @@ pub(crate) mod metrics;
 pub(crate) mod names;
 pub(crate) mod percent;
 pub(crate) mod plugins;
+pub(crate) mod previews;
 pub(crate) mod retention;
 pub(crate) mod service;
 pub mod storage;

@@ -35,6 +35,31 @@ pub(crate) fn sanitize(name: &str, fallback: &str) -> String {
     name
 }
 
+/// Most folders kept in front of a name by [`sanitize_path`].
+pub(crate) const MAX_FOLDERS: usize = 4;
+
+/// A relative path under the same rule: each `/` or `\` separated segment reduced by
+/// [`sanitize`], empty, `.` and `..` segments dropped, at most [`MAX_FOLDERS`] folders (the
+/// last ones) before the file name; `fallback` when no file name is left. Never absolute, never
+/// leaves its folder.
+pub(crate) fn sanitize_path(path: &str, fallback: &str) -> String {
+    let segments: Vec<&str> = path
+        .split(['/', '\\'])
+        .filter(|s| !s.is_empty() && *s != "." && *s != "..")
+        .collect();
+    let Some((file, folders)) = segments.split_last() else {
+        return fallback.to_owned();
+    };
+    let mut out: Vec<String> = folders
+        .iter()
+        .map(|f| sanitize(f, ""))
+        .filter(|f| !f.is_empty())
+        .collect();
+    out.drain(..out.len().saturating_sub(MAX_FOLDERS));
+    out.push(sanitize(file, fallback));
+    out.join("/")
+}
+
 /// Splits `name` into stem and extension (with its dot; empty when there is none).
 pub(crate) fn split_ext(name: &str) -> (&str, &str) {
     match name.rfind('.') {
@@ -57,5 +82,18 @@ mod tests {
         let short = sanitize(&long, "input");
         assert_eq!(short.len(), MAX_NAME_LEN);
         assert!(short.ends_with(".png"));
+    }
+
+    #[test]
+    fn paths_keep_their_folders_inside() {
+        assert_eq!(sanitize_path("../../etc/passwd", "output"), "etc/passwd");
+        assert_eq!(sanitize_path("/a b\\c/x?.png", "output"), "a_b/c/x_.png");
+        assert_eq!(sanitize_path("a/..", "output"), "a");
+        assert_eq!(sanitize_path("../..", "output"), "output");
+        assert_eq!(
+            sanitize_path("1/2/3/4/5/6/x.png", "output"),
+            "3/4/5/6/x.png"
+        );
+        assert_eq!(sanitize_path(".../x.png", "output"), "x.png");
     }
 }

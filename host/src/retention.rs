@@ -154,6 +154,12 @@ impl Retention {
         if !self.config.delete_files {
             return 0;
         }
+        // The last live preview of each attempt (`previews.rs`) goes with the outputs.
+        if let Err(e) = self.storage.delete_folder(&format!("previews/{id}")).await
+            && !matches!(e, StorageError::Unsupported { .. })
+        {
+            tracing::warn!(task_id = %id, code = e.code(), "cannot delete the task's previews: {e}");
+        }
         match self.storage.delete_folder(&format!("outputs/{id}")).await {
             Ok(n) => n,
             Err(StorageError::Unsupported { .. }) => 0,

@@ -58,6 +58,35 @@ pub struct ProgressView {
     pub percent: f32,
     /// Current step.
     pub message: String,
+    /// The running attempt's latest live preview, when its task asked for previews and the
+    /// engine sent one (comfyui: `previews: true`).
+    pub preview: Option<PreviewView>,
+}
+
+/// A live preview image of a running attempt, stored under `previews/{task}/{attempt}/`.
+#[derive(Debug, Clone, Object)]
+pub struct PreviewView {
+    /// Storage key (`GET /files/{key}`).
+    pub key: String,
+    /// URL of the image.
+    pub url: String,
+    /// `image/jpeg`, `image/png`, ...
+    pub content_type: String,
+    /// Counts the attempt's previews (1, 2, ...); some are skipped when they come faster than
+    /// they are stored.
+    pub n: u64,
+}
+
+impl PreviewView {
+    /// The view of a stored preview (`None` for one that lacks a field).
+    fn of(v: &Value) -> Option<PreviewView> {
+        Some(PreviewView {
+            key: v["key"].as_str()?.to_owned(),
+            url: v["url"].as_str()?.to_owned(),
+            content_type: v["content_type"].as_str()?.to_owned(),
+            n: v["n"].as_u64()?,
+        })
+    }
 }
 
 /// Why a task failed.
@@ -124,6 +153,7 @@ impl From<Task> for TaskView {
             progress: t.progress.map(|p| ProgressView {
                 percent: p.percent,
                 message: p.message,
+                preview: p.preview.as_ref().and_then(PreviewView::of),
             }),
             result: t.result,
             error: t.error.map(|e| TaskErrorView {
@@ -147,14 +177,20 @@ impl TaskView {
     }
 }
 
-/// The JSON of one event.
+/// The JSON of one event (a `preview` event also has the preview at the top).
 pub(crate) fn event_json(ev: &TaskEvent) -> Value {
     let view = TaskView::from(ev.task.clone());
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "event": ev.kind,
         "task_id": ev.task.id.to_string(),
         "status": ev.task.status.as_str(),
         "progress": ev.task.progress,
         "task": view.to_value(),
-    })
+    });
+    if ev.kind == crate::store::EventKind::Preview
+        && let Some(p) = ev.task.progress.as_ref().and_then(|p| p.preview.clone())
+    {
+        v["preview"] = p;
+    }
+    v
 }

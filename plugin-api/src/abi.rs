@@ -40,6 +40,11 @@ pub mod level {
     pub const DEBUG: u8 = 4;
     /// Very verbose detail.
     pub const TRACE: u8 = 5;
+    /// Not a log line: on a task's log (`TaskContextApi::log`), the message is a JSON object
+    /// `{"path", "content_type"}` naming a live preview image the plugin wrote in the task's
+    /// work folder (see `Context::preview`). Hosts that predate it record the message as a
+    /// TRACE line (levels above TRACE are TRACE), which is harmless.
+    pub const PREVIEW: u8 = 64;
 }
 
 /// An error returned by a plugin.

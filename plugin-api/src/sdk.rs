@@ -152,6 +152,18 @@ impl Context {
         self.inner.log(level, RStr::from_str(message));
     }
 
+    /// Offers a live preview of the running task: an image file (`content_type` `image/jpeg`,
+    /// `image/png`, `image/webp`, `image/gif`) that the plugin wrote inside the task's work
+    /// folder. The host stores the latest one (at most about two a second; the file is read
+    /// when stored, so write each preview to a new file) and publishes a `preview` event.
+    /// Cheap; never blocks. A host that predates previews logs it at TRACE level instead.
+    pub fn preview(&self, path: &std::path::Path, content_type: &str) {
+        let message =
+            serde_json::json!({"path": path.to_string_lossy(), "content_type": content_type});
+        self.inner
+            .log(crate::level::PREVIEW, RStr::from_str(&message.to_string()));
+    }
+
     /// Fetches a URL (or a key of the host's storage) into the work folder through the host's
     /// fetcher (size limit, timeout, SSRF guard). Answers the local path.
     pub async fn fetch(&self, url: &str) -> Result<PathBuf, PluginError> {

@@ -1,7 +1,9 @@
 //! The comfyui scenarios against a REAL ComfyUI (ignored by default): set
 //! `AIHOST_TEST_COMFYUI_URL` (e.g. `http://127.0.0.1:8188`, a bare CPU ComfyUI from
 //! Comfy-Org/ComfyUI started with `main.py --cpu`) and run with `--run-ignored all`.
-//! Model-free workflows only.
+//! Model-free workflows only. `real_comfyui_supervised_launch` instead needs
+//! `AIHOST_TEST_COMFYUI_DIR` (a ComfyUI checkout) and `AIHOST_TEST_COMFYUI_PYTHON` (its Python):
+//! the plugin launches it, it is killed and restarted, and it stops with the host.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -197,4 +199,82 @@ async fn real_comfyui_model_free_scenarios() {
         "real: system_stats comfyui_version {}",
         stats["system"]["comfyui_version"]
     );
+}
+
+/// Whether a process runs (a zombie or a missing pid does not).
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().next())
+            .is_some_and(|st| st != "Z" && st != "X")
+    })
+}
+
+#[tokio::test]
+#[ignore = "needs a real ComfyUI folder: AIHOST_TEST_COMFYUI_DIR=DIR and AIHOST_TEST_COMFYUI_PYTHON=PYTHON, run with --run-ignored all"]
+async fn real_comfyui_supervised_launch() {
+    let dir = std::env::var("AIHOST_TEST_COMFYUI_DIR")
+        .expect("set AIHOST_TEST_COMFYUI_DIR to a ComfyUI checkout");
+    let python = std::env::var("AIHOST_TEST_COMFYUI_PYTHON").unwrap_or_else(|_| "python3".into());
+    // Models, inputs and outputs in a folder of the test's own.
+    let base = tempfile::tempdir().unwrap();
+    // ComfyUI 0.3.64 exits at start when the base folder has no custom_nodes/.
+    std::fs::create_dir_all(base.path().join("custom_nodes")).unwrap();
+    let port = aihost_tests::free_port();
+    let workflows = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../workflows");
+    let cfg = format!(
+        "workflows_dir = {:?}\nhistory_poll_ms = 300\ninstances = [{{ url = \"http://127.0.0.1:{port}\", launch = {{ command = [{python:?}, \"main.py\", \"--cpu\", \"--listen\", \"127.0.0.1\", \"--port\", \"{{port}}\", \"--base-directory\", {base:?}], cwd = {dir:?}, comfyui_dir = {base:?}, max_backoff_secs = 2 }} }}]\n",
+        workflows.canonicalize().unwrap().display().to_string(),
+        base = base.path().display().to_string(),
+    );
+    let mut s = Server::start_with(Options {
+        plugins: vec![("comfyui".into(), plugin_lib("aihost_comfyui"), cfg)],
+        ..Options::default()
+    })
+    .await;
+    let running = async |s: &Server, not: Option<u64>| {
+        wait_for("the supervised ComfyUI answers", T, async || {
+            let (_, st) = s.get("/api/status").await;
+            let i = &st["plugins"]["comfyui"]["instances"][0];
+            match i["supervised"]["pid"].as_u64() {
+                Some(pid)
+                    if i["supervised"]["phase"] == "running"
+                        && i["models"]["known"] == true
+                        && Some(pid) != not =>
+                {
+                    Ok(pid)
+                }
+                _ => Err(st.to_string()),
+            }
+        })
+        .await
+    };
+    let pid = running(&s, None).await;
+    let solid =
+        json!({"workflow": "solid_color", "params": {"width": 16, "height": 16, "color": 255}});
+    let t = run(&s, solid.clone()).await;
+    assert_eq!(t["status"], "COMPLETED", "{t}");
+    // Its real object_info lists no checkpoint in the test's folder.
+    let t = run(
+        &s,
+        json!({"workflow": "basic_generation", "params": {"checkpoint": "none.safetensors", "steps": 1, "width": 64, "height": 64}}),
+    )
+    .await;
+    assert_eq!(t["error"]["code"], "model_unavailable", "{t}");
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    let pid2 = running(&s, Some(pid)).await;
+    let t = run(&s, solid).await;
+    assert_eq!(t["status"], "COMPLETED", "{t}");
+    assert!(s.terminate(Duration::from_secs(60)));
+    wait_for("ComfyUI stopped with the host", T, async || {
+        if alive(pid2) {
+            Err(format!("{pid2} runs"))
+        } else {
+            Ok(())
+        }
+    })
+    .await;
 }

@@ -71,8 +71,8 @@ pub(crate) async fn follow(
         loop {
             match rx.recv().await {
                 Ok(ev) if ev.task.id == id => {
-                    let terminal =
-                        ev.task.status.is_terminal() && !matches!(ev.kind, EventKind::Progress);
+                    let terminal = ev.task.status.is_terminal()
+                        && !matches!(ev.kind, EventKind::Progress | EventKind::Preview);
                     let next = if terminal { None } else { Some(rx) };
                     return Some((event_json(&ev), next));
                 }

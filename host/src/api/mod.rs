@@ -20,6 +20,7 @@ pub(crate) mod error;
 pub(crate) mod events;
 pub(crate) mod files;
 mod ids;
+mod input_check;
 pub(crate) mod listen;
 pub(crate) mod metrics;
 pub(crate) mod seed;

@@ -155,7 +155,8 @@ async fn check_webhook_url(state: &AppState, url: &str) -> Result<(), ApiError> 
     }
 }
 
-/// Validates `input` against the type's schema: 422 naming the first failing field.
+/// Validates `input` against the type's schema: 422 naming the first failing fields
+/// (`invalid_input`, or the code the schema's `x-error-code` gives; see `input_check.rs`).
 pub(crate) fn validate_input(
     state: &AppState,
     task_type: &str,
@@ -176,28 +177,10 @@ pub(crate) fn validate_input(
             ),
         ));
     };
-    let errors: Vec<String> = entry
-        .validator
-        .iter_errors(input)
-        .take(5)
-        .map(|e| {
-            let path = e.instance_path.to_string();
-            let at = if path.is_empty() {
-                "input".to_owned()
-            } else {
-                format!("input{path}")
-            };
-            format!("{at}: {e}")
-        })
-        .collect();
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::unprocessable(
-            error_codes::INVALID_INPUT,
-            errors.join("; "),
-        ))
-    }
+    super::input_check::check(&entry.desc.input_schema, &entry.validator, input).map_err(|r| {
+        let code = r.code.as_deref().unwrap_or(error_codes::INVALID_INPUT);
+        ApiError::unprocessable(code, r.message)
+    })
 }
 
 /// Creates a task (shared by `POST /api/tasks` and the seed-compatible routes).
@@ -374,6 +357,7 @@ impl TasksApi {
                     view.progress = Some(crate::task_view::ProgressView {
                         percent: view.progress.as_ref().map_or(0.0, |p| p.percent),
                         message: reason,
+                        preview: None,
                     });
                 }
                 Ok(Json(view))

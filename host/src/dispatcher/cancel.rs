@@ -54,6 +54,7 @@ where
             Progress {
                 percent: current_percent(store, id).await,
                 message: WAITING.into(),
+                preview: None,
             },
         )
         .await;
@@ -114,6 +115,14 @@ pub(super) async fn report_stopped(
     };
     let percent = current_percent(store, id).await;
     let _ = store
-        .set_progress(id, attempt, Progress { percent, message })
+        .set_progress(
+            id,
+            attempt,
+            Progress {
+                percent,
+                message,
+                preview: None,
+            },
+        )
         .await;
 }

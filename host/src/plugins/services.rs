@@ -75,6 +75,24 @@ pub(crate) struct ProgressReport {
     pub percent: f32,
     /// Message.
     pub message: String,
+    /// A live preview instead of a progress change (`percent` and `message` are then unset):
+    /// the image file, inside the task's work folder, and its content type.
+    pub preview: Option<(PathBuf, String)>,
+}
+
+/// The content types a preview may have.
+const PREVIEW_TYPES: [&str; 4] = ["image/jpeg", "image/png", "image/webp", "image/gif"];
+
+/// The preview a `level::PREVIEW` message names: its path and image content type (`None`
+/// otherwise). Only parsed here, on the plugin's thread; the writer checks that the file is in
+/// the task's work folder (`previews.rs`).
+fn preview_of(message: &str) -> Option<(PathBuf, String)> {
+    let v: serde_json::Value = serde_json::from_str(message).ok()?;
+    let ct = v["content_type"].as_str()?;
+    if !PREVIEW_TYPES.contains(&ct) {
+        return None;
+    }
+    Some((PathBuf::from(v["path"].as_str()?), ct.to_owned()))
 }
 
 /// What one running attempt gives its plugin.
@@ -98,10 +116,26 @@ impl TaskContextApi for TaskServices {
         let _ = self.progress.send(ProgressReport {
             percent,
             message: message.as_str().to_owned(),
+            preview: None,
         });
     }
 
     fn log(&self, lvl: u8, message: RStr<'_>) {
+        if lvl == level::PREVIEW {
+            match preview_of(message.as_str()) {
+                Some(preview) => {
+                    let _ = self.progress.send(ProgressReport {
+                        percent: 0.0,
+                        message: String::new(),
+                        preview: Some(preview),
+                    });
+                }
+                None => {
+                    tracing::debug!(plugin = %self.plugin, task_id = %self.task_id, "preview refused: not {{\"path\", \"content_type\"}} of an image");
+                }
+            }
+            return;
+        }
         event_at!(lvl, plugin = %self.plugin, task_id = %self.task_id, "{}", message.as_str());
     }
 

@@ -96,6 +96,11 @@ pub struct Progress {
     pub percent: f32,
     /// Short description of the current step.
     pub message: String,
+    /// The attempt's latest live preview, `{"key", "url", "content_type", "n"}` (`n` counts
+    /// the attempt's previews), when its plugin reported one. Written by `set_progress` only
+    /// when given (a progress update without one keeps the last).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<Value>,
 }
 
 /// Why a task failed.
@@ -194,6 +199,8 @@ pub(crate) enum EventKind {
     Started,
     /// Progress changed.
     Progress,
+    /// A new live preview of the running attempt (`progress.preview`).
+    Preview,
     /// Back to PENDING after a retryable failure, a lease expiry or a shutdown.
     Retrying,
     /// A client asked to cancel a PROCESSING task.
@@ -218,10 +225,11 @@ impl std::fmt::Display for EventKind {
 
 impl EventKind {
     /// Every kind, in lifecycle order.
-    pub(crate) const ALL: [EventKind; 8] = [
+    pub(crate) const ALL: [EventKind; 9] = [
         EventKind::Created,
         EventKind::Started,
         EventKind::Progress,
+        EventKind::Preview,
         EventKind::Retrying,
         EventKind::CancelRequested,
         EventKind::Completed,
@@ -499,7 +507,8 @@ pub(crate) trait TaskStore: Send + Sync + 'static {
         lease: Duration,
     ) -> StoreResult<bool>;
 
-    /// Records progress of a running attempt and publishes Progress. `false` if stale.
+    /// Records progress of a running attempt and publishes Progress (Preview when
+    /// `progress.preview` is given; without one the stored preview is kept). `false` if stale.
     async fn set_progress(&self, id: Uuid, attempt: u32, progress: Progress) -> StoreResult<bool>;
 
     /// PROCESSING → COMPLETED with `result`, if `attempt` is the current one. `None` if stale

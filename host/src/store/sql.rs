@@ -193,6 +193,17 @@ pub(super) fn stored_percent(p: f64) -> f32 {
     clean_percent(p as f32)
 }
 
+/// The stored `progress_preview` text as JSON (text that is not JSON is no preview: the
+/// column is the store's own, but an unreadable preview must not make the task unreadable).
+pub(super) fn stored_preview(text: Option<&str>) -> Option<Value> {
+    text.and_then(|t| serde_json::from_str(t).ok())
+}
+
+/// A preview to store, as text (`None` keeps the stored one).
+pub(super) fn preview_text(preview: Option<&Value>) -> Option<String> {
+    preview.map(Value::to_string)
+}
+
 pub(super) fn clean_percent(p: f32) -> f32 {
     if p.is_nan() { 0.0 } else { p.clamp(0.0, 100.0) }
 }

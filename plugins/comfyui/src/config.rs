@@ -42,6 +42,23 @@ pub struct Config {
     pub reconnect_max_ms: u64,
     /// Uploads go to `{upload_subfolder}/{task_id}` in ComfyUI's input folder.
     pub upload_subfolder: String,
+    /// Instances in the richer form (added to `urls`): each with its URL and, optionally, how
+    /// to launch and supervise it (see `supervise.rs`).
+    pub instances: Vec<crate::supervise::InstanceConfig>,
+    /// `POST /free` (unload models, free memory) on an instance idle this long; 0 = never.
+    pub idle_free_secs: u64,
+    /// A supervised instance whose running prompt sends no socket message this long is
+    /// restarted; 0 = no watchdog.
+    pub stall_secs: u64,
+    /// Models every supervised instance downloads before it takes tasks (see `models.rs`).
+    pub models: Vec<crate::models::ModelSpec>,
+    /// A TOML file with more models (`[[models]]` tables like `models`); empty = none.
+    pub models_file: String,
+    /// Hosts per-task model URLs may come from (`example.com`, `*.example.com`); empty
+    /// refuses every per-task model URL.
+    pub model_url_hosts: Vec<String>,
+    /// Largest per-task model file, bytes.
+    pub model_url_max_bytes: u64,
 }
 
 impl Default for Config {
@@ -59,6 +76,13 @@ impl Default for Config {
             ws_idle_secs: 30,
             reconnect_max_ms: 5000,
             upload_subfolder: "aihost".into(),
+            instances: Vec::new(),
+            idle_free_secs: 0,
+            stall_secs: 0,
+            models: Vec::new(),
+            models_file: String::new(),
+            model_url_hosts: Vec::new(),
+            model_url_max_bytes: 2 << 30,
         }
     }
 }
@@ -79,16 +103,43 @@ impl Config {
         self
     }
 
+    /// Every instance: `urls` (unless left at the default while `instances` is set) then
+    /// `instances`.
+    pub(crate) fn all_instances(&self) -> Vec<crate::supervise::InstanceConfig> {
+        let keep_urls = self.instances.is_empty() || self.urls != Config::default().urls;
+        let mut out: Vec<_> = if keep_urls {
+            self.urls
+                .iter()
+                .map(|u| crate::supervise::InstanceConfig {
+                    url: u.clone(),
+                    launch: None,
+                    input_dir: None,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        out.extend(self.instances.iter().cloned());
+        out
+    }
+
     /// Refuses a config without servers or with a server URL that is not http(s), with
     /// `invalid_config`.
     pub(crate) fn check(&self) -> Result<(), PluginError> {
-        if self.urls.is_empty() {
+        if self.urls.is_empty() && self.instances.is_empty() {
             return Err(fatal(
                 codes::INVALID_CONFIG,
                 "urls must list at least one ComfyUI server",
             ));
         }
-        for u in &self.urls {
+        for i in &self.instances {
+            i.check()?;
+        }
+        for u in self
+            .urls
+            .iter()
+            .chain(self.instances.iter().map(|i| &i.url))
+        {
             if !(u.starts_with("http://") || u.starts_with("https://")) {
                 return Err(fatal(
                     codes::INVALID_CONFIG,
@@ -122,5 +173,32 @@ mod tests {
         assert_eq!(c.urls, vec!["http://a:1", "http://b:2"]);
         assert_eq!(c.client_id, "seed");
         assert!(serde_json::from_str::<Config>(r#"{"nope": 1}"#).is_err());
+    }
+
+    #[test]
+    fn instances_replace_the_default_urls_and_need_a_command() {
+        let c: Config = toml::from_str(
+            r#"instances = [{ url = "http://127.0.0.1:9000", launch = { command = ["python", "main.py", "--port", "{port}"], cwd = "/opt/ComfyUI", cuda_device = "1" } }]"#,
+        )
+        .unwrap();
+        assert!(c.check().is_ok());
+        let all = c.all_instances();
+        assert_eq!(all.len(), 1);
+        let launch = all[0].launch.as_ref().unwrap();
+        assert_eq!(launch.start_timeout_secs, 600);
+        assert_eq!(
+            all[0].comfyui_dir(),
+            Some(std::path::PathBuf::from("/opt/ComfyUI"))
+        );
+        // Set explicitly, `urls` joins the instances.
+        let c: Config =
+            toml::from_str("urls = [\"http://a:1\"]\ninstances = [{ url = \"http://b:2\" }]")
+                .unwrap();
+        let urls: Vec<String> = c.all_instances().into_iter().map(|i| i.url).collect();
+        assert_eq!(urls, ["http://a:1", "http://b:2"]);
+        let c: Config =
+            toml::from_str(r#"instances = [{ url = "http://b:2", launch = { command = [] } }]"#)
+                .unwrap();
+        assert!(c.check().is_err());
     }
 }

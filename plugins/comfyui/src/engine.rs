@@ -45,6 +45,9 @@ pub struct Instance {
     client_id: String,
     http: reqwest::Client,
     listeners: Mutex<HashMap<String, mpsc::UnboundedSender<Event>>>,
+    /// Preview receivers by prompt id (tasks with `previews: true`), and our prompt running
+    /// now, to which a preview frame without a prompt id belongs (`previews.rs`).
+    previews: Mutex<crate::previews::Routes>,
     connected: AtomicBool,
     /// Successful WebSocket handshakes so far.
     pub connections: AtomicU64,
@@ -53,6 +56,8 @@ pub struct Instance {
     last_error: Mutex<Option<String>>,
     last_ok: Mutex<Option<Instant>>,
     ws_ready: tokio::sync::Notify,
+    /// When the socket last carried a message (the stall watchdog reads it).
+    last_message: Mutex<Option<Instant>>,
 }
 
 /// Maps a reqwest failure to a retryable `engine_unavailable`.
@@ -76,12 +81,14 @@ impl Instance {
             client_id: client_id.to_owned(),
             http,
             listeners: Mutex::default(),
+            previews: Mutex::default(),
             connected: AtomicBool::new(false),
             connections: AtomicU64::new(0),
             inflight: AtomicUsize::new(0),
             last_error: Mutex::new(None),
             last_ok: Mutex::new(None),
             ws_ready: tokio::sync::Notify::new(),
+            last_message: Mutex::new(None),
         })
     }
 
@@ -98,6 +105,11 @@ impl Instance {
                 .lock()
                 .unwrap()
                 .is_some_and(|t| t.elapsed() < within)
+    }
+
+    /// When the socket last carried a message.
+    pub fn last_message(&self) -> Option<Instant> {
+        *self.last_message.lock().unwrap()
     }
 
     /// The last connection error, if the socket is down.
@@ -137,6 +149,42 @@ impl Instance {
     /// Stops routing messages for `prompt_id`.
     pub fn unlisten(&self, prompt_id: &str) {
         self.listeners.lock().unwrap().remove(prompt_id);
+        self.unlisten_previews(prompt_id);
+    }
+
+    /// Routes the preview images of `prompt_id` to the returned receiver, until
+    /// [`Instance::unlisten_previews`] (or `unlisten`).
+    pub(crate) fn listen_previews(
+        &self,
+        prompt_id: &str,
+    ) -> mpsc::UnboundedReceiver<crate::previews::Frame> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.previews
+            .lock()
+            .unwrap()
+            .0
+            .insert(prompt_id.to_owned(), tx);
+        rx
+    }
+
+    /// Stops routing the previews of `prompt_id` (its receiver ends after those sent).
+    pub(crate) fn unlisten_previews(&self, prompt_id: &str) {
+        self.previews.lock().unwrap().0.remove(prompt_id);
+    }
+
+    /// A binary frame: a preview goes to its prompt's receiver (type 4 names the prompt;
+    /// type 1 belongs to the prompt running now).
+    fn route_binary(&self, frame: &[u8]) {
+        let Some(p) = crate::previews::parse(frame) else {
+            return;
+        };
+        let previews = self.previews.lock().unwrap();
+        let Some(pid) = p.prompt_id.as_ref().or(previews.1.as_ref()) else {
+            return;
+        };
+        if let Some(tx) = previews.0.get(pid) {
+            let _ = tx.send((p.content_type, p.image));
+        }
     }
 
     fn broadcast(&self, ev: Event) {
@@ -223,10 +271,12 @@ impl Instance {
                 Ok(Some(Err(e))) => return e.to_string(),
                 Ok(Some(Ok(msg))) => {
                     pinged = false;
+                    *self.last_message.lock().unwrap() = Some(Instant::now());
                     match msg {
                         Message::Text(t) => self.route(t.as_str()),
                         Message::Close(_) => return "the server sent a close frame".into(),
-                        // Binary frames (TEXT, previews) are broadcast without a prompt id.
+                        // Binary frames: TEXT (broadcast, ignored) and previews.
+                        Message::Binary(b) => self.route_binary(&b),
                         _ => {}
                     }
                 }
@@ -245,6 +295,19 @@ impl Instance {
         let Some(pid) = data.get("prompt_id").and_then(Value::as_str) else {
             return;
         };
+        // Which prompt runs now, for the preview frames that do not say.
+        match (kind.as_str(), data.get("node")) {
+            ("execution_start", _) | ("executing", Some(Value::String(_))) => {
+                self.previews.lock().unwrap().1 = Some(pid.to_owned());
+            }
+            ("executing", Some(Value::Null)) | ("execution_error" | "execution_interrupted", _) => {
+                let mut p = self.previews.lock().unwrap();
+                if p.1.as_deref() == Some(pid) {
+                    p.1 = None;
+                }
+            }
+            _ => {}
+        }
         if let Some(tx) = self.listeners.lock().unwrap().get(pid) {
             let _ = tx.send(Event::Message(kind, data));
         }

@@ -2,7 +2,7 @@
 //!
 //! One task type, `comfyui.workflow`: a workflow template with parameters
 //! (`{"workflow": NAME, "params": {...}}`) or any API-format graph
-//! (`{"workflow_json": {...}}`). Media parameters given as URLs are fetched through the host
+//! (`{"workflow": {...}}` or `{"workflow_json": {...}}`). Media parameters given as URLs are fetched through the host
 //! and uploaded to ComfyUI's input folder under a per-task subfolder.
 //!
 //! How a task runs:
@@ -19,12 +19,16 @@
 //!    and the attempt fails retryably;
 //! 4. stream every output file `/history` lists from `/view` into the work folder.
 //!
+//! Supervised instances (`supervise.rs`, launched and restarted by the plugin), the model
+//! manifest and per-task model URLs (`models.rs`), and model-aware routing (`routing.rs`)
+//! hang off each instance in `managed.rs`.
+//!
 //! Ops: `queue_status`, `system_stats`, `interrupt`, `list_workflows`, `availability` (the
 //! host leaves tasks in its queue while no instance is reachable).
 //!
 //! Where things are: `config.rs` (the `[plugin.config]` table), `input.rs` (task input,
 //! schema, graph), `pool.rs` (instance slots), `run.rs` (one task from upload to outputs),
-//! `ops.rs` (ops and health), `error.rs` (error code and messages), `engine.rs` (one
+//! `graph.rs` (what an API-format graph is), `ops.rs` (ops and health), `error.rs` (error code and messages), `engine.rs` (one
 //! instance's HTTP calls and socket), `templates.rs` (workflow templates). This file holds the
 //! plugin's state and its `Plugin` impl.
 
@@ -44,15 +48,25 @@ mod availability;
 mod config;
 pub mod engine;
 mod error;
+mod graph;
 mod input;
+mod managed;
+mod models;
 mod ops;
+mod outputs;
 mod pool;
+mod previews;
+mod routing;
 mod run;
+mod supervise;
 pub mod templates;
 
 pub use config::Config;
 pub use error::{INVALID_WORKFLOW, describe_validation};
 pub use input::input_schema;
+pub use models::{MODEL_URL_REFUSED, ModelSpec};
+pub use routing::MODEL_UNAVAILABLE;
+pub use supervise::{InstanceConfig, Launch};
 
 use engine::Instance;
 use error::fatal;
@@ -68,6 +82,8 @@ static TEMPLATES: OnceLock<Vec<Template>> = OnceLock::new();
 pub struct ComfyUi {
     config: Config,
     instances: Vec<Arc<Instance>>,
+    /// Per instance (same order): supervisor, manifest, known models (`managed.rs`).
+    managed: Vec<Arc<managed::Managed>>,
     templates: Vec<Template>,
     /// task id -> (instance, prompt id) while a prompt of the task is in ComfyUI.
     running: Mutex<HashMap<String, (Arc<Instance>, String)>>,
@@ -111,21 +127,32 @@ impl Plugin for ComfyUi {
         }
         let _ = TEMPLATES.set(templates.clone());
         let timeout = Duration::from_secs(config.request_timeout_secs.max(1));
-        let instances: Vec<Arc<Instance>> = config
-            .urls
+        let manifest = models::manifest(&config.models, &config.models_file)?;
+        let configured = config.all_instances();
+        let instances: Vec<Arc<Instance>> = configured
             .iter()
-            .map(|u| Instance::new(u, &config.client_id, timeout))
+            .map(|c| Instance::new(&c.url, &config.client_id, timeout))
             .collect();
-        for i in &instances {
+        let managed: Vec<Arc<managed::Managed>> =
+            configured.iter().map(managed::Managed::new).collect();
+        for (i, m) in instances.iter().zip(&managed) {
             i.spawn_socket(
                 Duration::from_millis(config.reconnect_max_ms.max(100)),
                 Duration::from_secs(config.ws_idle_secs.max(1)),
             );
+            m.start(
+                i,
+                manifest.clone(),
+                Duration::from_secs(config.idle_free_secs),
+                Duration::from_secs(config.stall_secs),
+            );
         }
-        tracing::info!(urls = ?config.urls, templates = templates.len(), "comfyui ready");
+        let urls: Vec<&str> = instances.iter().map(|i| i.url.as_str()).collect();
+        tracing::info!(?urls, templates = templates.len(), "comfyui ready");
         Ok(ComfyUi {
             config,
             instances,
+            managed,
             templates,
             running: Mutex::default(),
             cancelled: Mutex::default(),
@@ -153,6 +180,13 @@ impl Plugin for ComfyUi {
 
     async fn health(self: Arc<Self>) -> Result<Value, PluginError> {
         self.health_report().await
+    }
+
+    fn shutdown(&self) {
+        // Supervised children are stopped (SIGTERM, then SIGKILL to their process group).
+        for s in self.managed.iter().filter_map(|m| m.supervisor.as_ref()) {
+            s.shutdown();
+        }
     }
 
     fn max_concurrency(&self, task_type: &str) -> u32 {

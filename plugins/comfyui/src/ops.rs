@@ -68,9 +68,10 @@ impl ComfyUi {
                 .iter()
                 .map(|r| {
                     format!(
-                        "{} ({})",
+                        "{} ({}{})",
                         r["url"].as_str().unwrap_or("?"),
-                        r["error"].as_str().unwrap_or("unreachable")
+                        r["error"].as_str().unwrap_or("unreachable"),
+                        crate::managed::summary(r)
                     )
                 })
                 .collect();
@@ -87,7 +88,7 @@ impl ComfyUi {
     /// prompts of ours in flight and the last error.
     async fn instance_report(&self) -> Vec<Value> {
         let mut out = Vec::new();
-        for i in &self.instances {
+        for (i, m) in self.instances.iter().zip(&self.managed) {
             let mut reachable = i.is_connected();
             let mut error = i.last_error();
             if !reachable {
@@ -100,14 +101,19 @@ impl ComfyUi {
                     Err(_) => error = Some("no answer in 3 s".into()),
                 }
             }
-            out.push(json!({
+            let mut entry = json!({
                 "url": i.url,
                 "reachable": reachable,
                 "socket_connected": i.is_connected(),
                 "socket_connections": i.connections.load(Ordering::Relaxed),
                 "inflight": i.inflight.load(Ordering::Relaxed),
                 "error": error,
-            }));
+            });
+            // Supervision, manifest, models (`managed.rs`).
+            if let (Some(e), Value::Object(extra)) = (entry.as_object_mut(), m.report()) {
+                e.extend(extra);
+            }
+            out.push(entry);
         }
         out
     }

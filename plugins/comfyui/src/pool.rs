@@ -11,7 +11,12 @@ use std::{
 
 use aihost_plugin_api::PluginError;
 
-use crate::{ComfyUi, engine::Instance, error::no_instance};
+use crate::{
+    ComfyUi,
+    engine::Instance,
+    error::no_instance,
+    routing::{Fit, Want},
+};
 
 /// A place on an instance; freed on drop.
 pub(crate) struct Slot {
@@ -33,9 +38,11 @@ impl ComfyUi {
         self.config.queue_depth.max(1) as usize
     }
 
-    /// Takes a slot on the least busy connected instance; waits for a free one, and fails
-    /// with `engine_unavailable` when no instance is reachable for `unavailable_wait_secs`.
-    pub(crate) async fn acquire(self: &Arc<Self>) -> Result<Slot, PluginError> {
+    /// Takes a slot on the least busy connected instance that is ready and fits `want` (has
+    /// its models, preferring one with them loaded: `routing.rs`); waits for a free one,
+    /// fails with `model_unavailable` when no instance has the models, and with
+    /// `engine_unavailable` when no instance is reachable for `unavailable_wait_secs`.
+    pub(crate) async fn acquire(self: &Arc<Self>, want: &Want) -> Result<Slot, PluginError> {
         let wait = Duration::from_secs(self.config.unavailable_wait_secs);
         let mut deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -45,10 +52,14 @@ impl ComfyUi {
                 let best = self
                     .instances
                     .iter()
-                    .filter(|i| i.is_connected())
-                    .map(|i| (i.inflight.load(Ordering::Acquire), i))
-                    .filter(|(n, _)| *n < self.depth())
-                    .min_by_key(|(n, _)| *n)
+                    .zip(&self.managed)
+                    .filter(|(i, m)| i.is_connected() && m.ready())
+                    .filter_map(|(i, m)| match m.fit(want) {
+                        Fit::Yes(score) => Some(((score, i.inflight.load(Ordering::Acquire)), i)),
+                        _ => None,
+                    })
+                    .filter(|((_, n), _)| *n < self.depth())
+                    .min_by_key(|(key, _)| *key)
                     .map(|(_, i)| i.clone());
                 if let Some(inst) = best {
                     inst.inflight.fetch_add(1, Ordering::AcqRel);
@@ -58,7 +69,14 @@ impl ComfyUi {
                     });
                 }
             }
-            let any_up = self.instances.iter().any(|i| i.is_connected());
+            if let Some(e) = crate::managed::none_fits(&self.managed, want) {
+                return Err(e);
+            }
+            let any_up = self
+                .instances
+                .iter()
+                .zip(&self.managed)
+                .any(|(i, m)| i.is_connected() && m.fit(want) != Fit::No);
             if any_up {
                 deadline = tokio::time::Instant::now() + wait;
                 let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;

@@ -23,8 +23,17 @@ use crate::{
     engine::{Event, Instance},
     error::{INVALID_WORKFLOW, describe_validation, execution_error, fatal},
     input::{Input, build_graph},
+    outputs,
     pool::Slot,
 };
+
+/// What a followed prompt's end must also take care of: the instance's extras, the preview
+/// forwarder, the uploaded inputs' subfolder.
+struct Tail {
+    managed: Arc<crate::managed::Managed>,
+    previews: Option<tokio::task::JoinHandle<()>>,
+    uploads: Option<String>,
+}
 
 /// Stops the prompt in ComfyUI when the task's future is dropped before it finished
 /// (cancel, shutdown, lost lease), stops routing its messages, and keeps the prompt's slot
@@ -131,16 +140,27 @@ impl ComfyUi {
                         timeout,
                         input.include_previews,
                         true,
+                        Tail {
+                            managed: self.managed_of(&inst),
+                            previews: None,
+                            uploads: (!media.is_empty())
+                                .then(|| format!("{}/{}", self.config.upload_subfolder, task.id)),
+                        },
                     )
                     .await;
             }
             Found::Nothing { own_taken } => own_taken,
         };
+        let want = self.want(&graph, &input.models)?;
         ctx.progress(1.0, "waiting for a ComfyUI instance");
+        let subfolder = format!("{}/{}", self.config.upload_subfolder, task.id);
         let pre = async {
-            let slot = self.acquire().await?;
+            let slot = self.acquire(&want).await?;
             let inst = slot.inst.clone();
-            let subfolder = format!("{}/{}", self.config.upload_subfolder, task.id);
+            let managed = self.managed_of(&inst);
+            managed.touch();
+            self.fetch_models(ctx, &managed, &input.models, &mut graph)
+                .await?;
             for (n, m) in media.iter().enumerate() {
                 let local = ctx.fetch(&m.url).await?;
                 let name = inst.upload(&local, &subfolder).await?;
@@ -156,12 +176,20 @@ impl ComfyUi {
             }
         };
         let inst = slot.inst.clone();
+        let managed = self.managed_of(&inst);
         let pid = if own_taken {
             uuid::Uuid::new_v4().to_string()
         } else {
             attach::prompt_id(&task.id, task.attempt)
         };
         let rx = inst.listen(&pid);
+        let previews = input.previews.then(|| {
+            crate::previews::forward(
+                ctx.clone(),
+                task.work_dir.clone(),
+                inst.listen_previews(&pid),
+            )
+        });
         self.running
             .lock()
             .unwrap()
@@ -210,6 +238,11 @@ impl ComfyUi {
             return Err(e);
         }
         ctx.progress(3.0, "queued in ComfyUI");
+        let tail = Tail {
+            managed,
+            previews,
+            uploads: (!media.is_empty()).then_some(subfolder),
+        };
         self.finish(
             guard,
             rx,
@@ -220,6 +253,7 @@ impl ComfyUi {
             timeout,
             input.include_previews,
             false,
+            tail,
         )
         .await
     }
@@ -237,6 +271,7 @@ impl ComfyUi {
         timeout: Duration,
         include_previews: bool,
         reattached: bool,
+        mut tail: Tail,
     ) -> Result<Output, PluginError> {
         let inst = guard.inst.clone();
         let pid = guard.prompt_id.clone();
@@ -253,6 +288,11 @@ impl ComfyUi {
                 reattached,
             )
             .await;
+        // Every preview frame came before the end: offer the last ones before returning.
+        inst.unlisten_previews(&pid);
+        if let Some(h) = tail.previews.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), h).await;
+        }
         // Finished in ComfyUI (either way): nothing to stop any more.
         self.running.lock().unwrap().remove(&task.id);
         if result.is_err() && guard.slot.is_some() {
@@ -265,7 +305,12 @@ impl ComfyUi {
         }
         drop(guard.slot.take());
         drop(guard);
+        if let Some(subfolder) = &tail.uploads {
+            tail.managed.remove_uploads(subfolder).await;
+        }
         let entry = result?;
+        tail.managed.known.ran(&crate::routing::needs(graph));
+        tail.managed.touch();
         self.outputs(&inst, &pid, &entry, task, ctx, label, include_previews)
             .await
     }
@@ -552,23 +597,18 @@ impl ComfyUi {
                     if ftype != "output" && ftype != "temp" {
                         continue;
                     }
-                    let base: String = filename
-                        .chars()
-                        .map(|c| if c == '/' || c == '\\' { '_' } else { c })
-                        .collect();
-                    let mut name = base.clone();
-                    let mut n = 1;
-                    while !names.insert(name.clone()) {
-                        n += 1;
-                        name = format!("{n}_{base}");
-                    }
-                    let dest = dir.join(&name);
+                    let subfolder = f["subfolder"].as_str().unwrap_or_default();
+                    let name = outputs::unique(&outputs::name(subfolder, filename), &mut names);
+                    // Flat in the work folder, unique by position; the name keeps the subfolder.
+                    let base = name.rsplit('/').next().unwrap_or_default();
+                    let dest = dir.join(format!("{}-{base}", listed.len()));
                     let size = inst.download(f, &dest).await?;
                     let ct = mime_guess::from_path(filename)
                         .first_or_octet_stream()
                         .to_string();
                     listed.push(
-                        json!({"name": name, "node": node, "kind": kind, "type": ftype,
+                        json!({"name": name, "node": node, "kind": outputs::kind(&ct),
+                        "output": kind, "type": ftype,
                         "filename": filename, "subfolder": f["subfolder"], "size": size}),
                     );
                     files.push((dest, ct, name));

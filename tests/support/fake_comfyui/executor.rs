@@ -95,6 +95,48 @@ impl Run<'_> {
         }
     }
 
+    /// A latent preview after a sampler step, when previews are on: a JPEG of the latent's
+    /// size / 8 (ComfyUI's latent2rgb previews), its shade following the step, sent only to
+    /// the prompt's client as ComfyUI's `send_sync(..., sid=client_id)` does. Type 4
+    /// (`u32 4, u32 json_len, json, image`) to a socket that announced
+    /// `supports_preview_metadata`, else type 1 (`u32 1, u32 1 = JPEG, image`).
+    fn preview(&self, node: &str, w: u32, h: u32, step: i64) {
+        use std::sync::atomic::Ordering;
+        let Some(client) = &self.client else { return };
+        if !self.inner.previews.load(Ordering::SeqCst) {
+            return;
+        }
+        let shade = (step * 40).clamp(0, 255) as u8;
+        let img = image::RgbImage::from_pixel(
+            (w / 8).max(1),
+            (h / 8).max(1),
+            image::Rgb([shade, 64, 128]),
+        );
+        let mut jpeg = Vec::new();
+        img.write_to(
+            &mut std::io::Cursor::new(&mut jpeg),
+            image::ImageFormat::Jpeg,
+        )
+        .expect("encode a preview");
+        let st = self.inner.st();
+        let frame = if st.preview_metadata.contains(client) {
+            let meta = json!({"node_id": node, "prompt_id": self.pid, "display_node_id": node,
+                "parent_node_id": null, "real_node_id": node, "image_type": "image/jpeg"})
+            .to_string();
+            let mut f = 4u32.to_be_bytes().to_vec();
+            f.extend((meta.len() as u32).to_be_bytes());
+            f.extend(meta.as_bytes());
+            f.extend(jpeg);
+            f
+        } else {
+            let mut f = 1u32.to_be_bytes().to_vec();
+            f.extend(1u32.to_be_bytes());
+            f.extend(jpeg);
+            f
+        };
+        st.send_raw_to(client, Message::Binary(frame));
+    }
+
     fn node_state(&self, node: &str, value: Value, max: Value, state: &str) {
         let pid = &self.pid;
         let mut states = self.states.borrow_mut();
@@ -470,9 +512,14 @@ fn exec_node(
         ),
         "KSampler" => {
             let steps = int("steps");
+            let (w, h) = match get("latent_image") {
+                Val::Latent(w, h, _) => (w, h),
+                _ => (64, 64),
+            };
             for i in 1..=steps {
                 run.node_state(node, json!(i), json!(steps), "running");
                 run.send(json!({"type": "progress", "data": {"value": i, "max": steps, "prompt_id": run.pid, "node": node}}));
+                run.preview(node, w, h, i);
             }
             (vec![get("latent_image")], None)
         }

@@ -13,6 +13,11 @@
 //! - `kill()` drops every connection without a close frame and loses queue and history; the
 //!   output files stay on disk and numbering continues after `restart()`.
 //!
+//! Models: each instance has its own lists (`set_models`, served at `/models/{folder}`, in
+//! the loaders' combos of `/object_info` and checked by validation as ComfyUI does); a fake
+//! started in a folder with a `models/` subfolder lists the files there instead, as ComfyUI.
+//! `serve_forever` runs one as a process of its own (the `fake-comfyui` binary).
+//!
 //! Test hooks: `hold` (pause execution at node boundaries), `stall_sockets`, the request log,
 //! and the count of WebSocket connections.
 
@@ -52,32 +57,54 @@ pub struct FakeComfy {
     pub port: u16,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
-    dir: tempfile::TempDir,
+    dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    models: state::Models,
     inner: Option<Arc<Inner>>,
 }
 
 impl FakeComfy {
     /// Starts on a free port with empty input/output folders.
     pub async fn start() -> FakeComfy {
-        let dir = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let mut f = FakeComfy::start_in(crate::free_port(), dir).await;
+        f._tmp = Some(tmp);
+        f
+    }
+
+    /// Starts on `port` serving the folder `dir` (its `input`, `output` and `temp` are
+    /// created; a `models/` folder in it is listed as ComfyUI lists its models).
+    pub async fn start_in(port: u16, dir: PathBuf) -> FakeComfy {
         for d in ["input", "output", "temp"] {
-            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+            std::fs::create_dir_all(dir.join(d)).unwrap();
         }
-        let port = crate::free_port();
         let mut f = FakeComfy {
             port,
             url: format!("http://127.0.0.1:{port}"),
             dir,
+            _tmp: None,
+            models: state::Models::default(),
             inner: None,
         };
         f.restart().await;
         f
     }
 
+    /// Gives this instance its own list of model files in `folder` (`checkpoints`, `loras`):
+    /// served at `/models/{folder}`, offered by the loaders in `/object_info`, and checked by
+    /// validation (another value is `value_not_in_list`).
+    pub fn set_models(&self, folder: &str, files: &[&str]) {
+        self.models.lock().unwrap().insert(
+            folder.to_owned(),
+            files.iter().map(|f| (*f).to_owned()).collect(),
+        );
+    }
+
     /// (Re)starts on the same port and folders, with an empty queue and history.
     pub async fn restart(&mut self) {
         assert!(self.inner.is_none(), "kill it first");
-        let inner = Arc::new(Inner::new(self.dir.path().to_path_buf()));
+        let inner = Arc::new(Inner::new(self.dir.clone(), self.models.clone()));
         let sock = TcpSocket::new_v4().unwrap();
         sock.set_reuseaddr(true).unwrap();
         let mut tries = 0;
@@ -115,6 +142,14 @@ impl FakeComfy {
 
     fn inner(&self) -> &Arc<Inner> {
         self.inner.as_ref().expect("fake ComfyUI is not running")
+    }
+
+    /// Turns latent previews on or off, as ComfyUI's `--preview-method auto` (until the next
+    /// restart): each KSampler step then sends a binary preview frame (a JPEG) to the
+    /// prompt's client, of type 4 with metadata when its socket announced
+    /// `supports_preview_metadata`, else of type 1.
+    pub fn previews(&self, on: bool) {
+        self.inner().previews.store(on, Ordering::SeqCst);
     }
 
     /// Pauses (true) or resumes (false) execution at node boundaries.
@@ -168,7 +203,7 @@ impl FakeComfy {
 
     /// Path of a file in the fake's folders (`input`, `output`, `temp`).
     pub fn file(&self, kind: &str, rel: &str) -> PathBuf {
-        self.dir.path().join(kind).join(rel)
+        self.dir.join(kind).join(rel)
     }
 
     /// Waits until `f` holds (polling), panicking after `timeout`.
@@ -182,6 +217,18 @@ impl FakeComfy {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Runs a fake ComfyUI on `port` in `dir` until the process is killed, printing ComfyUI's
+/// start lines (for the `fake-comfyui` binary, which supervised-instance tests launch).
+/// `hold` pauses execution at node boundaries for good.
+pub async fn serve_forever(port: u16, dir: PathBuf, hold: bool) {
+    println!("Starting server");
+    let f = FakeComfy::start_in(port, dir).await;
+    f.hold(hold);
+    println!("To see the GUI go to: http://127.0.0.1:{port}");
+    eprintln!("fake ComfyUI: pid {}", std::process::id());
+    std::future::pending::<()>().await;
 }
 
 impl Drop for FakeComfy {

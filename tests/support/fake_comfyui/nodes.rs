@@ -144,9 +144,12 @@ pub(crate) fn inputs(entry: &Value) -> Vec<InputSpec<'_>> {
 }
 
 /// `GET /object_info[/{class}]` entry: LoadImage's combo lists the top-level files of the
-/// input folder, as in ComfyUI.
-pub(crate) fn object_info(name: &str, input_dir: &Path) -> Option<Value> {
+/// input folder, CheckpointLoaderSimple's the instance's checkpoints, as in ComfyUI.
+pub(crate) fn object_info(name: &str, input_dir: &Path, checkpoints: &[String]) -> Option<Value> {
     let mut entry = class(name)?.clone();
+    if name == "CheckpointLoaderSimple" {
+        entry["input"]["required"]["ckpt_name"][0] = json!(checkpoints);
+    }
     if name == "LoadImage" {
         let mut files: Vec<String> = std::fs::read_dir(input_dir)
             .map(|rd| {
@@ -163,10 +166,10 @@ pub(crate) fn object_info(name: &str, input_dir: &Path) -> Option<Value> {
 }
 
 /// Every class the fake knows, as `GET /object_info` answers.
-pub(crate) fn all_object_info(input_dir: &Path) -> Value {
+pub(crate) fn all_object_info(input_dir: &Path, checkpoints: &[String]) -> Value {
     let mut out = Map::new();
     for name in CLASSES {
-        if let Some(e) = object_info(name, input_dir) {
+        if let Some(e) = object_info(name, input_dir, checkpoints) {
             out.insert((*name).to_owned(), e);
         }
     }

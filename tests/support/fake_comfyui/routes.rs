@@ -95,6 +95,7 @@ fn queue_prompt(inner: &Inner, body: &Value) -> Result<Response, Crash> {
         prompt,
         req.get("partial_execution_targets"),
         &inner.dir.join("input"),
+        &inner.model_list("checkpoints"),
     )?;
     let mut extra = req.get("extra_data").cloned().unwrap_or_else(|| json!({}));
     if let Some(c) = req.get("client_id") {

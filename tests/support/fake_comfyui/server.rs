@@ -6,7 +6,7 @@
 //! the WebSocket handler, which only share state with it.
 //!
 //! Deliberate differences: no frontend (`GET /` is 404, `/extensions` is empty); `/models/
-//! checkpoints` lists the fake checkpoint of `nodes.rs`.
+//! checkpoints` lists the instance's checkpoints (`Inner::model_list`).
 
 use std::{
     collections::HashMap,
@@ -498,14 +498,21 @@ fn system_stats() -> Json<Value> {
 
 #[handler]
 fn object_info(Data(inner): Data<&Arc<Inner>>) -> Json<Value> {
-    Json(nodes::all_object_info(&inner.dir.join("input")))
+    Json(nodes::all_object_info(
+        &inner.dir.join("input"),
+        &inner.model_list("checkpoints"),
+    ))
 }
 
 /// `{}` for a class the fake does not know.
 #[handler]
 fn object_info_one(Path(class): Path<String>, Data(inner): Data<&Arc<Inner>>) -> Json<Value> {
     let mut out = serde_json::Map::new();
-    if let Some(e) = nodes::object_info(&class, &inner.dir.join("input")) {
+    if let Some(e) = nodes::object_info(
+        &class,
+        &inner.dir.join("input"),
+        &inner.model_list("checkpoints"),
+    ) {
         out.insert(class, e);
     }
     Json(Value::Object(out))
@@ -537,10 +544,9 @@ const MODEL_FOLDERS: &[&str] = &[
 
 /// `GET /models/{folder}`: 404 with no body for an unknown folder.
 #[handler]
-fn models_in(Path(folder): Path<String>) -> Response {
+fn models_in(Path(folder): Path<String>, Data(inner): Data<&Arc<Inner>>) -> Response {
     match folder.as_str() {
-        "checkpoints" => Json(json!(nodes::CHECKPOINTS)).into_response(),
-        f if MODEL_FOLDERS.contains(&f) => Json(json!([])).into_response(),
+        f if MODEL_FOLDERS.contains(&f) => Json(json!(inner.model_list(f))).into_response(),
         _ => empty(StatusCode::NOT_FOUND),
     }
 }

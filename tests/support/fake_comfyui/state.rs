@@ -66,6 +66,9 @@ pub(crate) struct St {
     pub(crate) cache: HashMap<String, Map<String, Value>>,
     /// Test record: the most prompts queued or running at once since the (re)start.
     pub(crate) max_remaining: usize,
+    /// Sockets whose first message announced `supports_preview_metadata` (they get preview
+    /// frames of type 4, the others type 1).
+    pub(crate) preview_metadata: std::collections::HashSet<String>,
 }
 
 impl St {
@@ -92,6 +95,12 @@ impl St {
         }
     }
 
+    pub(crate) fn send_raw_to(&self, client: &str, msg: Message) {
+        if let Some((_, tx)) = self.sockets.get(client) {
+            let _ = tx.send(msg);
+        }
+    }
+
     pub(crate) fn send_to(&self, client: &str, msg: &Value) {
         if let Some((_, tx)) = self.sockets.get(client) {
             let _ = tx.send(Message::Text(msg.to_string()));
@@ -111,6 +120,43 @@ impl St {
     }
 }
 
+/// Model lists given by the test, by folder (kept across restarts).
+pub(crate) type Models = Arc<Mutex<HashMap<String, Vec<String>>>>;
+
+/// The file extensions ComfyUI lists as models (`folder_paths.supported_pt_extensions`).
+const MODEL_EXTENSIONS: &[&str] = &[
+    "ckpt",
+    "pt",
+    "pt2",
+    "bin",
+    "pth",
+    "safetensors",
+    "pkl",
+    "sft",
+];
+
+fn list_models(root: &std::path::Path, rel: &str, out: &mut Vec<String>) {
+    let Ok(rd) = std::fs::read_dir(root.join(rel)) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = if rel.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel}/{name}")
+        };
+        if e.path().is_dir() {
+            list_models(root, &path, out);
+        } else if name
+            .rsplit_once('.')
+            .is_some_and(|(_, ext)| MODEL_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()))
+        {
+            out.push(path);
+        }
+    }
+}
+
 /// One run of the server (a restart makes a new one).
 pub(crate) struct Inner {
     pub(crate) st: Mutex<St>,
@@ -124,16 +170,21 @@ pub(crate) struct Inner {
     pub(crate) next_conn: AtomicU64,
     /// Set by `kill()`: every socket loop ends without a close frame.
     pub(crate) killed: AtomicBool,
+    /// Latent previews on, as ComfyUI started with `--preview-method auto`: KSampler sends a
+    /// binary preview frame after each step.
+    pub(crate) previews: AtomicBool,
     pub(crate) log: Mutex<Vec<Logged>>,
     /// The folder holding `input`, `output` and `temp`.
     pub(crate) dir: PathBuf,
     pub(crate) tasks: Mutex<Vec<AbortHandle>>,
     /// Every open TCP connection, so `kill()` can drop them all.
     pub(crate) conns: Arc<Conns>,
+    /// Model lists the test gave.
+    pub(crate) models: Models,
 }
 
 impl Inner {
-    pub(crate) fn new(dir: PathBuf) -> Inner {
+    pub(crate) fn new(dir: PathBuf, models: Models) -> Inner {
         Inner {
             st: Mutex::default(),
             wake: Notify::new(),
@@ -142,11 +193,35 @@ impl Inner {
             stalled_upto: AtomicU64::new(0),
             next_conn: AtomicU64::new(1),
             killed: AtomicBool::new(false),
+            previews: AtomicBool::new(false),
             log: Mutex::default(),
             dir,
             tasks: Mutex::default(),
             conns: Arc::default(),
+            models,
         }
+    }
+
+    /// The model files of `folder`: the test's list, else the files under `models/{folder}`
+    /// when the fake's folder has `models/`, else the one fake checkpoint.
+    pub(crate) fn model_list(&self, folder: &str) -> Vec<String> {
+        if let Some(l) = self.models.lock().unwrap().get(folder) {
+            return l.clone();
+        }
+        let root = self.dir.join("models");
+        if root.is_dir() {
+            let mut out = Vec::new();
+            list_models(&root.join(folder), "", &mut out);
+            out.sort();
+            return out;
+        }
+        if folder == "checkpoints" {
+            return super::nodes::CHECKPOINTS
+                .iter()
+                .map(|c| (*c).to_owned())
+                .collect();
+        }
+        Vec::new()
     }
 
     pub(crate) fn st(&self) -> std::sync::MutexGuard<'_, St> {

@@ -88,6 +88,7 @@ pub(crate) fn validate_prompt(
     prompt: &Value,
     partial: Option<&Value>,
     input_dir: &Path,
+    checkpoints: &[String],
 ) -> Result<Verdict, Crash> {
     let prompt = match prompt {
         Value::Object(m) => m.clone(),
@@ -148,6 +149,7 @@ pub(crate) fn validate_prompt(
         prompt,
         validated: Vec::new(),
         input_dir,
+        checkpoints,
     };
     let mut good = Vec::new();
     let mut failed: Vec<Vec<Value>> = Vec::new();
@@ -225,6 +227,8 @@ struct Validator<'a> {
     /// `validated` of ComfyUI: per node (in insertion order), valid and its own errors.
     validated: Vec<(String, Outcome)>,
     input_dir: &'a Path,
+    /// The instance's checkpoints (`CheckpointLoaderSimple.ckpt_name`'s combo).
+    checkpoints: &'a [String],
 }
 
 impl Validator<'_> {
@@ -308,6 +312,18 @@ impl Validator<'_> {
             if custom_validated(entry, x) {
                 continue;
             }
+            // The checkpoint combo is the instance's own list, as `object_info` serves it.
+            let patched;
+            let spec = if entry["name"] == "CheckpointLoaderSimple" && x == "ckpt_name" {
+                patched = json!([self.checkpoints, spec.extra()]);
+                InputSpec {
+                    name: x,
+                    required: spec.required,
+                    spec: &patched,
+                }
+            } else {
+                spec
+            };
             if let Some(e) = check_value(&spec, &val) {
                 errors.push(e);
             }

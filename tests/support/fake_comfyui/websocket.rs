@@ -83,6 +83,9 @@ async fn serve(inner: Arc<Inner>, client: Option<String>, mut ws: WebSocketStrea
                 Some(Ok(Message::Text(t))) => {
                     if let Ok(v) = serde_json::from_str::<Value>(&t) {
                         if first && v["type"] == "feature_flags" {
+                            if v["data"]["supports_preview_metadata"] == true {
+                                inner.st().preview_metadata.insert(sid.clone());
+                            }
                             let _ = tx.send(Message::Text(
                                 json!({"type": "feature_flags", "data": feature_flags()}).to_string(),
                             ));
@@ -98,5 +101,7 @@ async fn serve(inner: Arc<Inner>, client: Option<String>, mut ws: WebSocketStrea
         }
     }
     // ComfyUI's bug, kept: the entry is removed by client id, even if a newer socket owns it.
-    inner.st().sockets.remove(&sid);
+    let mut st = inner.st();
+    st.sockets.remove(&sid);
+    st.preview_metadata.remove(&sid);
 }

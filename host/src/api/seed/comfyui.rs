@@ -142,19 +142,27 @@ async fn read_json(body: Body) -> Result<Value, ComfyRouteError> {
         .map_err(|e| ComfyRouteError::BadBody(format!("the body is not valid JSON: {e}")))
 }
 
-/// Maps a seed body to `(workflow, params)`.
-pub(crate) fn seed_to_input(body: &Value) -> Result<(String, Value), String> {
+/// Maps a seed body to `(workflow, params)`: the workflow is a template's name, or (under
+/// `workflow`) any other JSON object, passed on as a graph for the task type's schema to judge
+/// (422 `invalid_workflow` when it is not an API-format graph, as on `POST /api/tasks`).
+pub(crate) fn seed_to_input(body: &Value) -> Result<(Value, Value), String> {
     let obj = body.as_object().ok_or("the body must be a JSON object")?;
-    let name = obj
+    let workflow = obj
         .get("workflow_name")
         .or_else(|| obj.get("workflow"))
         .ok_or(
             "give `workflow_name` (with `params.input_data.wf_json`) or `workflow` (with `inputs`)",
-        )?
-        .as_str()
-        .filter(|s| !s.is_empty())
-        .ok_or("the workflow name must be a non-empty string")?
-        .to_owned();
+        )?;
+    let workflow = match workflow {
+        Value::Object(_) if !obj.contains_key("workflow_name") => workflow.clone(),
+        _ => Value::String(
+            workflow
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .ok_or("the workflow name must be a non-empty string (or, under `workflow`, an API-format graph)")?
+                .to_owned(),
+        ),
+    };
     let params = if obj.contains_key("workflow_name") {
         match obj.get("params") {
             None | Some(Value::Null) => json!({}),
@@ -173,13 +181,13 @@ pub(crate) fn seed_to_input(body: &Value) -> Result<(String, Value), String> {
     if !params.is_object() {
         return Err("the workflow parameters must be a JSON object".into());
     }
-    Ok((name, params))
+    Ok((workflow, params))
 }
 
 async fn create(
     state: &AppState,
     req: &Request,
-    name: String,
+    workflow: Value,
     params: Value,
     envelope: &Map<String, Value>,
 ) -> Response {
@@ -197,7 +205,7 @@ async fn create(
         .map(str::to_owned);
     let request = CreateTaskRequest {
         task_type: TASK_TYPE.into(),
-        input: json!({"workflow": name, "params": params}),
+        input: json!({"workflow": workflow, "params": params}),
         priority: envelope
             .get("priority")
             .and_then(Value::as_i64)
@@ -237,12 +245,12 @@ pub(crate) async fn seed_create(
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    let (name, params) = match seed_to_input(&body) {
+    let (workflow, params) = match seed_to_input(&body) {
         Ok(x) => x,
         Err(m) => return ComfyRouteError::BadBody(m).into_response(),
     };
     let envelope = body.as_object().cloned().unwrap_or_default();
-    create(state, req, name, params, &envelope).await
+    create(state, req, workflow, params, &envelope).await
 }
 
 /// `GET /api/comfyui-queue-status`.
@@ -303,7 +311,7 @@ pub(crate) async fn run_workflow(
         }
         Err(e) => return e.into_response(),
     };
-    create(state, req, name, params, &Map::new()).await
+    create(state, req, Value::String(name), params, &Map::new()).await
 }
 
 /// Mounts the routes on `route`.
@@ -391,7 +399,7 @@ pub(crate) fn spec_paths(registry: &Registry) -> Map<String, Value> {
     paths.insert("/api/tasks/create".into(), json!({"post": {
         "tags": ["ComfyUI"],
         "summary": "Create a ComfyUI task from a template (seed-compatible)",
-        "description": "Accepts `{\"workflow_name\": NAME, \"params\": {\"input_data\": {\"wf_json\": {...}}}}` or `{\"workflow\": NAME, \"inputs\": {...}}`; both become a `comfyui.workflow` task `{\"workflow\": NAME, \"params\": {...}}`. Optional `priority`, `max_attempts`, `webhook_url`, `idempotency_key`.",
+        "description": "Accepts `{\"workflow_name\": NAME, \"params\": {\"input_data\": {\"wf_json\": {...}}}}` or `{\"workflow\": NAME, \"inputs\": {...}}`; both become a `comfyui.workflow` task `{\"workflow\": NAME, \"params\": {...}}`. `workflow` may also be an API-format graph (422 `invalid_workflow` when it is not one). Optional `priority`, `max_attempts`, `webhook_url`, `idempotency_key`.",
         "operationId": "seed_create_task",
         "parameters": [wait, key],
         "requestBody": {"required": true, "content": {"application/json": {"schema": {"oneOf": shapes}}}},
@@ -442,11 +450,14 @@ mod tests {
         let (n, p) = seed_to_input(&json!({"workflow_name": "basic_generation",
             "params": {"input_data": {"wf_json": {"prompt": "a fox", "steps": 4}}}}))
         .unwrap();
-        assert_eq!(n, "basic_generation");
+        assert_eq!(n, json!("basic_generation"));
         assert_eq!(p, json!({"prompt": "a fox", "steps": 4}));
         let (n, p) =
             seed_to_input(&json!({"workflow": "solid_color", "inputs": {"color": 5}})).unwrap();
-        assert_eq!((n.as_str(), p), ("solid_color", json!({"color": 5})));
+        assert_eq!((n, p), (json!("solid_color"), json!({"color": 5})));
+        let graph = json!({"1": {"class_type": "EmptyImage", "inputs": {}}});
+        let (n, _) = seed_to_input(&json!({"workflow": graph})).unwrap();
+        assert_eq!(n, graph);
         let (_, p) = seed_to_input(&json!({"workflow_name": "x"})).unwrap();
         assert_eq!(p, json!({}));
         for bad in [
@@ -454,6 +465,7 @@ mod tests {
             json!([]),
             json!({"workflow": ""}),
             json!({"workflow": 3}),
+            json!({"workflow_name": {"1": {}}}),
             json!({"workflow": "x", "inputs": [1]}),
             json!({"workflow_name": "x", "params": {"input_data": {}}}),
         ] {

@@ -200,6 +200,7 @@ pub(super) async fn progress_of_current_attempt_only(h: &dyn Harness) {
     let p = |percent| Progress {
         percent,
         message: format!("{percent}%"),
+        preview: None,
     };
     assert!(
         !store.set_progress(task.id, 0, p(1.0)).await.unwrap(),

@@ -7,8 +7,55 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::json;
 
-use super::{Harness, LEASE, claim_one, err, insert, new_task, next_event, with_attempts};
+use super::{Harness, LEASE, claim_one, err, get, insert, new_task, next_event, with_attempts};
 use crate::store::{EventKind, Progress, Status};
+
+/// A preview rides a progress update: published as Preview (by a second store on the same
+/// database too), kept by later progress updates without one, cleared when the attempt ends.
+pub(super) async fn previews_ride_progress(h: &dyn Harness) {
+    let store = h.open().await;
+    let other = h.open().await;
+    let mut rx = store.subscribe();
+    let mut on_other = other.subscribe();
+    let task = insert(&*store, new_task("preview", 0)).await;
+    claim_one(&*store, "preview", LEASE).await;
+    let preview = json!({"key": "previews/x/1/preview-1.png", "url": "/files/previews/x/1/preview-1.png",
+        "content_type": "image/png", "n": 1});
+    let with = Progress {
+        percent: 10.0,
+        message: "step".into(),
+        preview: Some(preview.clone()),
+    };
+    assert!(store.set_progress(task.id, 1, with.clone()).await.unwrap());
+    loop {
+        let e = next_event(&mut on_other).await;
+        if e.kind == EventKind::Preview {
+            assert_eq!(e.task.progress, Some(with.clone()));
+            break;
+        }
+    }
+    let plain = Progress {
+        percent: 20.0,
+        message: "later".into(),
+        preview: None,
+    };
+    assert!(store.set_progress(task.id, 1, plain).await.unwrap());
+    let now = get(&*store, task.id).await;
+    assert_eq!(now.progress.unwrap().preview, Some(preview.clone()));
+    assert_eq!(next_event(&mut rx).await.kind, EventKind::Created);
+    assert_eq!(next_event(&mut rx).await.kind, EventKind::Started);
+    let e = next_event(&mut rx).await;
+    assert_eq!((e.kind, e.task.progress), (EventKind::Preview, Some(with)));
+    let e = next_event(&mut rx).await;
+    assert_eq!(e.kind, EventKind::Progress);
+    assert_eq!(e.task.progress.unwrap().preview, Some(preview));
+    let failed = store
+        .fail(task.id, 1, err("x"), None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(failed.progress, None);
+}
 
 /// Created, Started, Progress, Completed arrive in order with the task as it is then.
 pub(super) async fn events_in_order(h: &dyn Harness) {
@@ -19,6 +66,7 @@ pub(super) async fn events_in_order(h: &dyn Harness) {
     let progress = Progress {
         percent: 50.0,
         message: "half".into(),
+        preview: None,
     };
     store
         .set_progress(task.id, 1, progress.clone())

@@ -10,7 +10,7 @@ use super::{
     Harness, LEASE, assert_close, assert_recent, claim_one, err, get, insert, new_task,
     with_attempts,
 };
-use crate::store::{CancelOutcome, Status};
+use crate::store::{CancelOutcome, Progress, Status};
 
 /// The first completion wins; later or stale ones change nothing.
 pub(super) async fn complete_exactly_once(h: &dyn Harness) {
@@ -122,6 +122,56 @@ pub(super) async fn fail_retry_then_exhausted(h: &dyn Harness) {
             .is_none()
     );
     assert_eq!(get(&*store, task.id).await, failed);
+}
+
+/// Progress belongs to one attempt: a failure (retried or final), a release and a cancel clear
+/// it; the next attempt starts without it and without the previous attempt's error.
+pub(super) async fn attempts_start_and_end_clean(h: &dyn Harness) {
+    let store = h.open().await;
+    let p = || Progress {
+        percent: 40.0,
+        message: "waiting for an instance".into(),
+        preview: None,
+    };
+    let task = insert(&*store, with_attempts(new_task("clean", 0), 3)).await;
+    claim_one(&*store, "clean", LEASE).await;
+    assert!(store.set_progress(task.id, 1, p()).await.unwrap());
+    let pending = store
+        .fail(task.id, 1, err("first"), Some(Utc::now()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pending.status, Status::Pending);
+    assert_eq!(
+        (pending.progress, pending.error),
+        (None, Some(err("first")))
+    );
+    let second = claim_one(&*store, "clean", LEASE).await;
+    assert_eq!((second.attempts, second.error.clone()), (2, None));
+    assert_eq!(get(&*store, task.id).await.error, None);
+    assert!(store.set_progress(task.id, 2, p()).await.unwrap());
+    assert!(store.release(task.id, 2).await.unwrap());
+    assert_eq!(get(&*store, task.id).await.progress, None);
+    claim_one(&*store, "clean", LEASE).await;
+    assert!(store.set_progress(task.id, 2, p()).await.unwrap());
+    let failed = store
+        .fail(task.id, 2, err("last"), None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(failed.status, Status::Failed);
+    assert_eq!((failed.progress, failed.error), (None, Some(err("last"))));
+
+    let other = insert(&*store, new_task("clean2", 0)).await;
+    claim_one(&*store, "clean2", LEASE).await;
+    assert!(store.set_progress(other.id, 1, p()).await.unwrap());
+    assert!(matches!(
+        store.cancel(other.id).await.unwrap(),
+        CancelOutcome::Requested(_)
+    ));
+    let cancelled = store.finish_cancelled(other.id, 1).await.unwrap().unwrap();
+    assert_eq!(cancelled.status, Status::Cancelled);
+    assert_eq!(cancelled.progress, None);
 }
 
 /// Without `retry_at` a failure is final even with attempts left.

@@ -72,6 +72,7 @@ pub(super) async fn insert_get_round_trip(h: &dyn Harness) {
     let progress = Progress {
         percent: 42.5,
         message: "step ✓".into(),
+        preview: None,
     };
     assert!(
         store

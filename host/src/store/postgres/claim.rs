@@ -18,7 +18,9 @@ const SQL_CLAIM: &str = notifying!(
     "UPDATE tasks SET status = 'PROCESSING', attempts = attempts + 1, \
      started_at = statement_timestamp(), \
      worker = $1, lease_until = statement_timestamp() + $2::bigint * interval '1 microsecond', \
-     progress_percent = NULL, progress_message = NULL, updated_at = statement_timestamp() \
+     progress_percent = NULL, progress_message = NULL, progress_preview = NULL, \
+     error_code = NULL, error_message = NULL, \
+     updated_at = statement_timestamp() \
      WHERE id IN (SELECT id FROM tasks \
                   WHERE status = 'PENDING' AND task_type = $3 \
                     AND run_at <= statement_timestamp() \
@@ -34,9 +36,10 @@ const SQL_RENEW: &str = "UPDATE tasks \
 
 const SQL_PROGRESS: &str = notifying!(
     "UPDATE tasks SET progress_percent = $1, progress_message = $2, \
+     progress_preview = COALESCE($5::text, progress_preview), \
      updated_at = statement_timestamp() \
      WHERE id = $3 AND status = 'PROCESSING' AND attempts = $4",
-    "'progress'"
+    "CASE WHEN $5::text IS NULL THEN 'progress' ELSE 'preview' END"
 );
 
 /// Expired leases: CANCELLED if a cancel was requested, FAILED `lease_expired` without attempts
@@ -59,7 +62,8 @@ const SQL_RESCUE: &str = notifying!(
        error_message = CASE WHEN cancel_requested THEN error_message \
                             ELSE 'the worker running attempt ' || attempts || \
                                  ' stopped renewing its lease' END, \
-       lease_until = NULL, updated_at = statement_timestamp() \
+       lease_until = NULL, progress_percent = NULL, progress_message = NULL, \
+       progress_preview = NULL, updated_at = statement_timestamp() \
      WHERE id IN (SELECT id FROM tasks \
                   WHERE status = 'PROCESSING' AND lease_until < statement_timestamp() \
                   FOR UPDATE SKIP LOCKED)",
@@ -124,7 +128,8 @@ pub(super) async fn set_progress(
         .bind(f64::from(clean_percent(progress.percent)))
         .bind(clean_text(&progress.message))
         .bind(id)
-        .bind(i64::from(attempt));
+        .bind(i64::from(attempt))
+        .bind(crate::store::sql::preview_text(progress.preview.as_ref()));
     Ok(store.write_one(query, false).await?.is_some())
 }
 

@@ -12,7 +12,8 @@ use crate::store::{CancelOutcome, Status, StoreResult, Task, TaskError, sql::to_
 const SQL_COMPLETE: &str = notifying!(
     "UPDATE tasks SET status = 'COMPLETED', result = $1, finished_at = statement_timestamp(), \
      lease_until = NULL, \
-     error_code = NULL, error_message = NULL, updated_at = statement_timestamp() \
+     error_code = NULL, error_message = NULL, progress_preview = NULL, \
+     updated_at = statement_timestamp() \
      WHERE id = $2 AND status = 'PROCESSING' AND attempts = $3",
     "'completed'"
 );
@@ -30,7 +31,8 @@ const SQL_FAIL: &str = notifying!(
                           ELSE statement_timestamp() END, \
        worker = CASE WHEN ($3::timestamptz IS NOT NULL AND attempts < max_attempts \
                            AND NOT cancel_requested) THEN NULL ELSE worker END, \
-       lease_until = NULL, error_code = $4, error_message = $5, updated_at = statement_timestamp() \
+       lease_until = NULL, error_code = $4, error_message = $5, updated_at = statement_timestamp(), \
+       progress_percent = NULL, progress_message = NULL, progress_preview = NULL \
      WHERE id = $1 AND status = 'PROCESSING' AND attempts = $2",
     "CASE WHEN status = 'PENDING' THEN 'retrying' ELSE 'failed' END"
 );
@@ -43,7 +45,8 @@ const SQL_RELEASE: &str = notifying!(
        run_at = CASE WHEN cancel_requested THEN run_at ELSE statement_timestamp() END, \
        finished_at = CASE WHEN cancel_requested THEN statement_timestamp() ELSE NULL END, \
        worker = CASE WHEN cancel_requested THEN worker ELSE NULL END, \
-       lease_until = NULL, updated_at = statement_timestamp() \
+       lease_until = NULL, updated_at = statement_timestamp(), \
+       progress_percent = NULL, progress_message = NULL, progress_preview = NULL \
      WHERE id = $1 AND status = 'PROCESSING' AND attempts = $2",
     "CASE WHEN status = 'CANCELLED' THEN 'cancelled' ELSE 'retrying' END"
 );
@@ -53,6 +56,9 @@ const SQL_CANCEL: &str = notifying!(
        status = CASE WHEN status = 'PENDING' THEN 'CANCELLED' ELSE status END, \
        finished_at = CASE WHEN status = 'PENDING' THEN statement_timestamp() ELSE finished_at END, \
        cancel_requested = CASE WHEN status = 'PROCESSING' THEN true ELSE cancel_requested END, \
+       progress_percent = CASE WHEN status = 'PENDING' THEN NULL ELSE progress_percent END, \
+       progress_message = CASE WHEN status = 'PENDING' THEN NULL ELSE progress_message END, \
+       progress_preview = CASE WHEN status = 'PENDING' THEN NULL ELSE progress_preview END, \
        updated_at = statement_timestamp() \
      WHERE id = $1 AND status IN ('PENDING', 'PROCESSING')",
     "CASE WHEN status = 'CANCELLED' THEN 'cancelled' ELSE 'cancel_requested' END"
@@ -60,7 +66,7 @@ const SQL_CANCEL: &str = notifying!(
 
 const SQL_FINISH_CANCELLED: &str = notifying!(
     "UPDATE tasks SET status = 'CANCELLED', finished_at = statement_timestamp(), \
-     lease_until = NULL, \
+     lease_until = NULL, progress_percent = NULL, progress_message = NULL, progress_preview = NULL, \
      updated_at = statement_timestamp() \
      WHERE id = $1 AND status = 'PROCESSING' AND attempts = $2",
     "'cancelled'"

@@ -38,6 +38,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "task timeout",
         include_str!("../../../migrations/postgres/0004_timeout.sql"),
     ),
+    (
+        5,
+        "progress preview",
+        include_str!("../../../migrations/postgres/0005_progress_preview.sql"),
+    ),
 ];
 
 /// A duration in microseconds, as the statements bind leases and ages.
@@ -66,6 +71,9 @@ struct TaskRow {
     max_attempts: i64,
     progress_percent: Option<f64>,
     progress_message: Option<String>,
+    // Absent from the notifications of a process that predates schema v5.
+    #[serde(default)]
+    progress_preview: Option<String>,
     result: Option<String>,
     error_code: Option<String>,
     error_message: Option<String>,
@@ -112,6 +120,7 @@ pub(super) fn task_from_json(value: Value) -> StoreResult<Task> {
         progress: r.progress_percent.map(|percent| Progress {
             percent: crate::store::sql::stored_percent(percent),
             message: r.progress_message.unwrap_or_default(),
+            preview: crate::store::sql::stored_preview(r.progress_preview.as_deref()),
         }),
         result: r.result.map(|text| json(&text, "result")).transpose()?,
         error: r.error_code.map(|code| TaskError {

@@ -69,6 +69,7 @@ async fn events_cross_stores() {
     let progress = Progress {
         percent: 25.0,
         message: "quarter".into(),
+        preview: None,
     };
     assert!(a.set_progress(task.id, 1, progress.clone()).await.unwrap());
     let done = a
@@ -245,6 +246,7 @@ async fn import_keeps_every_field() {
         Progress {
             percent: 10.0,
             message: "m".into(),
+            preview: None,
         },
     )
     .await

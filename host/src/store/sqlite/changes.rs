@@ -66,6 +66,7 @@ fn triggers(origin: i64) -> String {
         started,
         cancel_requested,
         progress,
+        preview,
     ] = [
         K::Created,
         K::Completed,
@@ -75,6 +76,7 @@ fn triggers(origin: i64) -> String {
         K::Started,
         K::CancelRequested,
         K::Progress,
+        K::Preview,
     ]
     .map(|k| k.to_string());
     format!(
@@ -86,6 +88,7 @@ fn triggers(origin: i64) -> String {
            OR new.cancel_requested <> old.cancel_requested \
            OR new.progress_percent IS NOT old.progress_percent \
            OR new.progress_message IS NOT old.progress_message \
+           OR new.progress_preview IS NOT old.progress_preview \
          BEGIN INSERT INTO task_changes (change_task, change_kind, change_origin) \
                VALUES (new.id, CASE \
                  WHEN new.status = 'COMPLETED' THEN '{completed}' \
@@ -95,6 +98,8 @@ fn triggers(origin: i64) -> String {
                  WHEN old.status <> 'PROCESSING' OR new.attempts <> old.attempts \
                    THEN '{started}' \
                  WHEN new.cancel_requested <> old.cancel_requested THEN '{cancel_requested}' \
+                 WHEN new.progress_preview IS NOT old.progress_preview \
+                   AND new.progress_preview IS NOT NULL THEN '{preview}' \
                  ELSE '{progress}' END, {origin}); END;"
     )
 }

@@ -19,7 +19,9 @@ use crate::store::{
 /// statistics, could otherwise pick `tasks_status_id` and sort every PENDING row.
 pub(super) const SQL_CLAIM: &str = concat!(
     "UPDATE tasks SET status = 'PROCESSING', attempts = attempts + 1, started_at = ?1, \
-     worker = ?2, lease_until = ?3, progress_percent = NULL, progress_message = NULL \
+     worker = ?2, lease_until = ?3, progress_percent = NULL, progress_message = NULL, \
+     progress_preview = NULL, \
+     error_code = NULL, error_message = NULL \
      WHERE id IN (SELECT id FROM tasks INDEXED BY tasks_claim \
                   WHERE status = 'PENDING' AND task_type = ?4 AND run_at <= ?1 \
                   ORDER BY priority DESC, id LIMIT ?5) \
@@ -31,7 +33,8 @@ const SQL_RENEW: &str = "UPDATE tasks SET lease_until = ?1 \
      WHERE id = ?2 AND status = 'PROCESSING' AND attempts = ?3 AND worker = ?4";
 
 const SQL_PROGRESS: &str = concat!(
-    "UPDATE tasks SET progress_percent = ?1, progress_message = ?2 \
+    "UPDATE tasks SET progress_percent = ?1, progress_message = ?2, \
+     progress_preview = COALESCE(?5, progress_preview) \
      WHERE id = ?3 AND status = 'PROCESSING' AND attempts = ?4 \
      RETURNING ",
     task_columns!()
@@ -55,7 +58,8 @@ pub(super) const SQL_RESCUE: &str = concat!(
        error_message = CASE WHEN cancel_requested = 1 THEN error_message \
                             ELSE 'the worker running attempt ' || attempts || \
                                  ' stopped renewing its lease' END, \
-       lease_until = NULL \
+       lease_until = NULL, progress_percent = NULL, progress_message = NULL, \
+       progress_preview = NULL \
      WHERE status = 'PROCESSING' AND lease_until < ?1 \
      RETURNING ",
     task_columns!()
@@ -116,14 +120,20 @@ pub(super) async fn set_progress(
 ) -> StoreResult<bool> {
     // SQLite stores NaN as NULL: keep the value in range and defined.
     let percent = clean_percent(progress.percent);
+    let kind = if progress.preview.is_some() {
+        EventKind::Preview
+    } else {
+        EventKind::Progress
+    };
     let query = sqlx::query(SQL_PROGRESS)
         .bind(f64::from(percent))
         .bind(progress.message)
         .bind(id.to_string())
-        .bind(i64::from(attempt));
+        .bind(i64::from(attempt))
+        .bind(crate::store::sql::preview_text(progress.preview.as_ref()));
     match store.write_tasks_lazy(query).await?.into_iter().next() {
         Some(task) => {
-            store.publish(EventKind::Progress, &task);
+            store.publish(kind, &task);
             Ok(true)
         }
         None => Ok(false),

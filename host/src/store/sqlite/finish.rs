@@ -14,7 +14,7 @@ use crate::store::{CancelOutcome, EventKind, Status, StoreResult, Task, TaskErro
 
 const SQL_COMPLETE: &str = concat!(
     "UPDATE tasks SET status = 'COMPLETED', result = ?1, finished_at = ?2, lease_until = NULL, \
-     error_code = NULL, error_message = NULL \
+     error_code = NULL, error_message = NULL, progress_preview = NULL \
      WHERE id = ?3 AND status = 'PROCESSING' AND attempts = ?4 \
      RETURNING ",
     task_columns!()
@@ -32,7 +32,8 @@ const SQL_FAIL: &str = concat!(
                           THEN NULL ELSE ?4 END, \
        worker = CASE WHEN (?3 IS NOT NULL AND attempts < max_attempts AND cancel_requested = 0) \
                      THEN NULL ELSE worker END, \
-       lease_until = NULL, error_code = ?5, error_message = ?6 \
+       lease_until = NULL, error_code = ?5, error_message = ?6, \
+       progress_percent = NULL, progress_message = NULL, progress_preview = NULL \
      WHERE id = ?1 AND status = 'PROCESSING' AND attempts = ?2 \
      RETURNING ",
     task_columns!()
@@ -47,7 +48,7 @@ const SQL_RELEASE: &str = concat!(
        run_at = CASE WHEN cancel_requested = 1 THEN run_at ELSE ?1 END, \
        finished_at = CASE WHEN cancel_requested = 1 THEN ?1 ELSE NULL END, \
        worker = CASE WHEN cancel_requested = 1 THEN worker ELSE NULL END, \
-       lease_until = NULL \
+       lease_until = NULL, progress_percent = NULL, progress_message = NULL, progress_preview = NULL \
      WHERE id = ?2 AND status = 'PROCESSING' AND attempts = ?3 \
      RETURNING ",
     task_columns!()
@@ -57,14 +58,18 @@ const SQL_CANCEL: &str = concat!(
     "UPDATE tasks SET \
        status = CASE WHEN status = 'PENDING' THEN 'CANCELLED' ELSE status END, \
        finished_at = CASE WHEN status = 'PENDING' THEN ?1 ELSE finished_at END, \
-       cancel_requested = CASE WHEN status = 'PROCESSING' THEN 1 ELSE cancel_requested END \
+       cancel_requested = CASE WHEN status = 'PROCESSING' THEN 1 ELSE cancel_requested END, \
+       progress_percent = CASE WHEN status = 'PENDING' THEN NULL ELSE progress_percent END, \
+       progress_message = CASE WHEN status = 'PENDING' THEN NULL ELSE progress_message END, \
+       progress_preview = CASE WHEN status = 'PENDING' THEN NULL ELSE progress_preview END \
      WHERE id = ?2 AND status IN ('PENDING', 'PROCESSING') \
      RETURNING ",
     task_columns!()
 );
 
 const SQL_FINISH_CANCELLED: &str = concat!(
-    "UPDATE tasks SET status = 'CANCELLED', finished_at = ?1, lease_until = NULL \
+    "UPDATE tasks SET status = 'CANCELLED', finished_at = ?1, lease_until = NULL, \
+     progress_percent = NULL, progress_message = NULL, progress_preview = NULL \
      WHERE id = ?2 AND status = 'PROCESSING' AND attempts = ?3 \
      RETURNING ",
     task_columns!()

@@ -41,6 +41,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "task changes",
         include_str!("../../../migrations/sqlite/0005_task_changes.sql"),
     ),
+    (
+        6,
+        "progress preview",
+        include_str!("../../../migrations/sqlite/0006_progress_preview.sql"),
+    ),
 ];
 
 /// The columns every task-returning statement selects, in one place.
@@ -49,7 +54,7 @@ macro_rules! task_columns {
         "id, task_type, status, input, priority, attempts, max_attempts, progress_percent, \
          progress_message, result, error_code, error_message, created_at, started_at, \
          finished_at, run_at, idempotency_key, webhook_url, worker, lease_until, cancel_requested, \
-         trace_parent, timeout_secs, request_hash"
+         trace_parent, timeout_secs, request_hash, progress_preview"
     };
 }
 pub(super) use task_columns;
@@ -93,6 +98,9 @@ pub(super) fn task_from_row(row: &SqliteRow) -> StoreResult<Task> {
         (Some(percent), message) => Some(Progress {
             percent: crate::store::sql::stored_percent(percent),
             message: message.unwrap_or_default(),
+            preview: crate::store::sql::stored_preview(
+                column::<Option<String>, _>(row, "progress_preview")?.as_deref(),
+            ),
         }),
         (None, _) => None,
     };
