@@ -13,6 +13,14 @@ use serde_json::{Value, json};
 const T: Duration = Duration::from_secs(60);
 
 async fn start(urls: &[String], unavailable_wait_secs: u64) -> Server {
+    start_env(urls, unavailable_wait_secs, Vec::new()).await
+}
+
+async fn start_env(
+    urls: &[String],
+    unavailable_wait_secs: u64,
+    env: Vec<(String, String)>,
+) -> Server {
     let workflows = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../workflows")
         .canonicalize()
@@ -25,6 +33,7 @@ async fn start(urls: &[String], unavailable_wait_secs: u64) -> Server {
     );
     Server::start_with(Options {
         plugins: vec![("comfyui".into(), plugin_lib("aihost_comfyui"), cfg)],
+        env,
         ..Options::default()
     })
     .await
@@ -255,9 +264,18 @@ async fn outputs_keep_their_subfolder_and_say_what_they_are() {
 
 #[tokio::test]
 async fn a_failed_task_keeps_its_error_but_not_the_progress_of_its_last_attempt() {
-    // Nothing answers at this address: the task waits for an instance, then fails.
+    // Nothing answers at this address: the task waits in the queue for an instance, then
+    // fails once it waited `dispatcher.max_unavailable_wait_secs`.
     let dead = format!("http://127.0.0.1:{}", free_port());
-    let s = start(&[dead], 1).await;
+    let s = start_env(
+        &[dead],
+        1,
+        vec![(
+            "AIHOST_DISPATCHER__MAX_UNAVAILABLE_WAIT_SECS".into(),
+            "1".into(),
+        )],
+    )
+    .await;
     let (st, t) = s
         .post(
             "/api/tasks",

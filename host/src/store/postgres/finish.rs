@@ -143,7 +143,8 @@ pub(super) async fn finish_cancelled(
 
 const SQL_FAIL_WAITING: &str = notifying!(
     "UPDATE tasks SET status = 'FAILED', finished_at = statement_timestamp(), \
-       error_code = $1, error_message = $2, updated_at = statement_timestamp() \
+       error_code = $1, error_message = $2, updated_at = statement_timestamp(), \
+       progress_percent = NULL, progress_message = NULL, progress_preview = NULL \
      WHERE id IN (SELECT id FROM tasks \
                   WHERE status = 'PENDING' AND task_type = $3 AND run_at <= $4 \
                   FOR UPDATE SKIP LOCKED)",

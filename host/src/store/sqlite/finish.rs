@@ -179,7 +179,8 @@ pub(super) async fn finish_cancelled(
 }
 
 const SQL_FAIL_WAITING: &str = concat!(
-    "UPDATE tasks SET status = 'FAILED', finished_at = ?1, error_code = ?2, error_message = ?3 \
+    "UPDATE tasks SET status = 'FAILED', finished_at = ?1, error_code = ?2, error_message = ?3, \
+       progress_percent = NULL, progress_message = NULL, progress_preview = NULL \
      WHERE status = 'PENDING' AND task_type = ?4 AND run_at <= ?5 \
      RETURNING ",
     task_columns!()
