@@ -9,19 +9,11 @@ use std::{path::PathBuf, time::Duration};
 
 use aihost_tests::{
     Options, Server, fake_comfyui::FakeComfy, free_port, plugin_lib, solid_png, wait_for,
+    workflows_dir,
 };
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(60);
-
-fn workflows_dir() -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../workflows")
-        .canonicalize()
-        .unwrap()
-        .display()
-        .to_string()
-}
 
 async fn start(urls: &[String], extra: &str) -> Server {
     start_env(urls, extra, Vec::new()).await

@@ -1,7 +1,9 @@
 //! The comfyui scenarios against a REAL ComfyUI (ignored by default): set
 //! `AIHOST_TEST_COMFYUI_URL` (e.g. `http://127.0.0.1:8188`, a bare CPU ComfyUI from
 //! Comfy-Org/ComfyUI started with `main.py --cpu`) and run with `--run-ignored all`.
-//! Model-free workflows only. `real_comfyui_supervised_launch` instead needs
+//! Model-free workflows only; run them one at a time (`-j 1`): they share the one ComfyUI.
+//! Cancel while running and re-attach after `kill -9` of the host use the same URL.
+//! `real_comfyui_supervised_launch` instead needs
 //! `AIHOST_TEST_COMFYUI_DIR` (a ComfyUI checkout) and `AIHOST_TEST_COMFYUI_PYTHON` (its Python):
 //! the plugin launches it, it is killed and restarted, and it stops with the host.
 
@@ -277,4 +279,203 @@ async fn real_comfyui_supervised_launch() {
         }
     })
     .await;
+}
+
+/// A model-free graph that keeps a CPU busy for a while: `stages` blur/sharpen passes over a
+/// 1024² image, saved under `prefix` (unique per run, to find the prompt in ComfyUI's history).
+fn slower(color: u32, stages: u32, prefix: &str) -> Value {
+    let mut g = slow(color);
+    let mut prev = "104".to_owned();
+    for i in 0..stages {
+        let id = (200 + i).to_string();
+        let node = if i % 2 == 0 {
+            json!({"class_type": "ImageBlur", "inputs": {"image": [prev, 0], "blur_radius": 31, "sigma": 10.0}})
+        } else {
+            json!({"class_type": "ImageSharpen", "inputs": {"image": [prev, 0], "sharpen_radius": 31, "sigma": 10.0, "alpha": 1.0}})
+        };
+        g[&id] = node;
+        prev = id;
+    }
+    g["9"]["inputs"]["images"] = json!([prev, 0]);
+    g["9"]["inputs"]["filename_prefix"] = json!(prefix);
+    g
+}
+
+/// A real ComfyUI's `/queue`: (running prompt ids, pending prompt ids).
+async fn real_queue(url: &str) -> (Vec<String>, Vec<String>) {
+    let q: Value = reqwest::get(format!("{url}/queue"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids = |k: &str| {
+        q[k].as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e[1].as_str().map(str::to_owned))
+            .collect::<Vec<_>>()
+    };
+    (ids("queue_running"), ids("queue_pending"))
+}
+
+/// How many prompts in a real ComfyUI's history save under `prefix`.
+async fn real_history_count(url: &str, prefix: &str) -> usize {
+    let h: Value = reqwest::get(format!("{url}/history?max_items=10000"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    h.as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, e)| e["prompt"][2].to_string().contains(prefix))
+        .count()
+}
+
+/// A number unique to this run, for file name prefixes.
+fn nonce() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn real_url() -> String {
+    std::env::var("AIHOST_TEST_COMFYUI_URL")
+        .expect("set AIHOST_TEST_COMFYUI_URL to the real ComfyUI to test against")
+}
+
+async fn real_server(url: &str, extra: &str) -> Server {
+    let workflows = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../workflows");
+    let cfg = format!(
+        "urls = [{url:?}]\nworkflows_dir = {:?}\nhistory_poll_ms = 300\n{extra}",
+        workflows.canonicalize().unwrap().display().to_string()
+    );
+    Server::start_with(Options {
+        plugins: vec![("comfyui".into(), plugin_lib("aihost_comfyui"), cfg)],
+        ..Options::default()
+    })
+    .await
+}
+
+/// `kill -9` of the host while the real ComfyUI runs the task's prompt: the restarted host
+/// follows that prompt instead of queueing it again, so the work runs once.
+#[tokio::test]
+#[ignore = "needs a real ComfyUI: AIHOST_TEST_COMFYUI_URL=URL, run with --run-ignored all"]
+async fn real_comfyui_re_attach_after_kill_9() {
+    let url = real_url();
+    let mut s = real_server(&url, "").await;
+    let prefix = format!("aihost_reattach_{}", nonce());
+    let t = s
+        .create(
+            "comfyui.workflow",
+            json!({"workflow": slower(77, 12, &prefix)}),
+        )
+        .await;
+    let id = t["task_id"].as_str().unwrap().to_owned();
+    let running = wait_for(
+        "the real ComfyUI runs the prompt",
+        T,
+        async || match real_queue(&url).await.0.first() {
+            Some(p) => Ok(p.clone()),
+            None => Err("nothing running"),
+        },
+    )
+    .await;
+    s.kill9();
+    s.restart().await;
+    let done = s.wait_done(&id, T).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert_eq!(done["result"]["prompt_id"], running.as_str(), "{done}");
+    assert_eq!(done["attempts"], 2, "{done}");
+    assert_eq!(
+        real_history_count(&url, &prefix).await,
+        1,
+        "ComfyUI ran the graph more than once"
+    );
+    assert!(s.log().contains("re-attached"), "{}", s.log());
+    eprintln!("real: re-attached to {running} after kill -9");
+}
+
+/// Cancel of a running task against the real ComfyUI: the task's events show the wait for
+/// ComfyUI to stop before CANCELLED, ComfyUI never holds more than `queue_depth` of the
+/// host's prompts, and the other tasks complete.
+#[tokio::test]
+#[ignore = "needs a real ComfyUI: AIHOST_TEST_COMFYUI_URL=URL, run with --run-ignored all"]
+async fn real_comfyui_cancel_while_running() {
+    let url = real_url();
+    let s = real_server(&url, "queue_depth = 2\n").await;
+    let prefix = format!("aihost_cancel_{}", nonce());
+    let a = s
+        .create(
+            "comfyui.workflow",
+            json!({"workflow": slower(1, 12, &prefix)}),
+        )
+        .await;
+    let a = a["task_id"].as_str().unwrap().to_owned();
+    wait_for("the real ComfyUI runs the prompt", T, async || {
+        if real_queue(&url).await.0.is_empty() {
+            Err("nothing running")
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    // Sample ComfyUI's queue for the rest of the test.
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (url, sampling) = (url.clone(), sampling.clone());
+        tokio::spawn(async move {
+            let mut max = 0;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                let (r, p) = real_queue(&url).await;
+                max = max.max(r.len() + p.len());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            max
+        })
+    };
+    let mut others = Vec::new();
+    for c in 2..5 {
+        let t = s
+            .create(
+                "comfyui.workflow",
+                json!({"workflow": slower(c, 2, &format!("{prefix}_{c}"))}),
+            )
+            .await;
+        others.push(t["task_id"].as_str().unwrap().to_owned());
+    }
+    let stream = {
+        let resp = s
+            .http
+            .get(s.url(&format!("/api/tasks/{a}/events")))
+            .send()
+            .await
+            .unwrap();
+        tokio::spawn(resp.text())
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (st, _) = s.post(&format!("/api/tasks/{a}/cancel"), &json!({})).await;
+    assert_eq!(st, 202);
+    let ta = s.wait_done(&a, T).await;
+    assert_eq!(ta["status"], "CANCELLED", "{ta}");
+    let events = aihost_tests::sse_events(&stream.await.unwrap().unwrap());
+    let waiting = events.iter().position(|e| {
+        e["progress"]["message"] == "cancel requested, waiting for the engine to stop"
+    });
+    let cancelled = events.iter().position(|e| e["status"] == "CANCELLED");
+    assert!(
+        matches!((waiting, cancelled), (Some(w), Some(c)) if w < c),
+        "{events:#?}"
+    );
+    for id in &others {
+        let t = s.wait_done(id, T).await;
+        assert_eq!(t["status"], "COMPLETED", "{t}");
+    }
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let max = sampler.await.unwrap();
+    assert!(max <= 2, "ComfyUI held {max} of our prompts at once");
+    eprintln!("real: cancel while running ok, at most {max} prompts queued in ComfyUI");
 }

@@ -5,19 +5,12 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use aihost_tests::{Options, Server, fake_comfyui::FakeComfy, plugin_lib, sse_events, wait_for};
+use aihost_tests::{
+    Options, Server, fake_comfyui::FakeComfy, plugin_lib, sse_events, wait_for, workflows_dir,
+};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(60);
-
-fn workflows_dir() -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../workflows")
-        .canonicalize()
-        .unwrap()
-        .display()
-        .to_string()
-}
 
 async fn start(url: &str, extra: &str, env: Vec<(String, String)>) -> Server {
     let wait = if extra.contains("unavailable_wait_secs") {

@@ -14,19 +14,12 @@ use std::{
     time::Duration,
 };
 
-use aihost_tests::{Options, Server, fake_comfyui::FakeComfy, free_port, plugin_lib, wait_for};
+use aihost_tests::{
+    Options, Server, fake_comfyui::FakeComfy, free_port, plugin_lib, wait_for, workflows_dir,
+};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(60);
-
-fn workflows_dir() -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../workflows")
-        .canonicalize()
-        .unwrap()
-        .display()
-        .to_string()
-}
 
 async fn start(cfg: &str) -> Server {
     start_toml(cfg, "").await

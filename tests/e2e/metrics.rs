@@ -9,7 +9,9 @@ use std::{
     time::Duration,
 };
 
-use aihost_tests::{Options, Server, fake_comfyui::FakeComfy, free_port, plugin_lib, wait_for};
+use aihost_tests::{
+    Options, Server, fake_comfyui::FakeComfy, free_port, plugin_lib, wait_for, workflows_dir,
+};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(30);
@@ -438,15 +440,6 @@ fn promtool() -> Option<PathBuf> {
             .map(|p| p.join("promtool"))
             .find(|p| p.is_file())
     })
-}
-
-fn workflows_dir() -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../workflows")
-        .canonicalize()
-        .unwrap()
-        .display()
-        .to_string()
 }
 
 /// A scrape after a bit of everything (tasks of each outcome, a stream, a download, a ComfyUI

@@ -26,6 +26,16 @@ pub fn target_dir() -> PathBuf {
     deps.parent().expect("profile dir").to_path_buf()
 }
 
+/// The repository's `workflows/` folder (the ComfyUI templates), as an absolute path.
+pub fn workflows_dir() -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../workflows")
+        .canonicalize()
+        .expect("the workflows folder")
+        .display()
+        .to_string()
+}
+
 /// The built `aihost` binary.
 pub fn aihost_bin() -> PathBuf {
     let p = target_dir().join("aihost");

@@ -11,9 +11,9 @@
 //! Separate from `run.rs` so the decisions about which prompt a task owns live in one place.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{Arc, LazyLock, Mutex, atomic::Ordering},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use aihost_plugin_api::sdk::Value;
@@ -60,12 +60,44 @@ impl Active {
 impl Drop for Active {
     fn drop(&mut self) {
         ACTIVE.lock().unwrap().remove(&self.0);
+        let mut ended = ENDED.lock().unwrap();
+        ended.retain(|_, at| at.elapsed() < EARLY_KEEP);
+        ended.insert(self.0.clone(), Instant::now());
     }
 }
 
 /// Whether a `run` of `task_id` is going on in this process.
 pub(crate) fn is_active(task_id: &str) -> bool {
     ACTIVE.lock().unwrap().contains(task_id)
+}
+
+/// Cancels that arrived before the task's `run` began (the host may ask as soon as it handed
+/// the task over), with when they arrived; kept [`EARLY_KEEP`] at most.
+static EARLY: LazyLock<Mutex<HashMap<String, Instant>>> = LazyLock::new(Mutex::default);
+
+/// Tasks whose `run` ended here lately, with when: the host also cancels after it dropped a
+/// run (time limit, shutdown), and that cancel must not stop the task's next attempt.
+static ENDED: LazyLock<Mutex<HashMap<String, Instant>>> = LazyLock::new(Mutex::default);
+
+/// How long an early cancel waits for its `run` (and an ended run is remembered).
+const EARLY_KEEP: Duration = Duration::from_secs(120);
+
+/// Notes a cancel of `task_id` for a `run` that has not begun yet (unless one ended here
+/// lately: that cancel is for the run that ended). The caller checks [`is_active`] again
+/// afterwards: together with [`take_early_cancel`] after [`Active::new`], no cancel falls
+/// between the two.
+pub(crate) fn note_early_cancel(task_id: &str) {
+    if ENDED.lock().unwrap().contains_key(task_id) {
+        return;
+    }
+    let mut early = EARLY.lock().unwrap();
+    early.retain(|_, at| at.elapsed() < EARLY_KEEP);
+    early.insert(task_id.to_owned(), Instant::now());
+}
+
+/// Whether a cancel of `task_id` arrived before its `run` began (and forgets it).
+pub(crate) fn take_early_cancel(task_id: &str) -> bool {
+    EARLY.lock().unwrap().remove(task_id).is_some()
 }
 
 impl ComfyUi {
@@ -192,5 +224,17 @@ mod tests {
         assert_ne!(a, prompt_id("t1", 2));
         assert_ne!(a, prompt_id("t2", 1));
         assert_eq!(uuid::Uuid::parse_str(&a).unwrap().get_version_num(), 5);
+    }
+
+    #[test]
+    fn an_early_cancel_reaches_the_run_that_has_not_begun_but_not_the_next_attempt() {
+        // Cancelled before its run began: the run finds it.
+        note_early_cancel("early-1");
+        assert!(take_early_cancel("early-1"));
+        assert!(!take_early_cancel("early-1"));
+        // A run that ended here: a late cancel (after a time limit) is not kept for the next.
+        drop(Active::new("early-2"));
+        note_early_cancel("early-2");
+        assert!(!take_early_cancel("early-2"));
     }
 }

@@ -20,20 +20,9 @@ impl ComfyUi {
         let reason = if ready {
             String::new()
         } else {
-            let why: Vec<String> = self
-                .instances
-                .iter()
-                .map(|i| {
-                    format!(
-                        "{} ({})",
-                        i.url,
-                        i.last_error().unwrap_or_else(|| "not connected yet".into())
-                    )
-                })
-                .collect();
             format!(
                 "waiting for a ComfyUI instance: none is reachable: {}",
-                why.join(", ")
+                self.why_unreachable("not connected yet").join(", ")
             )
         };
         json!({ TASK_TYPE: {"ready": ready, "reason": reason} })

@@ -33,6 +33,17 @@ impl Drop for Slot {
 }
 
 impl ComfyUi {
+    /// `URL (last error)` of every instance, `otherwise` where no error was seen yet.
+    pub(crate) fn why_unreachable(&self, otherwise: &str) -> Vec<String> {
+        self.instances
+            .iter()
+            .map(|i| {
+                let why = i.last_error().unwrap_or_else(|| otherwise.to_owned());
+                format!("{} ({why})", i.url)
+            })
+            .collect()
+    }
+
     /// Slots per instance: `queue_depth`, at least 1.
     pub(crate) fn depth(&self) -> usize {
         self.config.queue_depth.max(1) as usize
@@ -82,18 +93,7 @@ impl ComfyUi {
                 let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
             } else {
                 if tokio::time::Instant::now() >= deadline {
-                    let why: Vec<String> = self
-                        .instances
-                        .iter()
-                        .map(|i| {
-                            format!(
-                                "{} ({})",
-                                i.url,
-                                i.last_error().unwrap_or_else(|| "not connected".into())
-                            )
-                        })
-                        .collect();
-                    return Err(no_instance(&why));
+                    return Err(no_instance(&self.why_unreachable("not connected")));
                 }
                 let waits = self
                     .instances

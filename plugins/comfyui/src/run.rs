@@ -72,6 +72,9 @@ impl ComfyUi {
         ctx: Context,
     ) -> Result<Output, PluginError> {
         let _active = attach::Active::new(&task.id);
+        if attach::take_early_cancel(&task.id) {
+            return Err(fatal(codes::CANCELLED, "cancelled before it started"));
+        }
         let result = self.clone().run_inner(&task, &ctx).await;
         self.cancelled.lock().unwrap().remove(&task.id);
         result
@@ -351,7 +354,10 @@ impl ComfyUi {
     /// once ComfyUI reports the prompt interrupted or gone.
     pub(crate) async fn cancel(&self, task_id: String) {
         if !attach::is_active(&task_id) {
-            return;
+            attach::note_early_cancel(&task_id);
+            if !attach::is_active(&task_id) {
+                return;
+            }
         }
         self.cancelled.lock().unwrap().insert(task_id.clone());
         let entry = self.running.lock().unwrap().remove(&task_id);
