@@ -5,7 +5,7 @@
 //! ComfyUI, one shared WebSocket for 100 tasks, a pool with an instance down, video and text
 //! outputs, the seed's routes.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use aihost_tests::{
     Options, Server, fake_comfyui::FakeComfy, free_port, plugin_lib, solid_png, wait_for,

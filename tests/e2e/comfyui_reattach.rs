@@ -3,7 +3,7 @@
 //! (the fake receives it once), and a cancel of a running task waits for the engine to stop
 //! while the fake never holds more than `queue_depth` of our prompts.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use aihost_tests::{
     Options, Server, fake_comfyui::FakeComfy, plugin_lib, sse_events, wait_for, workflows_dir,
