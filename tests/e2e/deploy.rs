@@ -194,4 +194,8 @@ async fn the_comfyui_image_configuration_supervises_an_instance() {
         .await;
     assert_eq!(t["status"], "COMPLETED", "{t}");
     assert!(pid > 0);
+    // The image's data volume starts empty: the plugin made what ComfyUI needs to start.
+    for sub in ["custom_nodes", "models", "input", "output"] {
+        assert!(data.join(sub).is_dir(), "{sub}/ was not made");
+    }
 }

@@ -220,6 +220,13 @@ impl Supervisor {
     /// Starts the child (unless stopping), its pid recorded under the state lock so a
     /// concurrent [`Supervisor::shutdown`] always sees it.
     fn spawn(&self) -> std::io::Result<Option<Child>> {
+        // A base folder of its own (`--base-directory`) must have these before ComfyUI starts
+        // (0.3.64 exits without custom_nodes/); an image's volume starts empty.
+        if !self.launch.comfyui_dir.is_empty() {
+            for sub in ["custom_nodes", "models", "input", "output"] {
+                std::fs::create_dir_all(std::path::Path::new(&self.launch.comfyui_dir).join(sub))?;
+            }
+        }
         let port = self.port().to_string();
         let args: Vec<String> = self
             .launch
