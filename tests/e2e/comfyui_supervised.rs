@@ -53,6 +53,19 @@ fn supervised_env(port: u16, dir: &Path, env: &str) -> String {
     )
 }
 
+/// Runs a generation naming `ckpt`, which no instance has: it fails with `model_unavailable`
+/// naming the model. Answers the task.
+async fn model_unavailable(s: &Server, ckpt: &str) -> Value {
+    let t = s.run("comfyui.workflow", generation(ckpt), T).await;
+    assert_eq!(t["status"], "FAILED", "{t}");
+    assert_eq!(t["error"]["code"], "model_unavailable", "{t}");
+    assert!(
+        t["error"]["message"].as_str().unwrap().contains(ckpt),
+        "{t}"
+    );
+    t
+}
+
 /// The plugin's health entry of its first instance.
 async fn instance(s: &Server) -> Value {
     let (_, st) = s.get("/api/status").await;
@@ -284,18 +297,7 @@ async fn manifest_downloads_before_tasks_refuses_a_bad_checksum_and_routes_by_th
         .run("comfyui.workflow", generation("good.safetensors"), T)
         .await;
     assert_eq!(t["status"], "COMPLETED", "{t}");
-    let t = s
-        .run("comfyui.workflow", generation("missing.safetensors"), T)
-        .await;
-    assert_eq!(t["status"], "FAILED", "{t}");
-    assert_eq!(t["error"]["code"], "model_unavailable", "{t}");
-    assert!(
-        t["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("missing.safetensors"),
-        "{t}"
-    );
+    model_unavailable(&s, "missing.safetensors").await;
 }
 
 #[tokio::test]
@@ -354,18 +356,7 @@ async fn tasks_go_to_the_instance_that_has_their_checkpoint() {
         .run("comfyui.workflow", generation("shared.safetensors"), T)
         .await;
     assert_eq!(t["status"], "COMPLETED", "{t}");
-    let t = s
-        .run("comfyui.workflow", generation("c.safetensors"), T)
-        .await;
-    assert_eq!(t["status"], "FAILED", "{t}");
-    assert_eq!(t["error"]["code"], "model_unavailable", "{t}");
-    assert!(
-        t["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("c.safetensors"),
-        "{t}"
-    );
+    let t = model_unavailable(&s, "c.safetensors").await;
     assert_eq!(t["attempts"], 1, "{t}");
 
     // A per-task model URL outside `model_url_hosts` (empty: off) fails at once.

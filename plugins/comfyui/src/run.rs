@@ -91,6 +91,8 @@ impl ComfyUi {
                 .unwrap_or(self.config.task_timeout_secs)
                 .max(1),
         );
+        // Where this task's uploads go in ComfyUI's input folder.
+        let subfolder = format!("{}/{}", self.config.upload_subfolder, task.id);
         // A prompt of an earlier attempt (or of this one, released and reused) may still be in
         // ComfyUI: follow or collect it instead of running the work twice.
         let own_taken = match self.find_attempts(&task.id, task.attempt).await {
@@ -117,17 +119,7 @@ impl ComfyUi {
             Found::Live(inst, pid) => {
                 let slot = self.slot_on(&inst);
                 let rx = inst.listen(&pid);
-                self.running
-                    .lock()
-                    .unwrap()
-                    .insert(task.id.clone(), (inst.clone(), pid.clone()));
-                let guard = PromptGuard {
-                    plugin: self.clone(),
-                    task_id: task.id.clone(),
-                    inst: inst.clone(),
-                    prompt_id: pid.clone(),
-                    slot: Some(slot),
-                };
+                let guard = self.hold(&task.id, &inst, &pid, slot);
                 let msg = format!("re-attached to prompt {pid} on instance {}", inst.url);
                 tracing::info!(task_id = %task.id, prompt_id = %pid, url = %inst.url, "re-attached to a prompt still in ComfyUI");
                 ctx.log(aihost_plugin_api::level::INFO, &msg);
@@ -146,8 +138,7 @@ impl ComfyUi {
                         Tail {
                             managed: self.managed_of(&inst),
                             previews: None,
-                            uploads: (!media.is_empty())
-                                .then(|| format!("{}/{}", self.config.upload_subfolder, task.id)),
+                            uploads: (!media.is_empty()).then_some(subfolder),
                         },
                     )
                     .await;
@@ -156,7 +147,6 @@ impl ComfyUi {
         };
         let want = self.want(&graph, &input.models)?;
         ctx.progress(1.0, "waiting for a ComfyUI instance");
-        let subfolder = format!("{}/{}", self.config.upload_subfolder, task.id);
         let pre = async {
             let slot = self.acquire(&want).await?;
             let inst = slot.inst.clone();
@@ -193,17 +183,7 @@ impl ComfyUi {
                 inst.listen_previews(&pid),
             )
         });
-        self.running
-            .lock()
-            .unwrap()
-            .insert(task.id.clone(), (inst.clone(), pid.clone()));
-        let mut guard = PromptGuard {
-            plugin: self.clone(),
-            task_id: task.id.clone(),
-            inst: inst.clone(),
-            prompt_id: pid.clone(),
-            slot: Some(slot),
-        };
+        let mut guard = self.hold(&task.id, &inst, &pid, slot);
         let (status, body) = inst.queue_prompt(&graph, &pid).await?;
         let refused = match status {
             200 => {
@@ -259,6 +239,28 @@ impl ComfyUi {
             tail,
         )
         .await
+    }
+
+    /// Records `pid` on `inst` as the task's prompt in ComfyUI (what a cancel stops) and
+    /// answers the guard that ends it, holding `slot` until the prompt is gone.
+    fn hold(
+        self: &Arc<Self>,
+        task_id: &str,
+        inst: &Arc<Instance>,
+        pid: &str,
+        slot: Slot,
+    ) -> PromptGuard {
+        self.running
+            .lock()
+            .unwrap()
+            .insert(task_id.to_owned(), (inst.clone(), pid.to_owned()));
+        PromptGuard {
+            plugin: self.clone(),
+            task_id: task_id.to_owned(),
+            inst: inst.clone(),
+            prompt_id: pid.to_owned(),
+            slot: Some(slot),
+        }
     }
 
     /// Follows a queued prompt to its end and collects its outputs.
