@@ -167,6 +167,10 @@ error_codes! {
     COMFYUI_WORKFLOW_NOT_FOUND = "workflow_not_found", [Http] 404,
         "No installed workflow template has this name (`GET /api/workflows` lists them).";
 
+    // The ComfyUI-compatible gateway (api/comfy/).
+    COMFY_INVALID_PROMPT = "invalid_prompt", [Http] 400,
+        "ComfyUI gateway: the body of `POST /comfy/prompt` is not JSON or has no API-format graph under `prompt`, the graph fails the task type's schema, its `prompt_id` is used by another prompt, or a `/comfy/view` query is malformed (ComfyUI's error shape, with this code beside its `type`).";
+
     // The task store (store/mod.rs `StoreError`).
     INVALID_CURSOR = "invalid_cursor", [Http] 400,
         "The `cursor` of a task list was not produced by this store.";

@@ -202,6 +202,13 @@ pub(crate) async fn get_file(req: &Request, Data(state): Data<&Arc<AppState>>) -
             );
         }
     };
+    serve_key(req, state, &key).await
+}
+
+/// Streams the stored object `key` (with `Range`), as `GET /files/{key}` does; shared with
+/// the ComfyUI gateway's `/view`.
+pub(crate) async fn serve_key(req: &Request, state: &AppState, key: &str) -> Response {
+    let key = key.to_owned();
     let range_header = req
         .headers()
         .get(header::RANGE)

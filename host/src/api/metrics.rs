@@ -55,6 +55,10 @@ pub(crate) fn route_template(path: &str) -> &'static str {
     if path.starts_with("/files/") && path.len() > "/files/".len() {
         return "/files/{key}";
     }
+    // The ComfyUI gateway's routes are one template (its paths are ComfyUI's, not the API's).
+    if super::comfy::is_gateway_path(path) {
+        return "/comfy/{route}";
+    }
     let segments: Vec<&str> = path.split('/').collect();
     let mut best: Option<(usize, &'static str)> = None;
     for route in ROUTES {

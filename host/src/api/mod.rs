@@ -15,6 +15,7 @@ use poem_openapi::{OpenApiService, Tags};
 use crate::{dispatcher::Dispatcher, plugins::Registry, storage::Storage, store::TaskStore};
 
 mod access_log;
+pub(crate) mod comfy;
 pub(crate) mod conn;
 pub(crate) mod error;
 pub(crate) mod events;
@@ -136,6 +137,7 @@ pub(crate) fn app(state: Arc<AppState>) -> impl Endpoint {
     let cors_origins = state.cors_origins.clone();
     let public_url = state.public_url.clone();
     seed::comfyui::mount(Route::new().nest("/", service))
+        .nest(comfy::PREFIX, comfy::routes())
         .at("/api/uploads", post(files::upload))
         .at("/api/tasks/:task_id/ws", get(events::task_ws))
         .at("/files/*key", get(files::get_file))
@@ -230,26 +232,33 @@ fn cors(origins: &[String], public_url: &str) -> poem::middleware::Cors {
     }
 }
 
-/// Requires a key on `/api/*` except the probes `/api/health` and `/api/ready`, and on
-/// `/metrics`, when keys are configured: header `Authorization: Bearer KEY` or
-/// `X-API-Key: KEY`.
+/// Requires a key on `/api/*` except the probes `/api/health` and `/api/ready`, on
+/// `/metrics` and on the ComfyUI gateway `/comfy/*`, when keys are configured: header
+/// `Authorization: Bearer KEY` or `X-API-Key: KEY` (on `/comfy/*` also `?token=KEY`).
 fn check_api_key(state: &AppState, req: &Request) -> Option<poem::Error> {
     if state.api_keys.is_empty() {
         return None;
     }
     let path = req.uri().path();
-    if !(path.starts_with("/api/") || path == "/metrics")
+    let gateway = comfy::is_gateway_path(path);
+    if !(path.starts_with("/api/") || path == "/metrics" || gateway)
         || path == "/api/health"
         || path == "/api/ready"
     {
         return None;
     }
     let headers = req.headers();
+    // The ComfyUI gateway also takes the key as `?token=` (its clients often cannot set
+    // headers); the access log names routes, never queries, so the key is not logged.
+    let token = gateway
+        .then(|| req.uri().query().and_then(comfy::query_token))
+        .flatten();
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .or(token.as_deref());
     let ok = given.is_some_and(|g| key_matches(&state.api_keys, g));
     if ok {
         None
@@ -288,7 +297,8 @@ async fn limit_body<E: Endpoint>(
     ep: Arc<E>,
     mut req: Request,
 ) -> poem::Result<Response> {
-    let is_upload = req.uri().path() == "/api/uploads";
+    let is_upload =
+        req.uri().path() == "/api/uploads" || comfy::is_upload_path(req.uri().path());
     let limit = if is_upload {
         state.max_upload_bytes.saturating_add(1 << 20)
     } else {

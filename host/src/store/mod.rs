@@ -483,6 +483,10 @@ pub(crate) trait TaskStore: Send + Sync + 'static {
     /// Reads one task.
     async fn get(&self, id: Uuid) -> StoreResult<Option<Task>>;
 
+    /// Reads the task holding an idempotency key (the ComfyUI gateway finds a prompt's task
+    /// by its key `comfy:{prompt_id}`).
+    async fn get_by_idempotency_key(&self, key: &str) -> StoreResult<Option<Task>>;
+
     /// Lists tasks newest first, with cursor pagination.
     async fn list(&self, filter: ListFilter) -> StoreResult<Page>;
 

@@ -40,6 +40,11 @@ pub(crate) struct Input {
     #[serde(default)]
     pub(crate) previews: bool,
     pub(crate) timeout_secs: Option<u64>,
+    /// Bookkeeping of the host's ComfyUI-compatible gateway (client id, prompt id, number,
+    /// extra data of the prompt); the plugin ignores it.
+    #[serde(default)]
+    #[expect(dead_code, reason = "kept for the host's gateway; the plugin never reads it")]
+    pub(crate) gateway: Option<Value>,
 }
 
 /// The JSON Schema of the task input; with templates loaded, each template's parameters are
@@ -83,7 +88,8 @@ pub fn input_schema(templates: &[Template]) -> Value {
                     "properties": {"url": {"type": "string", "minLength": 1}, "folder": {"type": "string", "minLength": 1}, "node": {"type": "string"}, "input": {"type": "string"}}}},
             "include_previews": {"type": "boolean", "default": false, "description": "Also return `temp` files (PreviewImage)."},
             "previews": {"type": "boolean", "default": false, "description": "Send ComfyUI's live preview images (sampler steps, when ComfyUI runs with --preview-method) as `preview` events on the task's event stream, at most about 2 a second; the latest is `progress.preview`."},
-            "timeout_secs": {"type": "integer", "minimum": 1, "maximum": 86400, "description": "Interrupt and fail with `timeout` after this long."}
+            "timeout_secs": {"type": "integer", "minimum": 1, "maximum": 86400, "description": "Interrupt and fail with `timeout` after this long."},
+            "gateway": {"type": "object", "description": "Set by the ComfyUI-compatible gateway (`/comfy/prompt`): the prompt's client_id, prompt_id, number, extra_data and outputs_to_execute. The plugin ignores it."}
         },
         // In `allOf` so that its failure has a message of its own (a bare `oneOf` error would
         // quote the whole input, graph included).

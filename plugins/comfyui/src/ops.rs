@@ -1,4 +1,4 @@
-//! The plugin's ops (`queue_status`, `system_stats`, `interrupt`, `list_workflows`) and its
+//! The plugin's ops (`queue_status`, `system_stats`, `interrupt`, `list_workflows`, `info`) and its
 //! health report: what the host can ask of the pool outside of tasks.
 //!
 //! Separate from running tasks (`run.rs`): every op asks each instance of the pool in turn and
@@ -32,6 +32,10 @@ pub(crate) fn describe() -> Vec<Op> {
             description: "Interrupts the running prompt (args: optional prompt_id).".into(),
         },
         Op {
+            name: "info".into(),
+            description: "A read-only ComfyUI route of the first reachable instance (args: `route`, one of object_info, object_info/{class}, embeddings, models, models/{folder}), for the ComfyUI-compatible gateway.".into(),
+        },
+        Op {
             name: "list_workflows".into(),
             description: "Installed workflow templates with their parameter schemas.".into(),
         },
@@ -50,6 +54,7 @@ impl ComfyUi {
             "system_stats" => self.system_stats().await,
             "interrupt" => self.interrupt(args).await,
             "list_workflows" => Ok(self.list_workflows()),
+            "info" => self.info(args).await,
             "availability" => Ok(self.availability()),
             other => Err(fatal(
                 codes::UNKNOWN_OP,
@@ -202,6 +207,25 @@ impl ComfyUi {
         Ok(json!({"interrupted": done, "unreachable": errors}))
     }
 
+    /// `info`: one read-only route of ComfyUI (`args.route`, from a fixed list; a class or
+    /// folder segment is %-encoded), answered by the first reachable instance.
+    async fn info(&self, args: &Value) -> Result<Value, PluginError> {
+        let route = args.get("route").and_then(Value::as_str).unwrap_or("");
+        let path = info_path(route).ok_or_else(|| {
+            PluginError::invalid_input(format!(
+                "info: {route:?} is not one of object_info, object_info/{{class}}, embeddings, models, models/{{folder}}"
+            ))
+        })?;
+        let mut errors = Vec::new();
+        for i in &self.instances {
+            match i.get_json(&path).await {
+                Ok(v) => return Ok(v),
+                Err(e) => errors.push(format!("{} ({})", i.url, e.message)),
+            }
+        }
+        Err(no_instance(&errors))
+    }
+
     /// `list_workflows`: the installed templates with their parameter schemas.
     fn list_workflows(&self) -> Value {
         json!({"workflows": self.templates.iter().map(|t| json!({
@@ -210,5 +234,50 @@ impl ComfyUi {
             "params_schema": t.params_schema(),
             "media_params": t.media_params(),
         })).collect::<Vec<_>>()})
+    }
+}
+
+/// The ComfyUI path of an `info` route, or `None` for a route not on the list.
+fn info_path(route: &str) -> Option<String> {
+    let (head, tail) = match route.split_once('/') {
+        Some((h, t)) => (h, Some(t)),
+        None => (route, None),
+    };
+    match (head, tail) {
+        ("object_info" | "embeddings" | "models", None) => {
+            Some(format!("/{head}"))
+        }
+        ("object_info" | "models", Some(seg)) if !seg.is_empty() => {
+            let enc: String = seg
+                .bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect();
+            Some(format!("/{head}/{enc}"))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod info_tests {
+    use super::info_path;
+
+    #[test]
+    fn info_routes_are_a_fixed_list_and_segments_are_encoded() {
+        assert_eq!(info_path("object_info").as_deref(), Some("/object_info"));
+        assert_eq!(
+            info_path("object_info/Load Image/x").as_deref(),
+            Some("/object_info/Load%20Image%2Fx")
+        );
+        assert_eq!(info_path("models/loras").as_deref(), Some("/models/loras"));
+        for bad in ["", "prompt", "queue", "object_info/", "history/x", "interrupt"] {
+            assert_eq!(info_path(bad), None, "{bad}");
+        }
     }
 }

@@ -76,6 +76,7 @@ macro_rules! conformance_suite {
             read::stats_on_known_set,
             read::pending_by_type_counts,
             read::ping_answers,
+            read::get_by_idempotency_key_finds_the_holder,
             events::events_in_order,
             events::previews_ride_progress,
             events::events_of_retries_and_cancels,

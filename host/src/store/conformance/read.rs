@@ -324,3 +324,28 @@ pub(super) async fn ping_answers(h: &dyn Harness) {
     let store = h.open().await;
     store.ping().await.unwrap();
 }
+
+/// The task holding an idempotency key is found by the key; another key finds nothing, and a
+/// deleted task frees its key.
+pub(super) async fn get_by_idempotency_key_finds_the_holder(h: &dyn Harness) {
+    let store = h.open().await;
+    let mut t = new_task("keyed", 0);
+    t.idempotency_key = Some("comfy:p-1".into());
+    let held = insert(&*store, t).await;
+    insert(&*store, new_task("keyed", 0)).await;
+    let found = store
+        .get_by_idempotency_key("comfy:p-1")
+        .await
+        .unwrap()
+        .expect("the holder");
+    assert_eq!(found, held);
+    assert_eq!(store.get_by_idempotency_key("comfy:p-2").await.unwrap(), None);
+    let finished = claim_one(&*store, "keyed", LEASE).await;
+    assert_eq!(finished.id, held.id);
+    store
+        .complete(held.id, finished.attempts, json!({}))
+        .await
+        .unwrap();
+    store.delete(held.id).await.unwrap();
+    assert_eq!(store.get_by_idempotency_key("comfy:p-1").await.unwrap(), None);
+}

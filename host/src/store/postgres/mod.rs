@@ -214,6 +214,10 @@ impl TaskStore for PostgresStore {
         read::get_task(&self.inner.pool, id).await
     }
 
+    async fn get_by_idempotency_key(&self, key: &str) -> StoreResult<Option<Task>> {
+        read::get_by_idempotency_key(&self.inner.pool, key).await
+    }
+
     async fn list(&self, filter: ListFilter) -> StoreResult<Page> {
         read::list(self, filter).await
     }

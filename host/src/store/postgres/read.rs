@@ -19,6 +19,9 @@ use crate::store::{
 
 const SQL_GET: &str = "SELECT row_to_json(tasks)::text AS j FROM tasks WHERE id = $1";
 
+const SQL_GET_BY_KEY: &str =
+    "SELECT row_to_json(tasks)::text AS j FROM tasks WHERE idempotency_key = $1";
+
 const SQL_COUNTS: &str =
     "SELECT task_type, status, COUNT(*) AS n FROM tasks GROUP BY task_type, status";
 
@@ -39,6 +42,17 @@ const SQL_PENDING_BY_TYPE: &str =
 pub(super) async fn get_task(pool: &PgPool, id: Uuid) -> StoreResult<Option<Task>> {
     let row = sqlx::query(SQL_GET)
         .bind(id)
+        .fetch_optional(pool)
+        .await
+        .map_err(db_err)?;
+    row.as_ref().map(task_from_row).transpose()
+}
+
+/// [`TaskStore::get_by_idempotency_key`](crate::store::TaskStore::get_by_idempotency_key)
+/// (the unique partial index on the key serves it).
+pub(super) async fn get_by_idempotency_key(pool: &PgPool, key: &str) -> StoreResult<Option<Task>> {
+    let row = sqlx::query(SQL_GET_BY_KEY)
+        .bind(key)
         .fetch_optional(pool)
         .await
         .map_err(db_err)?;

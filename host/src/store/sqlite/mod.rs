@@ -244,6 +244,10 @@ impl TaskStore for SqliteStore {
         read::get(self, id).await
     }
 
+    async fn get_by_idempotency_key(&self, key: &str) -> StoreResult<Option<Task>> {
+        read::get_by_idempotency_key(self, key).await
+    }
+
     async fn list(&self, filter: ListFilter) -> StoreResult<Page> {
         read::list(self, filter).await
     }

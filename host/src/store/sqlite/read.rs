@@ -22,6 +22,12 @@ use crate::store::{
 
 const SQL_GET: &str = concat!("SELECT ", task_columns!(), " FROM tasks WHERE id = ?1");
 
+const SQL_GET_BY_KEY: &str = concat!(
+    "SELECT ",
+    task_columns!(),
+    " FROM tasks WHERE idempotency_key = ?1"
+);
+
 const SQL_COUNTS: &str =
     "SELECT task_type, status, COUNT(*) AS n FROM tasks GROUP BY task_type, status";
 
@@ -37,6 +43,20 @@ pub(super) const SQL_PENDING_BY_TYPE: &str = "SELECT task_type, COUNT(*) AS n FR
 pub(super) async fn get(store: &SqliteStore, id: Uuid) -> StoreResult<Option<Task>> {
     let row = sqlx::query(SQL_GET)
         .bind(id.to_string())
+        .fetch_optional(&store.reader)
+        .await
+        .map_err(db_err)?;
+    row.as_ref().map(task_from_row).transpose()
+}
+
+/// [`TaskStore::get_by_idempotency_key`](crate::store::TaskStore::get_by_idempotency_key)
+/// (the unique partial index on the key serves it).
+pub(super) async fn get_by_idempotency_key(
+    store: &SqliteStore,
+    key: &str,
+) -> StoreResult<Option<Task>> {
+    let row = sqlx::query(SQL_GET_BY_KEY)
+        .bind(key)
         .fetch_optional(&store.reader)
         .await
         .map_err(db_err)?;
