@@ -252,7 +252,7 @@ fn info_path(route: &str) -> Option<String> {
                 .bytes()
                 .map(|b| {
                     if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-                        (b as char).to_string()
+                        char::from(b).to_string()
                     } else {
                         format!("%{b:02X}")
                     }

@@ -49,12 +49,12 @@ pub(crate) fn outputs(result: Option<&Value>) -> Map<String, Value> {
         let entry = by_node
             .entry(node.to_owned())
             .or_insert_with(|| json!({}));
-        let list = entry
+        let items = entry
             .as_object_mut()
             .expect("object")
             .entry(kind.to_owned())
             .or_insert_with(|| json!([]));
-        if let Some(a) = list.as_array_mut() {
+        if let Some(a) = items.as_array_mut() {
             a.push(json!({
                 "filename": filename,
                 "subfolder": subfolder,

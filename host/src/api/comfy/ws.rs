@@ -68,11 +68,11 @@ pub(crate) async fn socket(
     // Subscribed before the upgrade: nothing published from now on is missed.
     let rx = std::sync::Mutex::new(state.store.subscribe());
     let state = state.clone();
-    ws.on_upgrade(move |socket| async move {
+    ws.on_upgrade(move |upgraded| async move {
         let _permit = permit;
         let _open = crate::metrics::StreamGuard::open("ws");
         let rx = rx.into_inner().unwrap_or_else(|p| p.into_inner());
-        serve(&state, &sid, rx, socket).await;
+        serve(&state, &sid, rx, upgraded).await;
     })
     .into_response()
 }
@@ -97,8 +97,7 @@ fn messages(ev: &TaskEvent, prompt_id: &str) -> Vec<Value> {
             ),
         ],
         EventKind::Progress if ev.task.status == Status::Processing => {
-            let percent = ev.task.progress.as_ref().map_or(0.0, |p| p.percent);
-            let value = percent.clamp(0.0, 100.0).round() as u64;
+            let value = whole_percent(ev.task.progress.as_ref().map_or(0.0, |p| p.percent));
             vec![msg(
                 "progress",
                 json!({"value": value, "max": 100, "prompt_id": prompt_id, "node": null}),
@@ -130,6 +129,16 @@ fn messages(ev: &TaskEvent, prompt_id: &str) -> Vec<Value> {
     }
 }
 
+/// A percent as a whole number from 0 to 100.
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "clamped to 0..=100 and rounded first"
+)]
+fn whole_percent(p: f32) -> u64 {
+    if p.is_nan() { 0 } else { p.clamp(0.0, 100.0).round() as u64 }
+}
+
 /// Whether an event changes `queue_remaining`.
 fn changes_queue(kind: EventKind) -> bool {
     matches!(
@@ -147,9 +156,9 @@ async fn serve(
     state: &AppState,
     sid: &str,
     mut rx: broadcast::Receiver<TaskEvent>,
-    socket: WebSocketStream,
+    upgraded: WebSocketStream,
 ) {
-    let (mut sink, mut incoming) = socket.split();
+    let (mut sink, mut incoming) = upgraded.split();
     macro_rules! send {
         ($v:expr) => {
             if sink.send(Message::Text($v.to_string())).await.is_err() {
