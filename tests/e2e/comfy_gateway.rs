@@ -6,8 +6,10 @@
 
 use std::time::Duration;
 
-use aihost_tests::{Options, Server, fake_comfyui::FakeComfy, plugin_lib, solid_png, workflows_dir};
-use futures_util::{SinkExt, StreamExt};
+use aihost_tests::{
+    Options, Server, fake_comfyui::FakeComfy, plugin_lib, solid_png, workflows_dir,
+};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -225,7 +227,11 @@ async fn a_comfyui_client_runs_unchanged_against_the_gateway_behind_a_key() {
     assert_eq!(img.get_pixel(5, 5).0, [255, 0, 0]);
     // The same landmarks in the same order as ComfyUI's own stream.
     for k in [&kinds(&direct_msgs), &kinds(&msgs)] {
-        let pos = |t: &str| k.iter().position(|x| *x == t).unwrap_or_else(|| panic!("{t} in {k:?}"));
+        let pos = |t: &str| {
+            k.iter()
+                .position(|x| *x == t)
+                .unwrap_or_else(|| panic!("{t} in {k:?}"))
+        };
         assert!(pos("execution_start") < pos("executed"), "{k:?}");
         assert!(pos("executed") < pos("execution_success"), "{k:?}");
         assert_eq!(k.last(), Some(&"executing"));
@@ -252,7 +258,10 @@ async fn a_comfyui_client_runs_unchanged_against_the_gateway_behind_a_key() {
     let q = gw.get_json("/queue", &[]).await;
     assert_eq!(q, json!({"queue_running": [], "queue_pending": []}));
     let info = gw.get_json("/object_info/EmptyImage", &[]).await;
-    assert!(info["EmptyImage"]["input"]["required"]["width"].is_array(), "{info}");
+    assert!(
+        info["EmptyImage"]["input"]["required"]["width"].is_array(),
+        "{info}"
+    );
     let stats = gw.get_json("/system_stats", &[]).await;
     assert!(stats["system"].is_object(), "{stats}");
     assert_eq!(
@@ -270,7 +279,11 @@ async fn a_comfyui_client_runs_unchanged_against_the_gateway_behind_a_key() {
         }
     };
     let (st, b) = post(json!({"prompt": prompt, "prompt_id": pid})).await;
-    assert_eq!((st, b["prompt_id"].as_str()), (200, Some(pid.as_str())), "{b}");
+    assert_eq!(
+        (st, b["prompt_id"].as_str()),
+        (200, Some(pid.as_str())),
+        "{b}"
+    );
     let (st, b) = post(json!({"prompt": solid_graph(8, 8, 0, "x"), "prompt_id": pid})).await;
     assert_eq!(st, 400, "{b}");
     assert_eq!(b["error"]["type"], "prompt_id_in_use");
@@ -278,11 +291,21 @@ async fn a_comfyui_client_runs_unchanged_against_the_gateway_behind_a_key() {
 
     // Bad bodies answer ComfyUI's error shape.
     let (st, b) = post(json!({"prompt": [1, 2]})).await;
-    assert_eq!((st, b["error"]["type"].as_str()), (400, Some("invalid_prompt")), "{b}");
+    assert_eq!(
+        (st, b["error"]["type"].as_str()),
+        (400, Some("invalid_prompt")),
+        "{b}"
+    );
     let (st, b) = post(json!({"prompt": {"1": {"inputs": {}}}})).await;
     assert_eq!(st, 400, "{b}");
     assert_eq!(b["error"]["code"], "invalid_workflow", "{b}");
-    assert!(b["error"]["message"].as_str().unwrap().contains("class_type"), "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("class_type"),
+        "{b}"
+    );
     let r = s
         .http
         .post(gw.url("/prompt", &[]))
@@ -308,7 +331,12 @@ async fn a_comfyui_client_runs_unchanged_against_the_gateway_behind_a_key() {
     let r = s.http.get(anon.url("/history", &[])).send().await.unwrap();
     assert_eq!(r.status(), 401);
     let wrong = Client::new(&s.url("/comfy"), Some("nope"), "anon");
-    let r = s.http.get(wrong.url("/api/queue", &[])).send().await.unwrap();
+    let r = s
+        .http
+        .get(wrong.url("/api/queue", &[]))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let ws_url = anon
         .url("/ws", &[("clientId", "anon")])
@@ -325,11 +353,18 @@ async fn uploads_feed_load_image_and_interrupt_cancels_the_running_prompt() {
     let c = Client::new(&s.url("/comfy"), None, "uploader");
     let png = solid_png(40, 30, [10, 20, 30]);
     let up = c.upload_image("up.png", png.clone(), "caps").await;
-    assert_eq!(up, json!({"name": "up.png", "subfolder": "caps", "type": "input"}));
+    assert_eq!(
+        up,
+        json!({"name": "up.png", "subfolder": "caps", "type": "input"})
+    );
     // Without overwrite a taken name gets a new one, as ComfyUI does.
-    let again = c.upload_image("up.png", solid_png(4, 4, [0, 0, 0]), "caps").await;
+    let again = c
+        .upload_image("up.png", solid_png(4, 4, [0, 0, 0]), "caps")
+        .await;
     assert_eq!(again["name"], "up (1).png");
-    let (st, _, bytes) = c.view(&json!({"filename": "up.png", "subfolder": "caps", "type": "input"})).await;
+    let (st, _, bytes) = c
+        .view(&json!({"filename": "up.png", "subfolder": "caps", "type": "input"}))
+        .await;
     assert_eq!((st, bytes == png), (200, true));
 
     let prompt = json!({
@@ -340,11 +375,23 @@ async fn uploads_feed_load_image_and_interrupt_cancels_the_running_prompt() {
     let (_, _, h, img) = run_prompt(&c, &prompt).await;
     assert_eq!(img.dimensions(), (40, 30));
     assert_eq!(img.get_pixel(0, 0).0, [245, 235, 225]);
-    assert!(h["outputs"]["3"]["images"][0]["subfolder"].as_str().unwrap().ends_with("/caps"), "{h}");
+    assert!(
+        h["outputs"]["3"]["images"][0]["subfolder"]
+            .as_str()
+            .unwrap()
+            .ends_with("/caps"),
+        "{h}"
+    );
     // The file reached ComfyUI through the plugin's media upload.
     let sent = fake.prompts().last().unwrap().clone();
-    let name = sent["prompt"]["1"]["inputs"]["image"].as_str().unwrap().to_owned();
-    assert!(name.starts_with("aihost/") && name.ends_with("/up.png"), "{name}");
+    let name = sent["prompt"]["1"]["inputs"]["image"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        name.starts_with("aihost/") && name.ends_with("/up.png"),
+        "{name}"
+    );
 
     // Interrupt: the running prompt's task is cancelled; the client sees it end.
     fake.hold(true);
@@ -352,7 +399,8 @@ async fn uploads_feed_load_image_and_interrupt_cancels_the_running_prompt() {
     let (st, q) = c.queue_prompt(&solid_graph(16, 16, 7, "held")).await;
     assert_eq!(st, 200, "{q}");
     let pid = q["prompt_id"].as_str().unwrap().to_owned();
-    fake.wait_until("runs the prompt", T, |f| f.running().is_some()).await;
+    fake.wait_until("runs the prompt", T, |f| f.running().is_some())
+        .await;
     let queue = c.get_json("/queue", &[]).await;
     assert_eq!(queue["queue_running"][0][1], pid.as_str(), "{queue}");
     let r = s

@@ -297,8 +297,7 @@ async fn limit_body<E: Endpoint>(
     ep: Arc<E>,
     mut req: Request,
 ) -> poem::Result<Response> {
-    let is_upload =
-        req.uri().path() == "/api/uploads" || comfy::is_upload_path(req.uri().path());
+    let is_upload = req.uri().path() == "/api/uploads" || comfy::is_upload_path(req.uri().path());
     let limit = if is_upload {
         state.max_upload_bytes.saturating_add(1 << 20)
     } else {

@@ -43,7 +43,10 @@ pub(crate) struct Input {
     /// Bookkeeping of the host's ComfyUI-compatible gateway (client id, prompt id, number,
     /// extra data of the prompt); the plugin ignores it.
     #[serde(default)]
-    #[expect(dead_code, reason = "kept for the host's gateway; the plugin never reads it")]
+    #[expect(
+        dead_code,
+        reason = "kept for the host's gateway; the plugin never reads it"
+    )]
     pub(crate) gateway: Option<Value>,
 }
 

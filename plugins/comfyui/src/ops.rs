@@ -244,9 +244,7 @@ fn info_path(route: &str) -> Option<String> {
         None => (route, None),
     };
     match (head, tail) {
-        ("object_info" | "embeddings" | "models", None) => {
-            Some(format!("/{head}"))
-        }
+        ("object_info" | "embeddings" | "models", None) => Some(format!("/{head}")),
         ("object_info" | "models", Some(seg)) if !seg.is_empty() => {
             let enc: String = seg
                 .bytes()
@@ -276,7 +274,14 @@ mod info_tests {
             Some("/object_info/Load%20Image%2Fx")
         );
         assert_eq!(info_path("models/loras").as_deref(), Some("/models/loras"));
-        for bad in ["", "prompt", "queue", "object_info/", "history/x", "interrupt"] {
+        for bad in [
+            "",
+            "prompt",
+            "queue",
+            "object_info/",
+            "history/x",
+            "interrupt",
+        ] {
             assert_eq!(info_path(bad), None, "{bad}");
         }
     }

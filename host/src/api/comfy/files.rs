@@ -30,7 +30,9 @@ fn clean_subfolder(sub: &str) -> Option<String> {
     }
     let ok = !sub.contains('\\')
         && !sub.chars().any(char::is_control)
-        && sub.split('/').all(|s| !s.is_empty() && s != "." && s != "..");
+        && sub
+            .split('/')
+            .all(|s| !s.is_empty() && s != "." && s != "..");
     ok.then(|| sub.to_owned())
 }
 
@@ -80,7 +82,11 @@ fn bad_view(message: &str) -> Response {
 }
 
 fn not_found(message: &str) -> Response {
-    error_response(StatusCode::NOT_FOUND, error_codes::STORAGE_NOT_FOUND, message)
+    error_response(
+        StatusCode::NOT_FOUND,
+        error_codes::STORAGE_NOT_FOUND,
+        message,
+    )
 }
 
 /// `GET /view?filename=&subfolder=&type=`: an output (`type` `output` or `temp`, `subfolder`
@@ -108,7 +114,9 @@ pub(crate) async fn view(
                 return bad_view("`subfolder` must not leave its folder");
             };
             if !sub.starts_with("outputs/") {
-                return not_found("no such output (the subfolder of an output is the one /history gave)");
+                return not_found(
+                    "no such output (the subfolder of an output is the one /history gave)",
+                );
             }
             format!("{sub}/{filename}")
         }
@@ -189,7 +197,10 @@ async fn receive(
             "subfolder" => subfolder = field.text().await.unwrap_or_default(),
             "type" => kind = field.text().await.unwrap_or_default(),
             "overwrite" => {
-                overwrite = matches!(field.text().await.unwrap_or_default().as_str(), "true" | "1");
+                overwrite = matches!(
+                    field.text().await.unwrap_or_default().as_str(),
+                    "true" | "1"
+                );
             }
             _ => {}
         }
@@ -261,14 +272,16 @@ mod tests {
     #[test]
     fn upload_keys_follow_the_name_and_refuse_escapes() {
         let a = upload_key("input", "caps", "up.png").unwrap();
-        assert!(a.starts_with("uploads/comfy-") && a.ends_with("/up.png"), "{a}");
+        assert!(
+            a.starts_with("uploads/comfy-") && a.ends_with("/up.png"),
+            "{a}"
+        );
         assert_eq!(upload_key("input", "/caps/", "up.png").unwrap(), a);
         assert_ne!(upload_key("input", "", "up.png").unwrap(), a);
         assert_ne!(upload_key("temp", "caps", "up.png").unwrap(), a);
         assert!(upload_key("input", "../x", "up.png").is_none());
         assert!(upload_key("input", "", "a/b.png").is_none());
         assert!(upload_key("input", "", "").is_none());
-        crate::storage::validate_key(&upload_key("input", "", "my cat (1).png").unwrap())
-            .unwrap();
+        crate::storage::validate_key(&upload_key("input", "", "my cat (1).png").unwrap()).unwrap();
     }
 }

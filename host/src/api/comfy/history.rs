@@ -46,9 +46,7 @@ pub(crate) fn outputs(result: Option<&Value>) -> Map<String, Value> {
         };
         let (subfolder, filename) = key.rsplit_once('/').unwrap_or(("", key));
         let kind = f["output"].as_str().unwrap_or("images");
-        let entry = by_node
-            .entry(node.to_owned())
-            .or_insert_with(|| json!({}));
+        let entry = by_node.entry(node.to_owned()).or_insert_with(|| json!({}));
         let items = entry
             .as_object_mut()
             .expect("object")
@@ -101,9 +99,8 @@ pub(crate) fn entry(task: &Task) -> Option<Value> {
         return None;
     }
     let prompt_id = super::prompt_id_of(task);
-    let ms = |t: Option<chrono::DateTime<chrono::Utc>>| {
-        t.unwrap_or(task.created_at).timestamp_millis()
-    };
+    let ms =
+        |t: Option<chrono::DateTime<chrono::Utc>>| t.unwrap_or(task.created_at).timestamp_millis();
     let started = ms(task.started_at);
     let finished = ms(task.finished_at);
     let mut messages = vec![

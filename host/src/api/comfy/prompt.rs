@@ -12,11 +12,7 @@
 
 use std::sync::Arc;
 
-use poem::{
-    Body, Response, handler,
-    http::StatusCode,
-    web::Data,
-};
+use poem::{Body, Response, handler, http::StatusCode, web::Data};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
@@ -49,13 +45,21 @@ pub(crate) async fn status(Data(state): Data<&Arc<AppState>>) -> Response {
 pub(crate) fn sink_nodes(graph: &Map<String, Value>) -> Vec<String> {
     let mut used = std::collections::HashSet::new();
     for node in graph.values() {
-        for v in node["inputs"].as_object().into_iter().flat_map(|o| o.values()) {
+        for v in node["inputs"]
+            .as_object()
+            .into_iter()
+            .flat_map(|o| o.values())
+        {
             if let Some(src) = v.as_array().and_then(|a| a.first()).and_then(Value::as_str) {
                 used.insert(src.to_owned());
             }
         }
     }
-    let mut out: Vec<String> = graph.keys().filter(|k| !used.contains(*k)).cloned().collect();
+    let mut out: Vec<String> = graph
+        .keys()
+        .filter(|k| !used.contains(*k))
+        .cloned()
+        .collect();
     out.sort_by_key(|k| (k.parse::<u64>().unwrap_or(u64::MAX), k.clone()));
     out
 }
@@ -123,7 +127,9 @@ pub(crate) async fn submit(body: Body, Data(state): Data<&Arc<AppState>>) -> Res
         return bad("the body must be a JSON object with `prompt`");
     };
     let Some(graph) = obj.get("prompt").and_then(Value::as_object) else {
-        return bad("`prompt` must be an API-format graph: an object of node id -> {class_type, inputs}");
+        return bad(
+            "`prompt` must be an API-format graph: an object of node id -> {class_type, inputs}",
+        );
     };
     if state.registry.plugin(PLUGIN).is_none() || state.registry.task_type(TASK_TYPE).is_none() {
         return not_loaded();
@@ -199,8 +205,12 @@ pub(crate) async fn submit(body: Body, Data(state): Data<&Arc<AppState>>) -> Res
         let resp = poem::IntoResponse::into_response(e);
         let text = resp.into_body().into_string().await.unwrap_or_default();
         let v: Value = serde_json::from_str(&text).unwrap_or_default();
-        let code = v["error"]["code"].as_str().unwrap_or(error_codes::INVALID_INPUT);
-        let message = v["error"]["message"].as_str().unwrap_or("the prompt is not valid");
+        let code = v["error"]["code"]
+            .as_str()
+            .unwrap_or(error_codes::INVALID_INPUT);
+        let message = v["error"]["message"]
+            .as_str()
+            .unwrap_or("the prompt is not valid");
         return prompt_error("invalid_prompt", code, message);
     }
     if state.max_pending > 0 {
@@ -209,7 +219,10 @@ pub(crate) async fn submit(body: Body, Data(state): Data<&Arc<AppState>>) -> Res
                 return crate::api::error::error_response(
                     StatusCode::TOO_MANY_REQUESTS,
                     error_codes::QUEUE_FULL,
-                    &format!("the queue holds the most pending tasks allowed ({})", state.max_pending),
+                    &format!(
+                        "the queue holds the most pending tasks allowed ({})",
+                        state.max_pending
+                    ),
                 );
             }
             Ok(_) => {}
@@ -246,11 +259,13 @@ pub(crate) async fn submit(body: Body, Data(state): Data<&Arc<AppState>>) -> Res
         }
         // A concurrent post of the same prompt id won the race.
         Ok((task, false)) => same_prompt(&task),
-        Err(StoreError::IdempotencyConflict { .. }) => match state.store.get_by_idempotency_key(&key).await {
-            Ok(Some(t)) => same_prompt(&t),
-            Ok(None) => bad("the prompt id was taken and freed meanwhile; post again"),
-            Err(e) => store_error(e),
-        },
+        Err(StoreError::IdempotencyConflict { .. }) => {
+            match state.store.get_by_idempotency_key(&key).await {
+                Ok(Some(t)) => same_prompt(&t),
+                Ok(None) => bad("the prompt id was taken and freed meanwhile; post again"),
+                Err(e) => store_error(e),
+            }
+        }
         Err(e) => store_error(e),
     }
 }

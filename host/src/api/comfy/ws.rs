@@ -136,7 +136,11 @@ fn messages(ev: &TaskEvent, prompt_id: &str) -> Vec<Value> {
     reason = "clamped to 0..=100 and rounded first"
 )]
 fn whole_percent(p: f32) -> u64 {
-    if p.is_nan() { 0 } else { p.clamp(0.0, 100.0).round() as u64 }
+    if p.is_nan() {
+        0
+    } else {
+        p.clamp(0.0, 100.0).round() as u64
+    }
 }
 
 /// Whether an event changes `queue_remaining`.

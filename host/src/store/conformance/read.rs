@@ -339,7 +339,10 @@ pub(super) async fn get_by_idempotency_key_finds_the_holder(h: &dyn Harness) {
         .unwrap()
         .expect("the holder");
     assert_eq!(found, held);
-    assert_eq!(store.get_by_idempotency_key("comfy:p-2").await.unwrap(), None);
+    assert_eq!(
+        store.get_by_idempotency_key("comfy:p-2").await.unwrap(),
+        None
+    );
     let finished = claim_one(&*store, "keyed", LEASE).await;
     assert_eq!(finished.id, held.id);
     store
@@ -347,5 +350,8 @@ pub(super) async fn get_by_idempotency_key_finds_the_holder(h: &dyn Harness) {
         .await
         .unwrap();
     store.delete(held.id).await.unwrap();
-    assert_eq!(store.get_by_idempotency_key("comfy:p-1").await.unwrap(), None);
+    assert_eq!(
+        store.get_by_idempotency_key("comfy:p-1").await.unwrap(),
+        None
+    );
 }
