@@ -393,6 +393,31 @@ async fn uploads_feed_load_image_and_interrupt_cancels_the_running_prompt() {
         "{name}"
     );
 
+    // What ComfyUI itself refuses (an unknown node class) fails the task: the client sees
+    // `execution_error` and an error in the history, not a 400.
+    let (mut ws, _) = c.connect().await;
+    let (st, q) = c
+        .queue_prompt(&json!({"1": {"class_type": "NoSuchNode", "inputs": {}}}))
+        .await;
+    assert_eq!(st, 200, "{q}");
+    let pid = q["prompt_id"].as_str().unwrap().to_owned();
+    let msgs = follow(&mut ws, &pid).await;
+    let err = msgs
+        .iter()
+        .find(|m| m["type"] == "execution_error")
+        .unwrap_or_else(|| panic!("{msgs:?}"));
+    assert_eq!(err["data"]["exception_type"], "invalid_workflow", "{err}");
+    assert!(
+        err["data"]["exception_message"]
+            .as_str()
+            .unwrap()
+            .contains("NoSuchNode"),
+        "{err}"
+    );
+    let h = c.history(&pid).await;
+    assert_eq!(h["status"]["status_str"], "error", "{h}");
+    drop(ws);
+
     // Interrupt: the running prompt's task is cancelled; the client sees it end.
     fake.hold(true);
     let (mut ws, _) = c.connect().await;

@@ -114,7 +114,13 @@ async fn uploaded_media(state: &AppState, graph: &Map<String, Value>) -> Vec<Val
 /// "front"?}` → `{"prompt_id", "number", "node_errors": {}}`.
 #[handler]
 pub(crate) async fn submit(body: Body, Data(state): Data<&Arc<AppState>>) -> Response {
-    let bad = |m: &str| prompt_error(error_codes::COMFY_INVALID_PROMPT, error_codes::COMFY_INVALID_PROMPT, m);
+    let bad = |m: &str| {
+        prompt_error(
+            error_codes::COMFY_INVALID_PROMPT,
+            error_codes::COMFY_INVALID_PROMPT,
+            m,
+        )
+    };
     let bytes = match body.into_vec().await {
         Ok(b) => b,
         Err(e) => return bad(&format!("cannot read the body: {e}")),
