@@ -72,6 +72,7 @@ pub(super) const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
             ("max_streams", Int),
             ("max_concurrent_uploads", Int),
             ("max_list_input_bytes", Int),
+            ("max_inline_output_bytes", Int),
         ],
     ),
     (
@@ -154,6 +155,19 @@ pub(super) const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
             ("batch", Int),
             ("interval_secs", Int),
             ("day_secs", Int),
+        ],
+    ),
+    (
+        "webhooks",
+        &[
+            ("secrets", List),
+            ("max_age_secs", Int),
+            ("backoff_base_ms", Int),
+            ("backoff_max_ms", Int),
+            ("concurrency", Int),
+            ("timeout_secs", Int),
+            ("progress_interval_ms", Int),
+            ("poll_interval_ms", Int),
         ],
     ),
 ];
