@@ -123,10 +123,25 @@ mod tests {
     #[test]
     fn refuses_what_is_not_one() {
         let code = |s: &str, max| decode(s, max).unwrap_err().code();
-        assert_eq!(code("data:image/png;base64,@@@", 100), "fetch_invalid_url");
-        assert_eq!(code("data:image/png,hello", 100), "fetch_invalid_url");
-        assert_eq!(code("data:image/png;base64", 100), "fetch_invalid_url");
-        assert_eq!(code("data:png;base64,aGVsbG8=", 100), "fetch_invalid_url");
-        assert_eq!(code("data:image/png;base64,aGVsbG8=", 4), "fetch_too_large");
+        assert_eq!(
+            code("data:image/png;base64,@@@", 100),
+            crate::error_codes::FETCH_INVALID_URL
+        );
+        assert_eq!(
+            code("data:image/png,hello", 100),
+            crate::error_codes::FETCH_INVALID_URL
+        );
+        assert_eq!(
+            code("data:image/png;base64", 100),
+            crate::error_codes::FETCH_INVALID_URL
+        );
+        assert_eq!(
+            code("data:png;base64,aGVsbG8=", 100),
+            crate::error_codes::FETCH_INVALID_URL
+        );
+        assert_eq!(
+            code("data:image/png;base64,aGVsbG8=", 4),
+            crate::error_codes::FETCH_TOO_LARGE
+        );
     }
 }
