@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aihost_tests::{Options, Server, TestDatabase, free_port, wait::wait_for};
+use aihost_tests::{Options, Server, TestDatabase, free_port, wait_for};
 use base64::{Engine, engine::general_purpose::STANDARD};
 use hmac::{Hmac, Mac};
 use poem::{
