@@ -374,3 +374,72 @@ async fn server_errors_back_off_then_dead_letter_after_max_age() {
     let (_, t) = s.get(&format!("/api/tasks/{id}")).await;
     assert_eq!(t["webhook"]["dead"], 1, "{t}");
 }
+
+/// Base64 in and out: a `data:` URL is an input like a URL; `outputs=base64` answers the
+/// outputs' bytes (equal to the downloaded files); over the cap, 413 with the task and URLs;
+/// a data URL that is not base64 fails the task with a clear code.
+#[tokio::test]
+async fn data_url_inputs_and_base64_outputs() {
+    let s = Server::start_with(Options {
+        env: vec![(
+            "AIHOST_SERVER__MAX_INLINE_OUTPUT_BYTES".into(),
+            "5000".into(),
+        )],
+        ..Options::default()
+    })
+    .await;
+    let png = aihost_tests::solid_png(40, 30, [200, 10, 10]);
+    let data_url = format!("data:image/png;base64,{}", STANDARD.encode(&png));
+    let (st, t) = s
+        .post(
+            "/api/tasks?wait=30&outputs=base64",
+            &json!({"type": "imageops.transform", "input": {"source": data_url,
+                    "operations": [{"op": "rotate", "degrees": 90}], "format": "png"}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{t}\n{}", s.log());
+    assert_eq!(t["status"], "COMPLETED", "{t}");
+    let out = &t["result"]["outputs"][0];
+    let inline = &t["outputs_base64"][0];
+    assert_eq!(inline["key"], out["key"], "{t}");
+    assert_eq!(inline["content_type"], "image/png");
+    let bytes = STANDARD.decode(inline["base64"].as_str().unwrap()).unwrap();
+    assert_eq!(bytes, s.download(out["url"].as_str().unwrap()).await);
+    let img = image::load_from_memory(&bytes).unwrap();
+    assert_eq!((img.width(), img.height()), (30, 40));
+    // Without outputs=base64 the answer has URLs only.
+    let (_, t) = s
+        .post(
+            "/api/tasks?wait=30",
+            &json!({"type": "imageops.transform", "input": {"source": format!("data:image/png;base64,{}", STANDARD.encode(&png))}}),
+        )
+        .await;
+    assert!(t.get("outputs_base64").is_none(), "{t}");
+
+    // Over the cap (5000 bytes): 413, naming the task and its output URL.
+    let big_path = s.dir.path().join("big.png");
+    aihost_tests::write_png(&big_path, 800, 600);
+    let big = std::fs::read(&big_path).unwrap();
+    let (st, e) = s
+        .post(
+            "/api/tasks?wait=30&outputs=base64",
+            &json!({"type": "imageops.transform", "input": {
+                "source": format!("data:image/png;base64,{}", STANDARD.encode(&big)),
+                "format": "jpeg", "quality": 100}}),
+        )
+        .await;
+    assert_eq!((st, e["error"]["code"].as_str()), (413, Some("inline_outputs_too_large")), "{e}");
+    let msg = e["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("/files/outputs/"), "{msg}");
+
+    // Not base64: the task fails with fetch_invalid_url and says why.
+    let (_, t) = s
+        .post(
+            "/api/tasks?wait=30",
+            &json!({"type": "imageops.transform", "input": {"source": "data:image/png;base64,@@not base64@@"}}),
+        )
+        .await;
+    assert_eq!(t["status"], "FAILED", "{t}");
+    assert_eq!(t["error"]["code"], "fetch_invalid_url", "{t}");
+    assert!(t["error"]["message"].as_str().unwrap().contains("base64"), "{t}");
+}
