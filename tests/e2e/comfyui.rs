@@ -770,8 +770,8 @@ async fn the_seeds_text_to_image_example_runs() {
             "/api/tasks/create",
             &json!({"workflow": "text-to-image", "inputs": {
                 "prompt": "a lighthouse at dusk", "negative_prompt": "text, watermark",
-                "width": 64, "height": 48, "steps": 3, "cfg": 6.5, "seed": 7,
-                "checkpoint": "sd15.safetensors", "sampler_name": "dpmpp_2m", "scheduler": "karras"}}),
+                "width": 96, "height": 64, "steps": 3, "cfg": 6.5, "seed": 7,
+                "checkpoint": "v1-5-pruned-emaonly.safetensors", "sampler_name": "dpmpp_2m", "scheduler": "karras"}}),
         )
         .await;
     assert_eq!(st, 202, "{t}");
@@ -781,7 +781,10 @@ async fn the_seeds_text_to_image_example_runs() {
     let g = &p["prompt"];
     assert_eq!(g["6"]["inputs"]["text"], "a lighthouse at dusk");
     assert_eq!(g["7"]["inputs"]["text"], "text, watermark");
-    assert_eq!(g["4"]["inputs"]["ckpt_name"], "sd15.safetensors");
+    assert_eq!(
+        g["4"]["inputs"]["ckpt_name"],
+        "v1-5-pruned-emaonly.safetensors"
+    );
     assert_eq!(
         (
             &g["3"]["inputs"]["steps"],
@@ -796,7 +799,7 @@ async fn the_seeds_text_to_image_example_runs() {
         &s.download(t["result"]["outputs"][0]["url"].as_str().unwrap())
             .await,
     );
-    assert_eq!(img.dimensions(), (64, 48));
+    assert_eq!(img.dimensions(), (96, 64));
     // The defaults alone make a valid request too.
     let (st, t) = s
         .post(

@@ -428,7 +428,11 @@ async fn data_url_inputs_and_base64_outputs() {
                 "format": "jpeg", "quality": 100}}),
         )
         .await;
-    assert_eq!((st, e["error"]["code"].as_str()), (413, Some("inline_outputs_too_large")), "{e}");
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (413, Some("inline_outputs_too_large")),
+        "{e}"
+    );
     let msg = e["error"]["message"].as_str().unwrap();
     assert!(msg.contains("/files/outputs/"), "{msg}");
 
@@ -441,5 +445,8 @@ async fn data_url_inputs_and_base64_outputs() {
         .await;
     assert_eq!(t["status"], "FAILED", "{t}");
     assert_eq!(t["error"]["code"], "fetch_invalid_url", "{t}");
-    assert!(t["error"]["message"].as_str().unwrap().contains("base64"), "{t}");
+    assert!(
+        t["error"]["message"].as_str().unwrap().contains("base64"),
+        "{t}"
+    );
 }
