@@ -67,12 +67,12 @@ impl Deliverer {
             if *stop.borrow() {
                 return;
             }
-            let free = permits.available_permits() as u32;
+            let free = u32::try_from(permits.available_permits()).unwrap_or(u32::MAX);
             let mut claimed = 0;
             if free > 0 {
                 match self.store.claim_deliveries(lease, free).await {
                     Ok(batch) => {
-                        claimed = batch.len() as u32;
+                        claimed = u32::try_from(batch.len()).unwrap_or(u32::MAX);
                         for d in batch {
                             let Ok(permit) = permits.clone().acquire_owned().await else {
                                 return;
@@ -193,7 +193,7 @@ impl Deliverer {
             .saturating_mul(1u64 << done.min(40))
             .min(self.settings.backoff_max_ms.max(base));
         let jitter = rand::random_range(0.5..=1.0);
-        Duration::from_millis((ms as f64 * jitter) as u64)
+        Duration::from_millis(ms).mul_f64(jitter)
     }
 }
 

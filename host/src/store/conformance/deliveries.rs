@@ -9,9 +9,7 @@ use chrono::{Duration as Span, Utc};
 use serde_json::json;
 
 use super::{Harness, LEASE, claim_one, err, insert, new_task};
-use crate::store::{
-    CancelOutcome, DeliveryAttempt, DeliveryOutcome, DeliveryState, NewTask, TaskStore,
-};
+use crate::store::{CancelOutcome, DeliveryAttempt, DeliveryOutcome, DeliveryState, NewTask};
 
 fn hooked(task_type: &str, events: Option<&str>) -> NewTask {
     let mut t = new_task(task_type, 0);
