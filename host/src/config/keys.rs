@@ -107,6 +107,7 @@ pub(super) const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
             ("credential_path", OptPath),
             ("delivery_domain", OptStr),
             ("presign_secs", Int),
+            ("fallback", Str),
         ],
     ),
     ("plugins", &[("manifest", P)]),

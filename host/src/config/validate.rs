@@ -231,6 +231,10 @@ impl Config {
             l.invalid(("retention", "day_secs"), "must be at least 1");
         }
 
+        if !matches!(self.storage.fallback.trim(), "fs" | "none") {
+            l.invalid(("storage", "fallback"), "must be `fs` or `none`");
+        }
+
         // webhooks
         let w = &self.webhooks;
         for (i, secret) in w.secrets.iter().enumerate() {
