@@ -596,6 +596,7 @@ async fn print_openapi(config: &Config) -> ExitCode {
         streams: crate::api::permits(0),
         uploads: crate::api::permits(0),
         max_list_input_bytes: 0,
+        max_inline_output_bytes: 0,
     });
     let spec = crate::api::openapi_document(state);
     registry.shutdown();

@@ -62,6 +62,9 @@ pub(crate) struct DispatcherSettings {
     /// How long tasks of a type no engine can take wait in the queue before they fail with
     /// `engine_unavailable` (`dispatcher.max_unavailable_wait_secs`).
     pub max_unavailable_wait: Duration,
+    /// Least time between two `task.progress` webhook messages of one task
+    /// (`webhooks.progress_interval_ms`).
+    pub webhook_progress_interval: Duration,
 }
 
 /// Time limits of attempts, from the configuration (`dispatcher.timeout_secs`,
@@ -402,6 +405,9 @@ impl Dispatcher {
             attempt,
             progress_rx,
             self.settings.progress_interval,
+            task.webhook_url
+                .is_some()
+                .then_some(self.settings.webhook_progress_interval),
         ));
         let req = TaskRequest {
             task_id: id.to_string().into(),
@@ -500,7 +506,6 @@ impl Dispatcher {
                             "task cancelled while running"
                         );
                         crate::metrics::task_cancelled(&done.task_type);
-                        self.notify_webhook(done);
                         AttemptEnd::Cancelled
                     }
                     Ok(None) => {
@@ -579,7 +584,6 @@ impl Dispatcher {
             Ok(Some(done)) => {
                 tracing::debug!(task_id = %id, task_type = %task.task_type, attempt, "task completed");
                 crate::metrics::task_completed(&done.task_type);
-                self.notify_webhook(done);
                 AttemptEnd::Completed
             }
             Ok(None) => {
@@ -662,7 +666,6 @@ impl Dispatcher {
                     "task failed"
                 );
                 crate::metrics::task_failed(&t.task_type, &code);
-                self.notify_webhook(t);
                 AttemptEnd::Failed
             }
             Ok(Some(t)) => {
@@ -687,45 +690,6 @@ impl Dispatcher {
                 AttemptEnd::Abandoned
             }
         }
-    }
-
-    /// POSTs the finished task (the `GET /api/tasks/{id}` body) to its `webhook_url`, in the
-    /// background, through the fetcher's SSRF guard; retried three times with backoff on
-    /// network errors and 5xx/429 answers.
-    fn notify_webhook(&self, task: Task) {
-        let Some(url) = task.webhook_url.clone() else {
-            return;
-        };
-        let fetcher = self.fetcher.clone();
-        let body = crate::task_view::TaskView::from(task.clone()).to_value();
-        tokio::spawn(async move {
-            for attempt in 0..4u32 {
-                match fetcher.post_json(&url, &body).await {
-                    Ok(status) if status < 300 => {
-                        crate::metrics::webhook_delivery("delivered");
-                        return;
-                    }
-                    Ok(status) if status != 429 && status < 500 => {
-                        tracing::warn!(task_id = %task.id, status, "webhook refused the notification");
-                        crate::metrics::webhook_delivery("refused");
-                        return;
-                    }
-                    Ok(status) => {
-                        tracing::warn!(task_id = %task.id, status, attempt, "webhook answered an error")
-                    }
-                    Err(e) if !e.retryable() => {
-                        tracing::warn!(task_id = %task.id, error = %e, "webhook not delivered");
-                        crate::metrics::webhook_delivery("failed");
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(task_id = %task.id, error = %e, attempt, "webhook delivery failed")
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(500 * 4u64.pow(attempt))).await;
-            }
-            crate::metrics::webhook_delivery("failed");
-        });
     }
 
     /// Uploads the output files, four at a time, under the attempt's own folder
@@ -837,15 +801,18 @@ fn sanitize_name(name: &str) -> String {
 }
 
 /// Writes progress reports to the store, at most one per `interval` (the latest wins) and the
-/// last one always.
+/// last one always. With `webhook` (the task has a webhook), also adds a `task.progress`
+/// delivery at most once per that interval (the store adds it only if the task asked for it).
 async fn progress_writer(
     store: Arc<dyn TaskStore>,
     id: Uuid,
     attempt: u32,
     mut rx: mpsc::UnboundedReceiver<crate::plugins::services::ProgressReport>,
     interval: Duration,
+    webhook: Option<Duration>,
 ) {
     let mut last_write = tokio::time::Instant::now() - interval;
+    let mut last_hook: Option<tokio::time::Instant> = None;
     let mut pending: Option<Progress> = None;
     loop {
         let next = if pending.is_some() {
@@ -871,8 +838,16 @@ async fn progress_writer(
         }
         if pending.is_some() && last_write.elapsed() >= interval {
             let p = pending.take().expect("pending");
-            let _ = store.set_progress(id, attempt, p).await;
+            let written = store.set_progress(id, attempt, p).await;
             last_write = tokio::time::Instant::now();
+            if let (Some(every), Ok(true)) = (webhook, written)
+                && last_hook.is_none_or(|t| t.elapsed() >= every)
+            {
+                last_hook = Some(last_write);
+                if let Err(e) = store.add_delivery(id, "task.progress").await {
+                    tracing::debug!(task_id = %id, error = %e, "could not add a progress webhook");
+                }
+            }
         }
     }
 }

@@ -320,6 +320,16 @@ error_codes! {
         "No ComfyUI instance of the pool has a model the task's graph names (the message names it).";
     MODEL_URL_REFUSED = "model_url_refused", [Task] -,
         "A per-task model URL is not allowed by the comfyui plugin's `model_url_hosts`, is too large, or names a bad folder.";
+
+    // Webhooks (api/webhooks.rs, webhooks/).
+    INVALID_WEBHOOK_EVENTS = "invalid_webhook_events", [Http] 422,
+        "`webhook_events` names an event other than `task.started`, `task.progress`, `task.completed`, `task.failed`, `task.cancelled`.";
+    DELIVERY_NOT_FOUND = "delivery_not_found", [Http] 404,
+        "The task has no webhook delivery with this id.";
+
+    // Base64 outputs (api/tasks.rs).
+    INLINE_OUTPUTS_TOO_LARGE = "inline_outputs_too_large", [Http] 413,
+        "`outputs=base64` was asked, but the task's outputs are over `server.max_inline_output_bytes` in all; the message gives the task id and the body the output URLs.";
 }
 
 /// The entry of `code`.

@@ -27,4 +27,5 @@ pub mod storage;
 pub(crate) mod store;
 pub(crate) mod task_view;
 pub(crate) mod telemetry;
+pub(crate) mod webhooks;
 pub(crate) mod worker;

@@ -56,7 +56,7 @@ pub(crate) const ENGINE_INSTANCE_QUEUE: &str = "aihost_engine_instance_queue_len
 pub(crate) const HTTP_REQUESTS: &str = "aihost_http_requests_total";
 /// Seconds to answer an HTTP request (to the response head; streams stay open after).
 pub(crate) const HTTP_REQUEST_SECONDS: &str = "aihost_http_request_duration_seconds";
-/// Completion webhooks, by outcome.
+/// Webhook delivery attempts, by outcome.
 pub(crate) const WEBHOOK_DELIVERIES: &str = "aihost_webhook_deliveries_total";
 /// Seconds a task-store transaction took, from BEGIN to COMMIT.
 pub(crate) const STORE_COMMIT_SECONDS: &str = "aihost_store_commit_seconds";
@@ -235,7 +235,7 @@ pub(crate) const DEFS: &[Def] = &[
         WEBHOOK_DELIVERIES,
         Counter,
         &["outcome"],
-        "Completion webhooks: delivered (2xx), refused (other 4xx) or failed (gave up).",
+        "Webhook delivery attempts: delivered (2xx), retried (error, to be tried again) or dead (dead-lettered: retry window over or URL refused).",
     ),
     def(
         STORE_COMMIT_SECONDS,
@@ -492,7 +492,7 @@ pub(crate) fn task_rescued(task_type: &str, status: &str, code: &str) {
     counter!(TASKS_RESCUED, "type" => task_type.to_owned(), "outcome" => outcome).increment(1);
 }
 
-/// A completion webhook ended: `delivered`, `refused` or `failed`.
+/// A webhook delivery attempt ended: `delivered`, `retried` or `dead`.
 pub(crate) fn webhook_delivery(outcome: &'static str) {
     counter!(WEBHOOK_DELIVERIES, "outcome" => outcome).increment(1);
 }

@@ -345,6 +345,9 @@ pub(crate) async fn run(config: Config, roles: Roles) -> Result<(), StartError> 
                 max_unavailable_wait: Duration::from_secs(
                     config.dispatcher.max_unavailable_wait_secs,
                 ),
+                webhook_progress_interval: Duration::from_millis(
+                    config.webhooks.progress_interval_ms,
+                ),
             },
         )
     });
@@ -359,6 +362,15 @@ pub(crate) async fn run(config: Config, roles: Roles) -> Result<(), StartError> 
             worker_id.clone(),
         ))
     });
+    // Every process delivers webhooks: claims are leased, so several share the rows.
+    let deliverer = tokio::spawn(
+        Arc::new(crate::webhooks::Deliverer::new(
+            services.store.clone(),
+            services.fetcher.clone(),
+            config.webhooks.clone(),
+        ))
+        .run(stop_rx.clone()),
+    );
     let retention = Arc::new(Retention::new(
         services.store.clone(),
         services.storage.clone(),
@@ -387,6 +399,7 @@ pub(crate) async fn run(config: Config, roles: Roles) -> Result<(), StartError> 
         streams: api::permits(config.server.max_streams),
         uploads: api::permits(config.server.max_concurrent_uploads),
         max_list_input_bytes: config.server.max_list_input_bytes,
+        max_inline_output_bytes: config.server.max_inline_output_bytes,
     });
     let listen = listen_settings(&config, grace + Duration::from_secs(5));
     let server = if roles.api {
@@ -435,6 +448,7 @@ pub(crate) async fn run(config: Config, roles: Roles) -> Result<(), StartError> 
         let _ = s.await;
     }
     upkeep.abort();
+    deliverer.abort();
     if let Some(p) = pruner {
         p.abort();
     }

@@ -138,6 +138,15 @@ pub struct TaskView {
     pub webhook_url: Option<String>,
     /// The client's time limit of one attempt, in seconds, if it set one.
     pub timeout_secs: Option<u32>,
+    /// Webhook delivery summary (`GET /api/tasks/{id}` of a task with deliveries only):
+    /// `{deliveries, pending, dead, last: {id, event, state, attempts, last_status,
+    /// last_error, next_at}}`; `GET /api/tasks/{id}/webhooks` lists them all.
+    #[oai(skip_serializing_if_is_none)]
+    pub webhook: Option<Value>,
+    /// The outputs' bytes, base64, in the order of `result.outputs` (a create with
+    /// `outputs=base64` that finished within its wait only): `[{key, content_type, base64}]`.
+    #[oai(skip_serializing_if_is_none)]
+    pub outputs_base64: Option<Value>,
 }
 
 impl From<Task> for TaskView {
@@ -166,6 +175,8 @@ impl From<Task> for TaskView {
             idempotency_key: t.idempotency_key,
             webhook_url: t.webhook_url,
             timeout_secs: t.timeout_secs,
+            webhook: None,
+            outputs_base64: None,
         }
     }
 }

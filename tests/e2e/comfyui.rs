@@ -565,7 +565,13 @@ async fn seed_routes_basic_generation_ops_workflows_and_docs() {
         .collect();
     assert_eq!(
         names,
-        ["basic_generation", "img2img", "invert_scale", "solid_color"]
+        [
+            "basic_generation",
+            "img2img",
+            "invert_scale",
+            "solid_color",
+            "text-to-image"
+        ]
     );
     let (_, spec) = s.get("/openapi.json").await;
     let op = &spec["paths"]["/api/workflows/basic_generation"]["post"];
@@ -750,4 +756,56 @@ async fn a_stalled_socket_is_detected_and_replaced_and_the_task_completes() {
     assert_eq!(t["status"], "COMPLETED", "{t}");
     assert_eq!(t["attempts"], 1, "{t}");
     assert!(s.log().contains("stalled"), "{}", s.log());
+}
+
+/// The seed's Python and JavaScript examples: `{"workflow": "text-to-image", "inputs": {...}}`
+/// to `POST /api/tasks/create`, answered 202 and run over the fake ComfyUI with every input in
+/// its node.
+#[tokio::test]
+async fn the_seeds_text_to_image_example_runs() {
+    let fake = FakeComfy::start().await;
+    let s = start(std::slice::from_ref(&fake.url), "").await;
+    let (st, t) = s
+        .post(
+            "/api/tasks/create",
+            &json!({"workflow": "text-to-image", "inputs": {
+                "prompt": "a lighthouse at dusk", "negative_prompt": "text, watermark",
+                "width": 96, "height": 64, "steps": 3, "cfg": 6.5, "seed": 7,
+                "checkpoint": "v1-5-pruned-emaonly.safetensors", "sampler_name": "dpmpp_2m", "scheduler": "karras"}}),
+        )
+        .await;
+    assert_eq!(st, 202, "{t}");
+    let t = s.wait_done(t["task_id"].as_str().unwrap(), T).await;
+    assert_eq!(t["status"], "COMPLETED", "{t}");
+    let p = prompt_of(&fake, &t);
+    let g = &p["prompt"];
+    assert_eq!(g["6"]["inputs"]["text"], "a lighthouse at dusk");
+    assert_eq!(g["7"]["inputs"]["text"], "text, watermark");
+    assert_eq!(
+        g["4"]["inputs"]["ckpt_name"],
+        "v1-5-pruned-emaonly.safetensors"
+    );
+    assert_eq!(
+        (
+            &g["3"]["inputs"]["steps"],
+            &g["3"]["inputs"]["seed"],
+            &g["3"]["inputs"]["cfg"]
+        ),
+        (&json!(3), &json!(7), &json!(6.5))
+    );
+    assert_eq!(g["3"]["inputs"]["sampler_name"], "dpmpp_2m");
+    assert_eq!(g["3"]["inputs"]["scheduler"], "karras");
+    let img = decode(
+        &s.download(t["result"]["outputs"][0]["url"].as_str().unwrap())
+            .await,
+    );
+    assert_eq!(img.dimensions(), (96, 64));
+    // The defaults alone make a valid request too.
+    let (st, t) = s
+        .post(
+            "/api/tasks/create",
+            &json!({"workflow": "text-to-image", "inputs": {"prompt": "x"}}),
+        )
+        .await;
+    assert_eq!(st, 202, "{t}");
 }

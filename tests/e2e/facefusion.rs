@@ -549,3 +549,82 @@ async fn a_killed_host_takes_the_engine_with_it() {
     }
     assert!(engine_left.is_empty(), "left: {engine_left:?}");
 }
+
+/// The seed's face-swap options sent to `POST /api/faceswap/create` reach FaceFusion as its
+/// flags (read from the running engine's command line), and a bad combination is refused at
+/// submit.
+#[tokio::test]
+async fn seed_options_become_facefusion_flags() {
+    let ck = checkout();
+    std::fs::create_dir_all(
+        ck.path()
+            .join("facefusion/processors/modules/face_enhancer"),
+    )
+    .unwrap();
+    let s = server(ck.path(), "", &[("FACEFUSION_STANDIN_FRAME_DELAY", "0.1")]).await;
+    let (source, _) = upload_png(&s, 32, 32, "face.png").await;
+    let (target, _) = upload_video(&s, 3, "testsrc", "clip.mp4").await;
+    let (status, t) = s
+        .post(
+            "/api/faceswap/create",
+            &json!({
+                "source_url": source["key"],
+                "target_url": target["key"],
+                "media_type": "video",
+                "face_swapper_model": "inswapper_128",
+                "pixel_boost": "512x512",
+                "face_enhancer_model": "codeformer",
+                "face_enhancer_blend": 55,
+                "face_selector_mode": "one",
+                "output_video_preset": "ultrafast",
+            }),
+        )
+        .await;
+    assert_eq!(status, 202, "{t}");
+    let id = t["task_id"].as_str().unwrap().to_owned();
+    let needle = engine_needle(&s);
+    let cmd =
+        wait_for(
+            "the engine runs",
+            Duration::from_secs(30),
+            async || match processes_mentioning(&needle)
+                .into_iter()
+                .find(|(_, c)| c.contains("facefusion.py"))
+            {
+                Some((_, c)) => Ok(c),
+                None => Err("no engine process yet".to_owned()),
+            },
+        )
+        .await;
+    for flag in [
+        "--face-swapper-model inswapper_128",
+        "--face-swapper-pixel-boost 512x512",
+        "--face-enhancer-model codeformer",
+        "--face-enhancer-blend 55",
+        "--face-selector-mode one",
+        "--output-video-preset ultrafast",
+        "face_enhancer",
+    ] {
+        assert!(cmd.contains(flag), "{flag} not in {cmd}");
+    }
+    let done = s.wait_done(&id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}\n{}", s.log());
+    assert_eq!(
+        done["input"]["face_swapper_pixel_boost"], "512x512",
+        "{done}"
+    );
+
+    // A pixel boost the model does not offer is refused at submit (the option was forwarded).
+    let (status, e) = s
+        .post(
+            "/api/faceswap/create",
+            &json!({"source_url": "a", "target_url": "b",
+                    "face_swapper_model": "simswap_unofficial_512", "pixel_boost": "256x256"}),
+        )
+        .await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (422, Some("invalid_input")),
+        "{e}"
+    );
+}

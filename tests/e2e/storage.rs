@@ -447,6 +447,7 @@ fn cf_settings(stand_in: &CfImagesStandIn, token: &str) -> StorageSettings {
             api_token: Secret(token.to_owned()),
             api_base: Some(stand_in.api_base()),
             delivery_domain: None,
+            fallback_fs: false,
         }),
         Path::new(""),
     )
@@ -818,4 +819,57 @@ async fn storage_read_range_streams_in_pieces() {
     let sizes: Vec<usize> = stream.map(|c| c.unwrap().len()).collect().await;
     assert!(sizes.len() > 1, "{sizes:?}");
     assert_eq!(sizes.iter().sum::<usize>(), data.len());
+}
+
+/// `cf_images` holds images only: with `storage.fallback = "fs"` a video goes to an `fs`
+/// backend under `storage.root` (read back and served by `/files`), images still go to
+/// Cloudflare; with `none` a video is refused with `storage_unsupported`.
+#[tokio::test]
+async fn cf_images_sends_non_images_to_the_fallback() {
+    let cf = CfImagesStandIn::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let mut with_fallback = cf_settings(&cf, cf_stand_in::TOKEN);
+    if let StorageKind::CfImages(s) = &mut with_fallback.kind {
+        s.fallback_fs = true;
+    }
+    with_fallback.root = root.path().to_owned();
+    let storage = Storage::new(with_fallback).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let video = dir.path().join("clip.mp4");
+    std::fs::write(&video, b"not really an mp4, but bytes").unwrap();
+    let key = "outputs/t1/1/clip.mp4";
+    let stored = storage.put_file(key, &video, "video/mp4").await.unwrap();
+    assert!(cf.ids().is_empty(), "{:?}", cf.ids());
+    assert!(
+        stored.url.ends_with("/files/outputs/t1/1/clip.mp4"),
+        "{}",
+        stored.url
+    );
+    let on_disk = std::fs::read_dir(root.path()).unwrap().count();
+    assert!(on_disk > 0, "nothing under the fallback root");
+    let (meta, mut stream) = storage.read_range(key, None).await.unwrap();
+    let mut got = Vec::new();
+    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+        got.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(got, b"not really an mp4, but bytes");
+    assert_eq!(meta.size, got.len() as u64);
+    // Images still go to Cloudflare.
+    let (png_path, _) = small_png(dir.path());
+    storage
+        .put_file("outputs/t1/1/frame.png", &png_path, "image/png")
+        .await
+        .unwrap();
+    assert_eq!(cf.ids().len(), 1, "{:?}", cf.ids());
+    storage.delete(key).await.unwrap();
+    assert!(storage.read_range(key, None).await.is_err());
+
+    // Without a fallback: a clear refusal.
+    let storage = Storage::new(cf_settings(&cf, cf_stand_in::TOKEN)).unwrap();
+    let err = storage
+        .put_file(key, &video, "video/mp4")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "storage_unsupported", "{err}");
+    assert!(err.to_string().contains("storage.fallback"), "{err}");
 }

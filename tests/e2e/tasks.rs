@@ -563,6 +563,9 @@ async fn the_spec_lists_every_error_code_the_tests_meet() {
         ("workflow_not_found", 404),
         ("comfyui_not_loaded", 503),
         ("engine_unavailable", 503),
+        ("invalid_webhook_events", 422),
+        ("delivery_not_found", 404),
+        ("inline_outputs_too_large", 413),
     ] {
         assert!(http.contains(&code), "ErrorCode lacks {code}: {http:?}");
         assert!(

@@ -28,6 +28,7 @@ pub(crate) mod seed;
 pub(crate) mod spec;
 pub(crate) mod system;
 pub(crate) mod tasks;
+pub(crate) mod webhooks;
 
 /// Tags grouping the operations in `/docs`.
 #[derive(Tags)]
@@ -80,6 +81,8 @@ pub(crate) struct AppState {
     pub uploads: Arc<tokio::sync::Semaphore>,
     /// With `include=input`, a task page stops once its inputs reach this many bytes.
     pub max_list_input_bytes: u64,
+    /// `server.max_inline_output_bytes`: the most output bytes `outputs=base64` answers.
+    pub max_inline_output_bytes: u64,
 }
 
 /// A semaphore of `n` permits (at most tokio's maximum).
@@ -98,6 +101,7 @@ pub(crate) fn openapi(
         tasks::TasksApi,
         system::SystemApi,
         seed::faceswap::FaceswapApi,
+        webhooks::WebhooksApi,
     ),
     (),
 > {
@@ -110,6 +114,9 @@ pub(crate) fn openapi(
                 state: state.clone(),
             },
             seed::faceswap::FaceswapApi {
+                state: state.clone(),
+            },
+            webhooks::WebhooksApi {
                 state: state.clone(),
             },
         ),
@@ -444,6 +451,13 @@ fn check_create_envelope(bytes: &[u8]) -> Result<(), String> {
             "webhook_url" | "idempotency_key" => {
                 expect(field, "a string", v.is_string() || v.is_null())?
             }
+            "webhook_events" => expect(
+                field,
+                "an array of event names",
+                v.is_null()
+                    || v.as_array()
+                        .is_some_and(|a| a.iter().all(serde_json::Value::is_string)),
+            )?,
             _ => {}
         }
     }

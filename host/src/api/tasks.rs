@@ -37,6 +37,11 @@ pub(crate) struct CreateTaskRequest {
     /// accept (422 `invalid_webhook_url` / `webhook_url_blocked` otherwise). An empty string
     /// is no webhook.
     pub webhook_url: Option<String>,
+    /// Webhook events wanted besides the terminal ones (`task.completed`, `task.failed`,
+    /// `task.cancelled`, always sent): `task.started` (each attempt's start) and
+    /// `task.progress` (throttled by `webhooks.progress_interval_ms`). Unknown names answer
+    /// 422 `invalid_webhook_events`.
+    pub webhook_events: Option<Vec<String>>,
     /// Deduplication key (also accepted as the `Idempotency-Key` header, which wins), at most
     /// 255 bytes; an empty string is no key. The key is bound to this request: the same key
     /// with another type, input, priority, max_attempts, webhook_url or timeout_secs answers 409
@@ -48,6 +53,16 @@ pub(crate) struct CreateTaskRequest {
     /// `dispatcher.timeout_secs`.
     #[oai(validator(minimum(value = "1"), maximum(value = "604800")))]
     pub timeout_secs: Option<u32>,
+}
+
+/// How a create answers the outputs of a task that finished within its wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, poem_openapi::Enum)]
+#[oai(rename_all = "lowercase")]
+pub(crate) enum OutputsMode {
+    /// Output URLs only (in `result.outputs`).
+    Url,
+    /// Also each output's bytes, base64, in `outputs_base64`.
+    Base64,
 }
 
 /// Answer to a create.
@@ -190,6 +205,18 @@ pub(crate) async fn create_task(
     header_key: Option<String>,
     wait: Option<u64>,
 ) -> Result<CreateResponse, ApiError> {
+    create_task_with(state, req, header_key, wait, false).await
+}
+
+/// [`create_task`], with the outputs inline (base64) when `inline` and the task completed
+/// within the wait (`outputs=base64`).
+pub(crate) async fn create_task_with(
+    state: &AppState,
+    req: CreateTaskRequest,
+    header_key: Option<String>,
+    wait: Option<u64>,
+    inline: bool,
+) -> Result<CreateResponse, ApiError> {
     let key = header_key
         .filter(|k| !k.is_empty())
         .or(req.idempotency_key)
@@ -210,6 +237,16 @@ pub(crate) async fn create_task(
     if let Some(url) = &webhook_url {
         check_webhook_url(state, url).await?;
     }
+    let webhook_events = crate::webhooks::parse_events(req.webhook_events.as_deref().unwrap_or(&[]))
+        .map_err(|e| {
+            ApiError::unprocessable(
+                error_codes::INVALID_WEBHOOK_EVENTS,
+                format!(
+                    "unknown webhook event {e:?}; the optional events are {}, and task.completed, task.failed and task.cancelled are always sent",
+                    crate::webhooks::OPTIONAL_EVENTS.join(", ")
+                ),
+            )
+        })?;
     if state.max_pending > 0 {
         let depth: u64 = state.store.pending_by_type().await?.values().sum();
         if depth >= state.max_pending {
@@ -251,6 +288,7 @@ pub(crate) async fn create_task(
             trace_parent: crate::telemetry::current_traceparent(),
             timeout_secs: req.timeout_secs,
             request_hash: Some(hash),
+            webhook_events,
         })
         .await?;
     if created {
@@ -271,10 +309,78 @@ pub(crate) async fn create_task(
         _ => task,
     };
     Ok(if task.status.is_terminal() {
-        CreateResponse::Finished(Json(task.into()))
+        let mut view: TaskView = task.into();
+        if inline && matches!(view.status, TaskStatus::Completed) {
+            view.outputs_base64 = Some(inline_outputs(state, &view).await?);
+        }
+        CreateResponse::Finished(Json(view))
     } else {
         CreateResponse::Accepted(Json(task.into()))
     })
+}
+
+/// The outputs of a COMPLETED task, base64, as `outputs_base64` shows them; 413
+/// `inline_outputs_too_large` (naming the task and its output URLs) above
+/// `server.max_inline_output_bytes` in all.
+async fn inline_outputs(state: &AppState, view: &TaskView) -> Result<Value, ApiError> {
+    use base64::Engine as _;
+    let outputs: Vec<Value> = view
+        .result
+        .as_ref()
+        .and_then(|r| r.get("outputs"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let total: u64 = outputs
+        .iter()
+        .filter_map(|o| o.get("size").and_then(Value::as_u64))
+        .sum();
+    let too_large = |total: u64| {
+        let urls: Vec<&str> = outputs
+            .iter()
+            .filter_map(|o| o.get("url").and_then(Value::as_str))
+            .collect();
+        ApiError::new(
+            poem::http::StatusCode::PAYLOAD_TOO_LARGE,
+            error_codes::INLINE_OUTPUTS_TOO_LARGE,
+            format!(
+                "task {} completed, but its outputs are {total} bytes, over the {} bytes `outputs=base64` answers inline (server.max_inline_output_bytes); fetch them from their URLs: {}",
+                view.task_id,
+                state.max_inline_output_bytes,
+                urls.join(" ")
+            ),
+        )
+    };
+    if total > state.max_inline_output_bytes {
+        return Err(too_large(total));
+    }
+    let mut inline = Vec::with_capacity(outputs.len());
+    let mut read_total = 0u64;
+    for o in &outputs {
+        let Some(key) = o.get("key").and_then(Value::as_str) else {
+            continue;
+        };
+        let (_, mut stream) = state.storage.read_range(key, None).await?;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| crate::storage::StorageError::Io {
+                op: "read",
+                key: key.to_owned(),
+                detail: e.to_string(),
+            })?;
+            read_total += chunk.len() as u64;
+            if read_total > state.max_inline_output_bytes {
+                return Err(too_large(read_total));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        inline.push(serde_json::json!({
+            "key": key,
+            "content_type": o.get("content_type").cloned().unwrap_or(Value::Null),
+            "base64": base64::engine::general_purpose::STANDARD.encode(&bytes),
+        }));
+    }
+    Ok(Value::Array(inline))
 }
 
 /// Waits until the task is terminal or `wait` runs out; answers the task as it is then.
@@ -335,8 +441,14 @@ impl TasksApi {
         /// Deduplication key, at most 255 bytes, bound to this request (see above).
         #[oai(name = "Idempotency-Key")]
         idempotency_key: Header<Option<String>>,
+        /// `base64`: when the task completes within `wait`, the answer also carries every
+        /// output's bytes, base64, in `outputs_base64` (at most
+        /// `server.max_inline_output_bytes` in all, else 413 `inline_outputs_too_large`, whose
+        /// message names the task and its output URLs). `url` (default): URLs only.
+        outputs: Query<Option<OutputsMode>>,
     ) -> Result<CreateResponse, ApiError> {
-        create_task(&self.state, body.0, idempotency_key.0, wait.0).await
+        let inline = matches!(outputs.0, Some(OutputsMode::Base64));
+        create_task_with(&self.state, body.0, idempotency_key.0, wait.0, inline).await
     }
 
     /// Read a task.
@@ -346,6 +458,10 @@ impl TasksApi {
         match self.state.store.get(id).await? {
             Some(t) => {
                 let mut view: TaskView = t.into();
+                if view.webhook_url.is_some() {
+                    view.webhook =
+                        crate::api::webhooks::summary(&self.state.store.list_deliveries(id).await?);
+                }
                 // A PENDING task of a type whose engine is unavailable says why it waits.
                 if matches!(view.status, TaskStatus::Pending)
                     && let Some(entry) = self.state.registry.task_type(&view.task_type)

@@ -72,6 +72,7 @@ pub(super) const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
             ("max_streams", Int),
             ("max_concurrent_uploads", Int),
             ("max_list_input_bytes", Int),
+            ("max_inline_output_bytes", Int),
         ],
     ),
     (
@@ -106,6 +107,7 @@ pub(super) const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
             ("credential_path", OptPath),
             ("delivery_domain", OptStr),
             ("presign_secs", Int),
+            ("fallback", Str),
         ],
     ),
     ("plugins", &[("manifest", P)]),
@@ -154,6 +156,19 @@ pub(super) const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
             ("batch", Int),
             ("interval_secs", Int),
             ("day_secs", Int),
+        ],
+    ),
+    (
+        "webhooks",
+        &[
+            ("secrets", List),
+            ("max_age_secs", Int),
+            ("backoff_base_ms", Int),
+            ("backoff_max_ms", Int),
+            ("concurrency", Int),
+            ("timeout_secs", Int),
+            ("progress_interval_ms", Int),
+            ("poll_interval_ms", Int),
         ],
     ),
 ];

@@ -37,7 +37,7 @@ use keys::KeyId;
 use layers::Layers;
 pub(crate) use settings::{
     DispatcherConfig, FetchConfig, LogConfig, LogFormat, PluginsConfig, QueueConfig, QueueType,
-    RetentionConfig, ServerConfig, StorageConfig, StorageType,
+    RetentionConfig, ServerConfig, StorageConfig, StorageType, WebhooksConfig,
 };
 use toml_file::{TomlFile, absolute_against};
 
@@ -65,6 +65,8 @@ pub(crate) struct Config {
     pub log: LogConfig,
     /// How long finished tasks, their files and unreferenced uploads are kept.
     pub retention: RetentionConfig,
+    /// Signing and durable delivery of task webhooks.
+    pub webhooks: WebhooksConfig,
     /// The file these settings were read from (absolute), if any. Not a key.
     #[serde(skip)]
     pub file: Option<PathBuf>,

@@ -230,6 +230,30 @@ impl Config {
         if self.retention.day_secs == 0 {
             l.invalid(("retention", "day_secs"), "must be at least 1");
         }
+
+        if !matches!(self.storage.fallback.trim(), "fs" | "none") {
+            l.invalid(("storage", "fallback"), "must be `fs` or `none`");
+        }
+
+        // webhooks
+        let w = &self.webhooks;
+        for (i, secret) in w.secrets.iter().enumerate() {
+            if let Err(m) = crate::webhooks::signing::parse_secret(secret) {
+                l.invalid(("webhooks", "secrets"), format!("secret #{}: {m}", i + 1));
+            }
+        }
+        for (key, v) in [
+            ("max_age_secs", w.max_age_secs),
+            ("backoff_base_ms", w.backoff_base_ms),
+            ("backoff_max_ms", w.backoff_max_ms),
+            ("concurrency", u64::from(w.concurrency)),
+            ("timeout_secs", w.timeout_secs),
+            ("poll_interval_ms", w.poll_interval_ms),
+        ] {
+            if v == 0 {
+                l.invalid(("webhooks", key), "must be at least 1");
+            }
+        }
     }
 }
 

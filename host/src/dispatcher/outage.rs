@@ -61,7 +61,6 @@ impl Dispatcher {
                             &t.task_type,
                             crate::error_codes::ENGINE_UNAVAILABLE,
                         );
-                        self.notify_webhook(t);
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "failing long-waiting tasks failed"),

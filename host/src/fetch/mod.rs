@@ -7,6 +7,7 @@
 //!   errors are classified;
 //! - `download.rs`: one http(s) download (retries, redirects hop by hop, size limit);
 //! - `source.rs`: what a source names, and copying objects of the service's own storage;
+//! - `data_url.rs`: `data:` URL sources (base64 bytes inline), decoded to a work file;
 //! - `work_file.rs`: file names and files in the work folder;
 //! - `error.rs`: [`FetchError`] and its stable codes.
 //!
@@ -17,6 +18,7 @@
 //! the environment are ignored.
 
 mod client;
+mod data_url;
 mod download;
 mod error;
 mod guard;
@@ -115,6 +117,10 @@ impl Fetcher {
         file_name: Option<&str>,
     ) -> Result<PathBuf, FetchError> {
         let inner = &*self.inner;
+        if data_url::is_data_url(source.trim()) {
+            return data_url::write(source.trim(), inner.settings.max_bytes, dest_dir, file_name)
+                .await;
+        }
         match source::recognise(&inner.storage, source.trim())? {
             Source::Storage(key) => {
                 source::copy_from_storage(&inner.storage, &key, dest_dir, file_name).await
@@ -135,12 +141,14 @@ impl Fetcher {
         }
     }
 
-    /// POSTs `body` as JSON to an http(s) URL under the same SSRF guard (used for completion
-    /// webhooks). Redirects are not followed. Answers the HTTP status.
+    /// POSTs the JSON `body` with `headers` to an http(s) URL under the same SSRF guard (used
+    /// for webhooks), within `timeout`. Redirects are not followed. Answers the HTTP status.
     pub(crate) async fn post_json(
         &self,
         url: &str,
-        body: &serde_json::Value,
+        body: String,
+        headers: &[(&str, String)],
+        timeout: Duration,
     ) -> Result<u16, FetchError> {
         let parsed = http_url(url)?;
         self.inner
@@ -148,19 +156,23 @@ impl Fetcher {
             .check(&parsed)
             .await
             .map_err(|b| b.into_error(&parsed))?;
-        let resp = self
+        let mut req = self
             .inner
             .client
             .post(parsed.clone())
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .timeout(self.inner.settings.timeout.min(Duration::from_secs(30)))
-            .send()
-            .await
-            .map_err(|e| FetchError::Unreachable {
-                url: shown(&parsed),
-                detail: e.to_string(),
-            })?;
+            .header("content-type", "application/json");
+        for (name, value) in headers {
+            req = req.header(*name, value);
+        }
+        let resp =
+            req.body(body)
+                .timeout(timeout)
+                .send()
+                .await
+                .map_err(|e| FetchError::Unreachable {
+                    url: shown(&parsed),
+                    detail: e.to_string(),
+                })?;
         Ok(resp.status().as_u16())
     }
 }

@@ -21,8 +21,23 @@ use super::{ObjectMeta, StorageError, StorageKind, StorageSettings, fs, gcs, mem
 pub(super) enum Backend {
     /// A backend reached through opendal.
     Op(OpBackend),
-    /// Cloudflare Images.
-    CfImages(CfImages),
+    /// Cloudflare Images, with the `fs` backend that holds what is not an image (when
+    /// `storage.fallback = "fs"`).
+    CfImages(CfImages, Option<OpBackend>),
+}
+
+/// Whether `key` names an image (by its extension): what Cloudflare Images holds. Every
+/// operation of a key goes to the same backend, decided by this alone.
+fn is_image(key: &str) -> bool {
+    super::key::content_type_for(key, "").starts_with("image/")
+}
+
+/// The refusal of a non-image on `cf_images` without a fallback.
+fn no_fallback() -> StorageError {
+    StorageError::Unsupported {
+        op: "store a non-image (storage.fallback = \"none\"; set it to \"fs\")",
+        backend: "cf_images",
+    }
 }
 
 impl Backend {
@@ -34,7 +49,14 @@ impl Backend {
             StorageKind::S3(s) => Backend::Op(s3::backend(s, false)?),
             StorageKind::R2(s) => Backend::Op(s3::backend(s, true)?),
             StorageKind::Gcs(s) => Backend::Op(gcs::backend(s)?),
-            StorageKind::CfImages(s) => Backend::CfImages(cf_images::backend(s)?),
+            StorageKind::CfImages(s) => Backend::CfImages(
+                cf_images::backend(s)?,
+                if s.fallback_fs {
+                    Some(fs::backend(&settings.root)?)
+                } else {
+                    None
+                },
+            ),
         })
     }
 
@@ -47,7 +69,11 @@ impl Backend {
     ) -> Result<Written, StorageError> {
         match self {
             Backend::Op(b) => b.put_file(obj, file, content_type).await,
-            Backend::CfImages(cf) => cf.put_file(obj, file, content_type).await,
+            Backend::CfImages(_, Some(f)) if !is_image(obj.key) => {
+                f.put_file(obj, file, content_type).await
+            }
+            Backend::CfImages(_, None) if !is_image(obj.key) => Err(no_fallback()),
+            Backend::CfImages(cf, _) => cf.put_file(obj, file, content_type).await,
         }
     }
 
@@ -65,7 +91,11 @@ impl Backend {
     {
         match self {
             Backend::Op(b) => b.put_stream(obj, stream, content_type, max_bytes).await,
-            Backend::CfImages(cf) => cf.put_stream(obj, stream, content_type, max_bytes).await,
+            Backend::CfImages(_, Some(f)) if !is_image(obj.key) => {
+                f.put_stream(obj, stream, content_type, max_bytes).await
+            }
+            Backend::CfImages(_, None) if !is_image(obj.key) => Err(no_fallback()),
+            Backend::CfImages(cf, _) => cf.put_stream(obj, stream, content_type, max_bytes).await,
         }
     }
 
@@ -73,7 +103,8 @@ impl Backend {
     pub(super) async fn stat(&self, obj: ObjectRef<'_>) -> Result<ObjectMeta, StorageError> {
         match self {
             Backend::Op(b) => b.stat(obj).await,
-            Backend::CfImages(cf) => cf.stat(obj).await,
+            Backend::CfImages(_, Some(f)) if !is_image(obj.key) => f.stat(obj).await,
+            Backend::CfImages(cf, _) => cf.stat(obj).await,
         }
     }
 
@@ -85,7 +116,8 @@ impl Backend {
     ) -> Result<(ObjectMeta, ByteStream), StorageError> {
         match self {
             Backend::Op(b) => b.read(obj, range).await,
-            Backend::CfImages(cf) => cf.read(obj, range).await,
+            Backend::CfImages(_, Some(f)) if !is_image(obj.key) => f.read(obj, range).await,
+            Backend::CfImages(cf, _) => cf.read(obj, range).await,
         }
     }
 
@@ -97,7 +129,10 @@ impl Backend {
     ) -> Result<(u64, String), StorageError> {
         match self {
             Backend::Op(b) => b.copy(from, to).await,
-            Backend::CfImages(_) => Err(StorageError::Unsupported {
+            Backend::CfImages(_, Some(f)) if !is_image(from.key) && !is_image(to.key) => {
+                f.copy(from, to).await
+            }
+            Backend::CfImages(..) => Err(StorageError::Unsupported {
                 op: "copy",
                 backend: "cf_images",
             }),
@@ -108,7 +143,8 @@ impl Backend {
     pub(super) async fn delete(&self, obj: ObjectRef<'_>) -> Result<(), StorageError> {
         match self {
             Backend::Op(b) => b.delete(obj).await,
-            Backend::CfImages(cf) => cf.delete(obj.key, obj.path).await,
+            Backend::CfImages(_, Some(f)) if !is_image(obj.key) => f.delete(obj).await,
+            Backend::CfImages(cf, _) => cf.delete(obj.key, obj.path).await,
         }
     }
 
@@ -120,7 +156,7 @@ impl Backend {
     ) -> Result<Vec<(String, Option<std::time::SystemTime>)>, StorageError> {
         match self {
             Backend::Op(b) => b.list(obj).await,
-            Backend::CfImages(_) => Err(StorageError::Unsupported {
+            Backend::CfImages(..) => Err(StorageError::Unsupported {
                 op: "list",
                 backend: "cf_images",
             }),
@@ -132,7 +168,7 @@ impl Backend {
     pub(super) async fn delete_folder(&self, obj: ObjectRef<'_>) -> Result<u64, StorageError> {
         match self {
             Backend::Op(b) => b.delete_folder(obj).await,
-            Backend::CfImages(_) => Err(StorageError::Unsupported {
+            Backend::CfImages(..) => Err(StorageError::Unsupported {
                 op: "delete a folder",
                 backend: "cf_images",
             }),
@@ -143,7 +179,8 @@ impl Backend {
     pub(super) async fn url(&self, obj: ObjectRef<'_>) -> Result<Option<String>, StorageError> {
         match self {
             Backend::Op(b) => b.url(obj).await,
-            Backend::CfImages(cf) => cf.url(obj).await.map(Some),
+            Backend::CfImages(_, Some(f)) if !is_image(obj.key) => f.url(obj).await,
+            Backend::CfImages(cf, _) => cf.url(obj).await.map(Some),
         }
     }
 
@@ -152,7 +189,7 @@ impl Backend {
     pub(super) fn url_bases(&self) -> &[String] {
         match self {
             Backend::Op(b) => b.url_bases(),
-            Backend::CfImages(_) => &[],
+            Backend::CfImages(..) => &[],
         }
     }
 
@@ -160,7 +197,7 @@ impl Backend {
     pub(super) async fn check(&self, obj: ObjectRef<'_>) -> Result<(), StorageError> {
         match self {
             Backend::Op(b) => b.check(obj).await,
-            Backend::CfImages(cf) => cf.check(obj).await,
+            Backend::CfImages(cf, _) => cf.check(obj).await,
         }
     }
 }

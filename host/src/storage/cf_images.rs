@@ -41,6 +41,10 @@ pub struct CfImagesSettings {
     /// Delivery domain (`imagedelivery.net`, or a zone of the account); the domain of the
     /// variant URLs Cloudflare answers with when absent.
     pub delivery_domain: Option<String>,
+    /// Store objects that are not images (by their key's extension: videos, text...) in an
+    /// `fs` backend under the facade's `root` (`storage.fallback = "fs"`), since Cloudflare
+    /// Images holds images only; `false` refuses them with `storage_unsupported`.
+    pub fallback_fs: bool,
 }
 
 impl CfImagesSettings {
@@ -52,6 +56,7 @@ impl CfImagesSettings {
             api_token: Secret(nonempty(&c.api_token).unwrap_or_default()),
             api_base: nonempty(&c.endpoint),
             delivery_domain: nonempty(&c.delivery_domain),
+            fallback_fs: c.fallback.trim().eq_ignore_ascii_case("fs"),
         }
     }
 }
@@ -606,6 +611,7 @@ mod tests {
             api_token: Secret("t".into()),
             api_base: None,
             delivery_domain: None,
+            fallback_fs: false,
         };
         let details = ImageDetails {
             id: "a/b.png".into(),

@@ -24,6 +24,7 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use crate::error_codes;
+pub(crate) use deliveries::{Delivery, DeliveryAttempt, DeliveryOutcome, DeliveryState};
 
 /// How often a consumer refreshes its row in the consumers table (PostgreSQL); `GET
 /// /api/status` lists consumers heard from within three of these.
@@ -31,6 +32,7 @@ pub(crate) const CONSUMER_HEARTBEAT: Duration = Duration::from_secs(10);
 
 pub(crate) use health::{Cause, StoreFault};
 
+pub(crate) mod deliveries;
 pub(crate) mod health;
 pub(crate) mod postgres;
 mod sql;
@@ -187,6 +189,9 @@ pub(crate) struct NewTask {
     pub timeout_secs: Option<u32>,
     /// Hex SHA-256 of the request (see [`Task::request_hash`]).
     pub request_hash: Option<String>,
+    /// Optional webhook events asked for besides the terminal ones, comma-separated
+    /// (`task.started,task.progress`); `None` for none.
+    pub webhook_events: Option<String>,
 }
 
 /// What happened to a task, published to subscribers.
@@ -602,6 +607,25 @@ pub(crate) trait TaskStore: Send + Sync + 'static {
 
     /// Why writes fail now, or none while they succeed (see [`health`]).
     fn health(&self) -> Option<StoreFault>;
+
+    /// Claims up to `limit` due pending webhook deliveries whose lease (if any) expired, leasing
+    /// each for `lease`: no other process claims it meanwhile. Oldest due first.
+    async fn claim_deliveries(&self, lease: Duration, limit: u32) -> StoreResult<Vec<Delivery>>;
+
+    /// Records one attempt of a pending delivery (its payload is kept from the first attempt)
+    /// and releases its lease. Nothing for a delivery no longer pending.
+    async fn record_delivery(&self, id: &str, attempt: DeliveryAttempt) -> StoreResult<()>;
+
+    /// The deliveries of a task, oldest first.
+    async fn list_deliveries(&self, task_id: Uuid) -> StoreResult<Vec<Delivery>>;
+
+    /// Makes the task's delivery `delivery` (or all its deliveries) pending and due now, with
+    /// a new retry window. Answers how many it changed.
+    async fn redeliver(&self, task_id: Uuid, delivery: Option<&str>) -> StoreResult<u64>;
+
+    /// Adds a delivery of `event` for the task if it has a webhook and asked for that event
+    /// (its `webhook_events`); answers whether it did.
+    async fn add_delivery(&self, task_id: Uuid, event: &str) -> StoreResult<bool>;
 
     /// Records (or refreshes: a heartbeat) a consumer and the task types it serves; the store
     /// keeps `started_at` of the first announcement and stamps `heartbeat_at` itself. Stores

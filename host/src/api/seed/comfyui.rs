@@ -204,6 +204,7 @@ async fn create(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let request = CreateTaskRequest {
+        webhook_events: None,
         task_type: TASK_TYPE.into(),
         input: json!({"workflow": workflow, "params": params}),
         priority: envelope

@@ -40,6 +40,43 @@ pub(crate) struct FaceswapRequest {
     pub resolution: Option<String>,
     /// `image` or `video`; detected from the target when absent.
     pub media_type: Option<FaceswapMediaType>,
+    /// More images of the same face (FaceFusion averages them), besides `source_url`.
+    pub source_urls: Option<Vec<String>>,
+    /// Output scale factor (FaceFusion `--output-image-scale` / `--output-video-scale`);
+    /// `resolution` wins when both are given.
+    pub scale: Option<f64>,
+    /// FaceFusion `--face-swapper-model` (e.g. `inswapper_128`, `hyperswap_1a_256`).
+    pub face_swapper_model: Option<String>,
+    /// FaceFusion `--face-swapper-pixel-boost` (e.g. `512x512`; the choices depend on the
+    /// model).
+    pub face_swapper_pixel_boost: Option<String>,
+    /// The seed's name for `face_swapper_pixel_boost` (the latter wins when both are given).
+    pub pixel_boost: Option<String>,
+    /// FaceFusion `--face-enhancer-model` (e.g. `gfpgan_1.4`, `codeformer`); adds the
+    /// `face_enhancer` processor.
+    pub face_enhancer_model: Option<String>,
+    /// FaceFusion `--face-enhancer-blend`, 0 to 100.
+    pub face_enhancer_blend: Option<u32>,
+    /// FaceFusion `--face-selector-mode`: `many`, `one` or `reference`.
+    pub face_selector_mode: Option<String>,
+    /// FaceFusion `--face-selector-order` (e.g. `large-small`, `left-right`).
+    pub face_selector_order: Option<String>,
+    /// FaceFusion `--reference-face-position`.
+    pub reference_face_position: Option<u32>,
+    /// FaceFusion `--reference-face-distance`.
+    pub reference_face_distance: Option<f64>,
+    /// FaceFusion `--reference-frame-number`.
+    pub reference_frame_number: Option<u32>,
+    /// FaceFusion `--output-image-quality` / `--output-video-quality`, 0 to 100.
+    pub output_quality: Option<u32>,
+    /// FaceFusion `--output-video-encoder` (e.g. `libx264`).
+    pub output_video_encoder: Option<String>,
+    /// FaceFusion `--output-video-preset` (e.g. `veryfast`).
+    pub output_video_preset: Option<String>,
+    /// FaceFusion `--trim-frame-start`.
+    pub trim_frame_start: Option<u32>,
+    /// FaceFusion `--trim-frame-end`.
+    pub trim_frame_end: Option<u32>,
     /// Higher runs first (default 0).
     #[oai(default)]
     pub priority: i32,
@@ -66,6 +103,65 @@ impl FaceswapRequest {
             };
             input.insert("media_type".into(), name.into());
         }
+        // The seed's face-swap options, forwarded under the plugin's names (the plugin's
+        // schema validates them; see plugins/facefusion for the flag each one sets).
+        let mut put = |name: &str, v: Option<Value>| {
+            if let Some(v) = v {
+                input.insert(name.to_owned(), v);
+            }
+        };
+        put("source_urls", self.source_urls.clone().map(Value::from));
+        put("scale", self.scale.map(Value::from));
+        put(
+            "face_swapper_model",
+            self.face_swapper_model.clone().map(Value::from),
+        );
+        put(
+            "face_swapper_pixel_boost",
+            self.face_swapper_pixel_boost
+                .clone()
+                .or_else(|| self.pixel_boost.clone())
+                .map(Value::from),
+        );
+        put(
+            "face_enhancer_model",
+            self.face_enhancer_model.clone().map(Value::from),
+        );
+        put(
+            "face_enhancer_blend",
+            self.face_enhancer_blend.map(Value::from),
+        );
+        put(
+            "face_selector_mode",
+            self.face_selector_mode.clone().map(Value::from),
+        );
+        put(
+            "face_selector_order",
+            self.face_selector_order.clone().map(Value::from),
+        );
+        put(
+            "reference_face_position",
+            self.reference_face_position.map(Value::from),
+        );
+        put(
+            "reference_face_distance",
+            self.reference_face_distance.map(Value::from),
+        );
+        put(
+            "reference_frame_number",
+            self.reference_frame_number.map(Value::from),
+        );
+        put("output_quality", self.output_quality.map(Value::from));
+        put(
+            "output_video_encoder",
+            self.output_video_encoder.clone().map(Value::from),
+        );
+        put(
+            "output_video_preset",
+            self.output_video_preset.clone().map(Value::from),
+        );
+        put("trim_frame_start", self.trim_frame_start.map(Value::from));
+        put("trim_frame_end", self.trim_frame_end.map(Value::from));
         Value::Object(input)
     }
 }
@@ -107,6 +203,7 @@ impl FaceswapApi {
             ));
         }
         let req = CreateTaskRequest {
+            webhook_events: None,
             task_type: FACESWAP_TASK_TYPE.into(),
             input: body.0.to_input(),
             priority: body.0.priority,

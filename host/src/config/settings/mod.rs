@@ -15,6 +15,7 @@ mod queue;
 mod retention;
 mod server;
 mod storage;
+mod webhooks;
 
 pub(crate) use dispatcher::DispatcherConfig;
 pub(crate) use fetch::FetchConfig;
@@ -24,6 +25,7 @@ pub(crate) use queue::{QueueConfig, QueueType};
 pub(crate) use retention::RetentionConfig;
 pub(crate) use server::ServerConfig;
 pub(crate) use storage::{StorageConfig, StorageType};
+pub(crate) use webhooks::WebhooksConfig;
 
 const MIB: u64 = 1024 * 1024;
 const GIB: u64 = 1024 * MIB;
@@ -43,6 +45,7 @@ pub(super) fn deserialize_section<'de, D: Deserializer<'de>>(
         "dispatcher" => DispatcherConfig::deserialize(d).map(drop),
         "log" => LogConfig::deserialize(d).map(drop),
         "retention" => RetentionConfig::deserialize(d).map(drop),
+        "webhooks" => WebhooksConfig::deserialize(d).map(drop),
         _ => return None,
     })
 }

@@ -53,6 +53,10 @@ pub(crate) struct ServerConfig {
     /// With `GET /api/tasks?include=input`, a page stops early (with a `next_cursor`) once the
     /// inputs it holds reach this many bytes. Default 32 MiB.
     pub max_list_input_bytes: u64,
+    /// Most bytes of outputs a create with `outputs=base64` answers inline (all outputs
+    /// together, before base64); above it the answer is 413 `inline_outputs_too_large`, naming
+    /// the task and its output URLs. Default 10 MiB.
+    pub max_inline_output_bytes: u64,
 }
 
 impl Default for ServerConfig {
@@ -74,6 +78,7 @@ impl Default for ServerConfig {
             max_streams: 2048,
             max_concurrent_uploads: 32,
             max_list_input_bytes: 32 * MIB,
+            max_inline_output_bytes: 10 * MIB,
         }
     }
 }

@@ -58,6 +58,11 @@ pub struct StorageConfig {
     pub delivery_domain: Option<String>,
     /// Lifetime of presigned GET URLs, in seconds. Default 3600.
     pub presign_secs: u64,
+    /// `cf_images` only: where objects that are not images (videos, text; by their key's
+    /// extension) go, since Cloudflare Images holds images only. `fs` (default): an `fs`
+    /// backend under `storage.root`, served by `GET /files/{key}`; `none`: refused with
+    /// `storage_unsupported`.
+    pub fallback: String,
 }
 
 impl Default for StorageConfig {
@@ -77,6 +82,7 @@ impl Default for StorageConfig {
             credential_path: None,
             delivery_domain: None,
             presign_secs: 3600,
+            fallback: "fs".to_owned(),
         }
     }
 }

@@ -19,6 +19,7 @@
 //! and drops the temporary PostgreSQL databases (also used by the PostgreSQL store's own tests).
 
 mod claim;
+mod deliveries;
 mod events;
 mod finish;
 pub(crate) mod pg;
@@ -87,6 +88,8 @@ macro_rules! conformance_suite {
             workers::worker_identity_held_once,
             workers::expire_previous_runs_of_one_identity,
             workers::timeout_secs_round_trips,
+            deliveries::terminal_states_write_their_message,
+            deliveries::claims_attempts_and_redelivery,
         );
     };
     (@tests $harness:expr; $($topic:ident :: $name:ident),* $(,)?) => {
@@ -116,6 +119,7 @@ fn new_task(task_type: &str, priority: i32) -> NewTask {
         trace_parent: None,
         timeout_secs: None,
         request_hash: None,
+        webhook_events: None,
     }
 }
 

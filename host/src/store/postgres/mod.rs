@@ -45,6 +45,7 @@
 
 mod claim;
 mod consumers;
+mod deliveries;
 mod events;
 mod finish;
 mod group_commit;
@@ -320,6 +321,34 @@ impl TaskStore for PostgresStore {
 
     fn health(&self) -> Option<StoreFault> {
         self.inner.health.fault()
+    }
+
+    async fn claim_deliveries(
+        &self,
+        lease: Duration,
+        limit: u32,
+    ) -> StoreResult<Vec<crate::store::Delivery>> {
+        deliveries::claim(self, lease, limit).await
+    }
+
+    async fn record_delivery(
+        &self,
+        id: &str,
+        attempt: crate::store::DeliveryAttempt,
+    ) -> StoreResult<()> {
+        deliveries::record(self, id, attempt).await
+    }
+
+    async fn list_deliveries(&self, task_id: Uuid) -> StoreResult<Vec<crate::store::Delivery>> {
+        deliveries::list(self, task_id).await
+    }
+
+    async fn redeliver(&self, task_id: Uuid, delivery: Option<&str>) -> StoreResult<u64> {
+        deliveries::redeliver(self, task_id, delivery).await
+    }
+
+    async fn add_delivery(&self, task_id: Uuid, event: &str) -> StoreResult<bool> {
+        deliveries::add(self, task_id, event).await
     }
 
     fn subscribe(&self) -> broadcast::Receiver<TaskEvent> {

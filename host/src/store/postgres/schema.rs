@@ -43,6 +43,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "progress preview",
         include_str!("../../../migrations/postgres/0005_progress_preview.sql"),
     ),
+    (
+        6,
+        "webhook deliveries",
+        include_str!("../../../migrations/postgres/0006_webhook_deliveries.sql"),
+    ),
 ];
 
 /// A duration in microseconds, as the statements bind leases and ages.

@@ -15,9 +15,9 @@ use crate::store::{
 const SQL_INSERT: &str = notifying!(
     "INSERT INTO tasks (id, task_type, status, input, priority, attempts, max_attempts, \
      created_at, run_at, idempotency_key, webhook_url, cancel_requested, updated_at, \
-     trace_parent, timeout_secs, request_hash) \
+     trace_parent, timeout_secs, request_hash, webhook_events) \
      VALUES ($1, $2, 'PENDING', $3, $4, 0, $5, statement_timestamp(), statement_timestamp(), \
-             $6, $7, false, statement_timestamp(), $8, $9, $10) \
+             $6, $7, false, statement_timestamp(), $8, $9, $10, $11) \
      ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
     "'created'"
 );
@@ -48,7 +48,8 @@ pub(super) async fn insert(store: &PostgresStore, task: NewTask) -> StoreResult<
         .bind(task.webhook_url.as_deref().map(clean_text))
         .bind(task.trace_parent.as_deref().map(clean_text))
         .bind(task.timeout_secs.map(i64::from))
-        .bind(task.request_hash.as_deref().map(clean_text));
+        .bind(task.request_hash.as_deref().map(clean_text))
+        .bind(task.webhook_events.as_deref().map(clean_text));
     if let Some((_, created)) = store.write_one(query, true).await? {
         return Ok((created, true));
     }

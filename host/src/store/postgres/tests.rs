@@ -44,6 +44,7 @@ fn new_task(task_type: &str) -> NewTask {
         trace_parent: None,
         timeout_secs: None,
         request_hash: None,
+        webhook_events: None,
     }
 }
 

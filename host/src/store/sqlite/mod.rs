@@ -38,6 +38,7 @@
 
 mod changes;
 mod claim;
+mod deliveries;
 mod finish;
 mod group_commit;
 mod read;
@@ -362,5 +363,33 @@ impl TaskStore for SqliteStore {
 
     fn health(&self) -> Option<StoreFault> {
         self.health.fault()
+    }
+
+    async fn claim_deliveries(
+        &self,
+        lease: Duration,
+        limit: u32,
+    ) -> StoreResult<Vec<crate::store::Delivery>> {
+        deliveries::claim(self, lease, limit).await
+    }
+
+    async fn record_delivery(
+        &self,
+        id: &str,
+        attempt: crate::store::DeliveryAttempt,
+    ) -> StoreResult<()> {
+        deliveries::record(self, id, attempt).await
+    }
+
+    async fn list_deliveries(&self, task_id: Uuid) -> StoreResult<Vec<crate::store::Delivery>> {
+        deliveries::list(self, task_id).await
+    }
+
+    async fn redeliver(&self, task_id: Uuid, delivery: Option<&str>) -> StoreResult<u64> {
+        deliveries::redeliver(self, task_id, delivery).await
+    }
+
+    async fn add_delivery(&self, task_id: Uuid, event: &str) -> StoreResult<bool> {
+        deliveries::add(self, task_id, event).await
     }
 }

@@ -46,6 +46,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "progress preview",
         include_str!("../../../migrations/sqlite/0006_progress_preview.sql"),
     ),
+    (
+        7,
+        "webhook deliveries",
+        include_str!("../../../migrations/sqlite/0007_webhook_deliveries.sql"),
+    ),
 ];
 
 /// The columns every task-returning statement selects, in one place.

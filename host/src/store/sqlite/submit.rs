@@ -13,8 +13,8 @@ use crate::store::{
 const SQL_INSERT: &str = concat!(
     "INSERT INTO tasks (id, task_type, status, input, priority, attempts, max_attempts, \
      created_at, run_at, idempotency_key, webhook_url, cancel_requested, trace_parent, \
-     timeout_secs, request_hash) \
-     VALUES (?1, ?2, 'PENDING', ?3, ?4, 0, ?5, ?6, ?6, ?7, ?8, 0, ?9, ?10, ?11) \
+     timeout_secs, request_hash, webhook_events) \
+     VALUES (?1, ?2, 'PENDING', ?3, ?4, 0, ?5, ?6, ?6, ?7, ?8, 0, ?9, ?10, ?11, ?12) \
      ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
      RETURNING ",
     task_columns!()
@@ -41,7 +41,8 @@ pub(super) async fn insert(store: &SqliteStore, task: NewTask) -> StoreResult<(T
         .bind(task.webhook_url)
         .bind(task.trace_parent)
         .bind(task.timeout_secs.map(i64::from))
-        .bind(task.request_hash.clone());
+        .bind(task.request_hash.clone())
+        .bind(task.webhook_events);
     if let Some(created) = store.write_task(query).await? {
         store.publish(EventKind::Created, &created);
         return Ok((created, true));

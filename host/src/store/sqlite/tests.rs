@@ -134,6 +134,7 @@ async fn insert_throughput() {
                 trace_parent: None,
                 timeout_secs: None,
                 request_hash: None,
+                webhook_events: None,
             })
             .await
             .unwrap();

@@ -1,0 +1,137 @@
+//! Webhook deliveries in the SQLite store: claims with a lease, attempts, listing, redelivery
+//! and the consumer's progress messages. Every write goes through the one writer (the group
+//! committer), so two processes on one file never claim the same row at once.
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::{
+    SqliteStore,
+    group_commit::send_write,
+    schema::{duration_ms, now_ms},
+};
+use crate::store::{
+    StoreResult,
+    deliveries::{Delivery, DeliveryAttempt, DeliveryOutcome, delivery_from_json, new_message_id},
+    sql::{column, db_err},
+};
+
+/// The JSON object of a delivery row (see `store::deliveries`).
+macro_rules! delivery_json {
+    () => {
+        "json_object('id', id, 'task_id', task_id, 'event', event, 'url', url, 'state', state, \
+         'attempts', attempts, 'created_at', created_at, 'window_start', window_start, \
+         'next_at', next_at, 'last_attempt_at', last_attempt_at, 'last_status', last_status, \
+         'last_error', last_error, 'delivered_at', delivered_at, 'payload', payload) AS j"
+    };
+}
+
+/// `?1`: lease end; `?2`: now; `?3`: limit.
+const SQL_CLAIM: &str = concat!(
+    "UPDATE webhook_deliveries SET lease_until = ?1 WHERE id IN (SELECT id FROM \
+     webhook_deliveries WHERE state = 'pending' AND next_at <= ?2 \
+     AND (lease_until IS NULL OR lease_until <= ?2) ORDER BY next_at LIMIT ?3) RETURNING ",
+    delivery_json!()
+);
+
+/// `?1` id, `?2` payload, `?3` now, `?4` status, `?5` error, `?6` state, `?7` next_at.
+const SQL_RECORD: &str = "UPDATE webhook_deliveries SET attempts = attempts + 1, \
+     payload = COALESCE(payload, ?2), last_attempt_at = ?3, last_status = ?4, last_error = ?5, \
+     state = ?6, next_at = ?7, lease_until = NULL, \
+     delivered_at = CASE WHEN ?6 = 'delivered' THEN ?3 ELSE delivered_at END \
+     WHERE id = ?1 AND state = 'pending'";
+
+const SQL_LIST: &str = concat!(
+    "SELECT ",
+    delivery_json!(),
+    " FROM webhook_deliveries WHERE task_id = ?1 ORDER BY created_at, id"
+);
+
+/// `?1` task, `?2` delivery id or NULL for all, `?3` now.
+const SQL_REDELIVER: &str = "UPDATE webhook_deliveries SET state = 'pending', next_at = ?3, \
+     window_start = ?3, lease_until = NULL \
+     WHERE task_id = ?1 AND (?2 IS NULL OR id = ?2) RETURNING id";
+
+/// `?1` new id, `?2` task, `?3` event, `?4` now.
+const SQL_ADD: &str = "INSERT INTO webhook_deliveries (id, task_id, event, url, created_at, \
+     window_start, next_at) SELECT ?1, id, ?3, webhook_url, ?4, ?4, ?4 FROM tasks \
+     WHERE id = ?2 AND webhook_url IS NOT NULL AND instr(COALESCE(webhook_events, ''), ?3) > 0 \
+     RETURNING id";
+
+fn decode(rows: &[sqlx::sqlite::SqliteRow]) -> StoreResult<Vec<Delivery>> {
+    rows.iter()
+        .map(|r| delivery_from_json(&column::<String, _>(r, "j")?))
+        .collect()
+}
+
+/// [`TaskStore::claim_deliveries`](crate::store::TaskStore::claim_deliveries).
+pub(super) async fn claim(
+    store: &SqliteStore,
+    lease: Duration,
+    limit: u32,
+) -> StoreResult<Vec<Delivery>> {
+    let now = now_ms();
+    let query = sqlx::query(SQL_CLAIM)
+        .bind(now.saturating_add(duration_ms(lease)))
+        .bind(now)
+        .bind(i64::from(limit));
+    decode(&send_write(&store.writes, query, false).await?)
+}
+
+/// [`TaskStore::record_delivery`](crate::store::TaskStore::record_delivery).
+pub(super) async fn record(
+    store: &SqliteStore,
+    id: &str,
+    attempt: DeliveryAttempt,
+) -> StoreResult<()> {
+    let now = now_ms();
+    let (state, next_at) = match attempt.outcome {
+        DeliveryOutcome::Delivered => ("delivered", now),
+        DeliveryOutcome::Dead => ("dead", now),
+        DeliveryOutcome::Retry(at) => ("pending", at.timestamp_millis()),
+    };
+    let query = sqlx::query(SQL_RECORD)
+        .bind(id.to_owned())
+        .bind(attempt.payload)
+        .bind(now)
+        .bind(attempt.status.map(i64::from))
+        .bind(attempt.error)
+        .bind(state)
+        .bind(next_at);
+    send_write(&store.writes, query, true).await?;
+    Ok(())
+}
+
+/// [`TaskStore::list_deliveries`](crate::store::TaskStore::list_deliveries).
+pub(super) async fn list(store: &SqliteStore, task_id: Uuid) -> StoreResult<Vec<Delivery>> {
+    let rows = sqlx::query(SQL_LIST)
+        .bind(task_id.to_string())
+        .fetch_all(&store.reader)
+        .await
+        .map_err(db_err)?;
+    decode(&rows)
+}
+
+/// [`TaskStore::redeliver`](crate::store::TaskStore::redeliver).
+pub(super) async fn redeliver(
+    store: &SqliteStore,
+    task_id: Uuid,
+    delivery: Option<&str>,
+) -> StoreResult<u64> {
+    let query = sqlx::query(SQL_REDELIVER)
+        .bind(task_id.to_string())
+        .bind(delivery.map(str::to_owned))
+        .bind(now_ms());
+    Ok(send_write(&store.writes, query, true).await?.len() as u64)
+}
+
+/// [`TaskStore::add_delivery`](crate::store::TaskStore::add_delivery).
+pub(super) async fn add(store: &SqliteStore, task_id: Uuid, event: &str) -> StoreResult<bool> {
+    let query = sqlx::query(SQL_ADD)
+        .bind(new_message_id())
+        .bind(task_id.to_string())
+        .bind(event.to_owned())
+        .bind(now_ms());
+    Ok(!send_write(&store.writes, query, false).await?.is_empty())
+}
