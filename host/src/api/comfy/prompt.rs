@@ -252,6 +252,7 @@ pub(crate) async fn submit(body: Body, Data(state): Data<&Arc<AppState>>) -> Res
             trace_parent: crate::telemetry::current_traceparent(),
             timeout_secs: None,
             request_hash: Some(hash),
+            webhook_events: None,
         })
         .await;
     match inserted {
