@@ -34,6 +34,23 @@ fn clean_name(name: Option<&str>) -> String {
 /// holds in memory (remote backends gather one multipart part, 8 MiB, on top).
 const UPLOAD_BUFFER: usize = 256 * 1024;
 
+/// One of the `server.max_concurrent_uploads` upload slots, or the 503 `too_many_uploads`
+/// answer (with `Retry-After`) when all are taken. Every upload route takes one.
+pub(crate) fn upload_permit(
+    state: &AppState,
+) -> Result<tokio::sync::OwnedSemaphorePermit, Response> {
+    state.uploads.clone().try_acquire_owned().map_err(|_| {
+        let mut r = error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            error_codes::TOO_MANY_UPLOADS,
+            "the most uploads this process streams at once (server.max_concurrent_uploads) are running; retry shortly",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        r
+    })
+}
+
 /// `POST /api/uploads`: the first file field of a multipart body is streamed into storage
 /// under `uploads/{uuid}/{name}`. Answers 201 `{key, url, size, content_type}`; use `key` or
 /// `url` as a task input. At most `server.max_concurrent_uploads` at once (503
@@ -44,15 +61,9 @@ pub(crate) async fn upload(
     mut multipart: Multipart,
     Data(state): Data<&Arc<AppState>>,
 ) -> Response {
-    let Ok(_permit) = state.uploads.clone().try_acquire_owned() else {
-        let mut r = error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            error_codes::TOO_MANY_UPLOADS,
-            "the most uploads this process streams at once (server.max_concurrent_uploads) are running; retry shortly",
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-        return r;
+    let _permit = match upload_permit(state) {
+        Ok(p) => p,
+        Err(r) => return r,
     };
     loop {
         let field = match multipart.next_field().await {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use poem::{
     Request, Response, handler,
-    http::{StatusCode, header},
+    http::StatusCode,
     web::{Data, Multipart, Query},
 };
 use serde::Deserialize;
@@ -134,15 +134,9 @@ pub(crate) async fn upload_image(
     mut multipart: Multipart,
     Data(state): Data<&Arc<AppState>>,
 ) -> Response {
-    let Ok(_permit) = state.uploads.clone().try_acquire_owned() else {
-        let mut r = error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            error_codes::TOO_MANY_UPLOADS,
-            "the most uploads this process streams at once (server.max_concurrent_uploads) are running; retry shortly",
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-        return r;
+    let _permit = match super::super::files::upload_permit(state) {
+        Ok(p) => p,
+        Err(r) => return r,
     };
     let staging = format!("uploads/comfy-staging-{}", uuid::Uuid::now_v7());
     let result = receive(&mut multipart, state, &staging).await;
