@@ -169,3 +169,60 @@ pub(super) async fn claims_attempts_and_redelivery(h: &dyn Harness) {
     store.delete(task.id).await.unwrap();
     assert!(store.list_deliveries(task.id).await.unwrap().is_empty());
 }
+
+/// A task's messages go one at a time, in the order they were written: a later message is not
+/// claimed while an earlier one of the same task is pending (leased, retried or not yet sent);
+/// other tasks' messages are not held up.
+pub(super) async fn messages_of_a_task_go_in_order(h: &dyn Harness) {
+    let store = h.open().await;
+    let task = insert(&*store, hooked("wo", Some("task.started"))).await;
+    claim_one(&*store, "wo", LEASE).await;
+    // The terminal message is written at least a millisecond after task.started.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    store.complete(task.id, 1, json!(1)).await.unwrap().unwrap();
+    let other = insert(&*store, hooked("wo2", None)).await;
+    claim_one(&*store, "wo2", LEASE).await;
+    store
+        .complete(other.id, 1, json!(1))
+        .await
+        .unwrap()
+        .unwrap();
+    let first = store.claim_deliveries(LEASE, 10).await.unwrap();
+    let mut got: Vec<(uuid::Uuid, &str)> = first
+        .iter()
+        .map(|d| (d.task_id, d.event.as_str()))
+        .collect();
+    got.sort();
+    let mut want = vec![(task.id, "task.started"), (other.id, "task.completed")];
+    want.sort();
+    assert_eq!(got, want, "one message per task, the earliest");
+    let started = first
+        .iter()
+        .find(|d| d.task_id == task.id)
+        .unwrap()
+        .id
+        .clone();
+    // Retried later: still pending, so the completion waits behind it.
+    store
+        .record_delivery(
+            &started,
+            attempt(
+                DeliveryOutcome::Retry(Utc::now() + Span::hours(1)),
+                Some(500),
+            ),
+        )
+        .await
+        .unwrap();
+    assert!(store.claim_deliveries(LEASE, 10).await.unwrap().is_empty());
+    // Once it is dead (or delivered), the next one goes.
+    store
+        .record_delivery(&started, attempt(DeliveryOutcome::Dead, Some(500)))
+        .await
+        .unwrap();
+    let next = store.claim_deliveries(LEASE, 10).await.unwrap();
+    assert_eq!(
+        next.iter().map(|d| d.event.as_str()).collect::<Vec<_>>(),
+        ["task.completed"]
+    );
+    assert_eq!(next[0].task_id, task.id);
+}

@@ -90,6 +90,7 @@ macro_rules! conformance_suite {
             workers::timeout_secs_round_trips,
             deliveries::terminal_states_write_their_message,
             deliveries::claims_attempts_and_redelivery,
+            deliveries::messages_of_a_task_go_in_order,
         );
     };
     (@tests $harness:expr; $($topic:ident :: $name:ident),* $(,)?) => {

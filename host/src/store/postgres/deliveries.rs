@@ -28,13 +28,17 @@ macro_rules! delivery_json {
     };
 }
 
-/// `$1`: lease in microseconds; `$2`: limit.
+/// `$1`: lease in microseconds; `$2`: limit. A task's messages go one at a time, in order: a
+/// row is due only when no earlier row of its task (by creation, then id) is still pending.
 const SQL_CLAIM: &str = concat!(
     "UPDATE webhook_deliveries \
      SET lease_until = statement_timestamp() + $1::bigint * interval '1 microsecond' \
-     WHERE id IN (SELECT id FROM webhook_deliveries WHERE state = 'pending' \
+     WHERE id IN (SELECT id FROM webhook_deliveries d WHERE state = 'pending' \
        AND next_at <= statement_timestamp() \
        AND (lease_until IS NULL OR lease_until <= statement_timestamp()) \
+       AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.task_id = d.task_id \
+         AND e.state = 'pending' AND (e.created_at < d.created_at \
+         OR (e.created_at = d.created_at AND e.id < d.id))) \
        ORDER BY next_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING ",
     delivery_json!()
 );

@@ -27,11 +27,24 @@ macro_rules! delivery_json {
     };
 }
 
-/// `?1`: lease end; `?2`: now; `?3`: limit.
+/// Keeps a task's messages in order: a row is due only when no earlier row of its task (by
+/// creation, then id) is still pending, sent or not.
+macro_rules! first_of_its_task {
+    () => {
+        "AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.task_id = d.task_id \
+         AND e.state = 'pending' AND (e.created_at < d.created_at \
+         OR (e.created_at = d.created_at AND e.id < d.id)))"
+    };
+}
+
+/// `?1`: lease end; `?2`: now; `?3`: limit; one row per task at a time, in order
+/// (`first_of_its_task`).
 const SQL_CLAIM: &str = concat!(
     "UPDATE webhook_deliveries SET lease_until = ?1 WHERE id IN (SELECT id FROM \
-     webhook_deliveries WHERE state = 'pending' AND next_at <= ?2 \
-     AND (lease_until IS NULL OR lease_until <= ?2) ORDER BY next_at LIMIT ?3) RETURNING ",
+     webhook_deliveries d WHERE state = 'pending' AND next_at <= ?2 \
+     AND (lease_until IS NULL OR lease_until <= ?2) ",
+    first_of_its_task!(),
+    " ORDER BY next_at LIMIT ?3) RETURNING ",
     delivery_json!()
 );
 
