@@ -16,6 +16,7 @@ use crate::{dispatcher::Dispatcher, plugins::Registry, storage::Storage, store::
 
 mod access_log;
 pub(crate) mod conn;
+pub(crate) mod console;
 pub(crate) mod error;
 pub(crate) mod events;
 pub(crate) mod files;
@@ -135,7 +136,7 @@ pub(crate) fn app(state: Arc<AppState>) -> impl Endpoint {
     let limit_state = state.clone();
     let cors_origins = state.cors_origins.clone();
     let public_url = state.public_url.clone();
-    seed::comfyui::mount(Route::new().nest("/", service))
+    console::mount(seed::comfyui::mount(Route::new().nest("/", service)))
         .at("/api/uploads", post(files::upload))
         .at("/api/tasks/:task_id/ws", get(events::task_ws))
         .at("/files/*key", get(files::get_file))
