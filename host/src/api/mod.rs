@@ -136,7 +136,7 @@ pub(crate) fn app(state: Arc<AppState>) -> impl Endpoint {
     let limit_state = state.clone();
     let cors_origins = state.cors_origins.clone();
     let public_url = state.public_url.clone();
-    console::mount(seed::comfyui::mount(Route::new().nest("/", service)))
+    seed::comfyui::mount(Route::new().nest("/", service))
         .at("/api/uploads", post(files::upload))
         .at("/api/tasks/:task_id/ws", get(events::task_ws))
         .at("/files/*key", get(files::get_file))
@@ -154,6 +154,7 @@ pub(crate) fn app(state: Arc<AppState>) -> impl Endpoint {
             get(poem::endpoint::make_sync(move |_| Html(docs_html.html()))),
         )
         .data(state)
+        .around(console::serve)
         .around(move |ep, req| {
             let st = auth_state.clone();
             async move {

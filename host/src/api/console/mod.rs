@@ -10,9 +10,11 @@
 //! from the storage's public URLs, which can be on another host), `nosniff` (added for every
 //! route by `api::nosniff`) and `no-cache`, so a new binary's console is loaded at once.
 
+use std::sync::Arc;
+
 use poem::{
-    Response, Route, get, handler,
-    http::{HeaderValue, header},
+    Endpoint, IntoResponse, Request, Response,
+    http::{HeaderValue, Method, header},
 };
 
 /// The page.
@@ -43,30 +45,26 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
     resp
 }
 
-/// `GET /`: the console's page.
-#[handler]
-fn index() -> Response {
-    asset(INDEX_HTML, "text/html; charset=utf-8")
+/// The console's file at `path`, if it is one.
+fn file(path: &str) -> Option<Response> {
+    match path {
+        "/" | "/index.html" => Some(asset(INDEX_HTML, "text/html; charset=utf-8")),
+        "/console/app.js" => Some(asset(APP_JS, "text/javascript; charset=utf-8")),
+        "/console/app.css" => Some(asset(APP_CSS, "text/css; charset=utf-8")),
+        _ => None,
+    }
 }
 
-/// `GET /console/app.js`.
-#[handler]
-fn app_js() -> Response {
-    asset(APP_JS, "text/javascript; charset=utf-8")
-}
-
-/// `GET /console/app.css`.
-#[handler]
-fn app_css() -> Response {
-    asset(APP_CSS, "text/css; charset=utf-8")
-}
-
-/// Mounts `/`, `/console/app.js` and `/console/app.css` on `route`.
-pub(crate) fn mount(route: Route) -> Route {
-    route
-        .at("/", get(index))
-        .at("/console/app.js", get(app_js))
-        .at("/console/app.css", get(app_css))
+/// Serves `GET`/`HEAD` of `/`, `/index.html`, `/console/app.js` and `/console/app.css`;
+/// everything else goes on to the routes. (A middleware rather than routes: the OpenAPI
+/// service is nested at `/`, and poem's tree gives it `/` before a route of its own.)
+pub(crate) async fn serve<E: Endpoint>(ep: Arc<E>, req: Request) -> poem::Result<Response> {
+    if matches!(*req.method(), Method::GET | Method::HEAD)
+        && let Some(resp) = file(req.uri().path())
+    {
+        return Ok(resp);
+    }
+    ep.call(req).await.map(IntoResponse::into_response)
 }
 
 #[cfg(test)]

@@ -381,7 +381,7 @@ pub(super) async fn retry_failed_and_cancelled_only(h: &dyn Harness) {
             .unwrap()
     );
     store
-        .fail(failing.id, 1, err("engine_error"), None)
+        .fail(failing.id, 1, err("attempt_broke"), None)
         .await
         .unwrap()
         .unwrap();

@@ -30,6 +30,11 @@ function h(tag, attrs, ...children) {
   return el;
 }
 
+/** Replaces the children of `el` (arrays flattened; null, undefined and false left out). */
+function put(el, ...children) {
+  el.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false));
+}
+
 function $(sel, root) {
   return (root || document).querySelector(sel);
 }
@@ -185,10 +190,10 @@ async function route() {
     else if (section === "task" && parts[1]) await taskPage(main, parts[1], signal);
     else if (section === "submit") await submitPage(main, parts[1], null, signal);
     else if (section === "workflow" && parts[1]) await submitPage(main, null, parts[1], signal);
-    else main.replaceChildren(h("p", {}, "No such page. "), h("a", { href: "#/" }, "Overview"));
+    else put(main, h("p", {}, "No such page. "), h("a", { href: "#/" }, "Overview"));
   } catch (e) {
     if (signal.aborted) return;
-    main.replaceChildren(h("p", { class: "error", id: "page-error" }, errorText(e)));
+    put(main, h("p", { class: "error", id: "page-error" }, errorText(e)));
   }
 }
 
@@ -200,12 +205,12 @@ function errorText(e) {
 
 async function overview(main, signal) {
   const view = h("div", { id: "overview" });
-  main.replaceChildren(h("h1", {}, "Overview"), view);
+  put(main, h("h1", {}, "Overview"), view);
   const draw = async () => {
     const [status, stats, hist] = await Promise.all([api("/api/status"), api("/api/stats"), lastHour()]);
     if (signal.aborted) return;
     $("#version").textContent = "aihost " + status.version;
-    view.replaceChildren(
+    put(view,
       h(
         "div",
         { class: "cards" },
@@ -394,7 +399,7 @@ async function tasksPage(main, query, signal) {
   );
   const table = h("div", { id: "task-table" });
   const pager = h("div", { class: "pager" });
-  main.replaceChildren(h("h1", {}, "Tasks"), filters, table, pager);
+  put(main, h("h1", {}, "Tasks"), filters, table, pager);
   const draw = async () => {
     const q = new URLSearchParams({ limit: "50" });
     if (status) q.set("status", status);
@@ -404,8 +409,8 @@ async function tasksPage(main, query, signal) {
     if (signal.aborted) return;
     const cutoff = since ? Date.now() - Number(since) * 60000 : 0;
     const tasks = page.tasks.filter((t) => !cutoff || Date.parse(t.created_at) >= cutoff);
-    table.replaceChildren(tasks.length ? taskTable(tasks) : h("p", { class: "muted", id: "no-tasks" }, "No tasks match."));
-    pager.replaceChildren(
+    put(table, tasks.length ? taskTable(tasks) : h("p", { class: "muted", id: "no-tasks" }, "No tasks match."));
+    put(pager,
       cursor ? h("a", { href: "#", onclick: (e) => (e.preventDefault(), go({})) }, "« first page") : null,
       page.next_cursor && (!cutoff || tasks.length === page.tasks.length)
         ? h("a", { href: "#", id: "next-page", onclick: (e) => (e.preventDefault(), go({ cursor: page.next_cursor })) }, "next page »")
@@ -456,8 +461,8 @@ async function taskPage(main, id, signal) {
   if (signal.aborted) return;
   const events = [];
   const box = h("div", { id: "task" });
-  main.replaceChildren(h("h1", {}, "Task ", h("span", { class: "mono" }, id)), box);
-  const draw = () => box.replaceChildren(...taskView(task, events, actions));
+  put(main, h("h1", {}, "Task ", h("span", { class: "mono" }, id)), box);
+  const draw = () => put(box, taskView(task, events, actions));
   const follow = () => {
     if (TERMINAL.includes(task.status)) return;
     followEvents(
@@ -603,7 +608,7 @@ async function submitPage(main, typeName, workflowName, signal) {
       ? submitForm(w.name, w.description || "", schema || { type: "object", properties: {} }, async (params) => api("/api/workflows/" + encodeURIComponent(w.name), { method: "POST", json: params }))
       : h("p", { class: "error" }, "No workflow " + workflowName);
   }
-  main.replaceChildren(h("h1", {}, "Submit"), h("div", { class: "submit" }, list, h("div", { class: "form-box" }, formBox)));
+  put(main, h("h1", {}, "Submit"), h("div", { class: "submit" }, list, h("div", { class: "form-box" }, formBox)));
 }
 
 /** Whether a string field takes a file: a storage key or URL (the schemas say so in their
@@ -662,7 +667,10 @@ function fieldFor(name, schema, required, path) {
   const values = schema.enum || (schema.const !== undefined ? [schema.const] : null);
   if (schema.type === "object" || (schema.properties && !schema.type)) {
     const req = schema.required || [];
-    const kids = Object.entries(schema.properties || {}).map(([k, s]) => [k, fieldFor(k, s, req.includes(k), path.concat(name ? [name] : []))]);
+    // Required fields first, the others in the schema's order.
+    const entries = Object.entries(schema.properties || {});
+    entries.sort(([a], [b]) => Number(req.includes(b)) - Number(req.includes(a)));
+    const kids = entries.map(([k, s]) => [k, fieldFor(k, s, req.includes(k), path.concat(name ? [name] : []))]);
     const el = name ? h("fieldset", {}, h("legend", {}, name), help, kids.map(([, f]) => f.el)) : h("div", { class: "fields" }, kids.map(([, f]) => f.el));
     return {
       el,
