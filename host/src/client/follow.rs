@@ -38,9 +38,10 @@ impl Display {
             .unwrap_or("");
         let mut err = std::io::stderr().lock();
         if self.terminal {
-            let width = 30usize;
-            let filled = ((percent.clamp(0.0, 100.0) / 100.0) * width as f64).round() as usize;
-            let bar = format!("{}{}", "#".repeat(filled), "-".repeat(width - filled));
+            let width: u32 = 30;
+            let cells = percent.clamp(0.0, 100.0) * f64::from(width) / 100.0;
+            let filled = (0..width).filter(|i| f64::from(*i) + 0.5 <= cells).count();
+            let bar = format!("{}{}", "#".repeat(filled), "-".repeat(30 - filled));
             let mut text: String = format!("[{bar}] {percent:>3.0}% {status} {message}");
             text = text.chars().take(100).collect();
             let _ = write!(err, "\r\x1b[2K{text}");
