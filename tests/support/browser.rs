@@ -210,7 +210,23 @@ impl Browser {
 }
 
 impl Drop for Browser {
+    /// Ends the session first (chromedriver then quits Chromium, which killing chromedriver
+    /// alone would leave running), with a blocking request since `drop` cannot await.
     fn drop(&mut self) {
+        use std::io::{Read as _, Write as _};
+        let addr = self.base.trim_start_matches("http://").to_owned();
+        if !self.session.is_empty()
+            && let Ok(mut stream) = std::net::TcpStream::connect(&addr)
+        {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+            let request = format!(
+                "DELETE /session/{} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                self.session
+            );
+            if stream.write_all(request.as_bytes()).is_ok() {
+                let _ = stream.read_to_end(&mut Vec::new());
+            }
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
