@@ -60,6 +60,18 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Client: submit a task to a running aihost, optionally uploading files, following it
+    /// and downloading its outputs. Exit codes: 0 completed (or submitted, without `--wait`),
+    /// 1 failed, 2 bad usage or input, 3 cancelled, 5 service unreachable, 6 request refused.
+    Submit(crate::client::SubmitArgs),
+    /// Client: run a workflow template (`POST /api/workflows/{name}`); options and exit codes
+    /// as `submit`.
+    Run(crate::client::RunArgs),
+    /// Client: list, show, cancel, retry, delete or watch the tasks of a running aihost.
+    Tasks {
+        #[command(subcommand)]
+        command: crate::client::TasksCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -251,6 +263,18 @@ async fn run(command: Command, config: Config) -> ExitCode {
             command: StorageCommand::Check,
         } => return storage_check(&config).await,
         Command::Health { url } => return health(&config, url).await,
+        Command::Submit(args) => {
+            return crate::client::run(crate::client::Request::Submit(args), client_url(&config))
+                .await;
+        }
+        Command::Run(args) => {
+            return crate::client::run(crate::client::Request::Run(args), client_url(&config))
+                .await;
+        }
+        Command::Tasks { command } => {
+            return crate::client::run(crate::client::Request::Tasks(command), client_url(&config))
+                .await;
+        }
     };
     match service::run(config, roles).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -273,6 +297,17 @@ fn local_url(bind: &str) -> String {
         })
         .unwrap_or_else(|| bind.to_owned());
     format!("http://{bind}")
+}
+
+/// The service the client commands talk to without `--url`: `server.public_url`, else the
+/// local URL of `server.bind`.
+fn client_url(config: &Config) -> String {
+    config
+        .server
+        .public_url
+        .as_deref()
+        .map(|u| u.trim_end_matches('/').to_owned())
+        .unwrap_or_else(|| local_url(&config.server.bind))
 }
 
 /// `aihost health`: one GET of `/api/health`.

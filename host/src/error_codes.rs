@@ -132,6 +132,8 @@ error_codes! {
         "The task has already finished, so it cannot be cancelled.";
     TASK_LIVE = "task_live", [Http] 409,
         "The task is PENDING or PROCESSING, so it cannot be deleted (cancel it first).";
+    TASK_NOT_RETRYABLE = "task_not_retryable", [Http] 409,
+        "Only a FAILED or CANCELLED task can be retried (this one is PENDING, PROCESSING or COMPLETED).";
     UNKNOWN_TASK_TYPE = "unknown_task_type", [Http] 422,
         "No loaded plugin registers this task type (the message lists those that are).";
     INVALID_WEBHOOK_URL = "invalid_webhook_url", [Http] 422,
@@ -294,6 +296,12 @@ error_codes! {
         "A settings file cannot be read (missing when named, permissions, not UTF-8).";
     HEALTH_CHECK_FAILED = "health_check_failed", [Cli] -,
         "`aihost health`: the service did not answer `GET /api/health` with 200 within 5 s.";
+    CLIENT_USAGE = "client_usage", [Cli] -,
+        "The client commands (`aihost submit`, `run`, `tasks`): a bad argument, an unreadable input file, input that is not JSON (exit 2).";
+    CLIENT_UNREACHABLE = "client_unreachable", [Cli] -,
+        "The client commands: the service could not be reached, or its answer could not be read (exit 5).";
+    CLIENT_REFUSED = "client_refused", [Cli] -,
+        "The client commands: the service refused the request (its own code and message are printed too; exit 6).";
     DOTENV_INVALID = "dotenv_invalid", [Cli] -,
         "The `.env` file of the working directory cannot be read or has a line that is not `NAME=value`.";
     CONFIG_TOML_SYNTAX = "toml_syntax", [Cli] -,

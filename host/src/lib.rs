@@ -9,6 +9,7 @@
 
 pub(crate) mod api;
 pub mod cli;
+pub(crate) mod client;
 pub(crate) mod config;
 pub(crate) mod dispatcher;
 pub(crate) mod error_codes;

@@ -764,3 +764,89 @@ async fn a_failed_fetch_fails_the_task_with_a_code_that_names_fetching() {
         assert_eq!(done["error"]["code"], code, "{url}: {done}");
     }
 }
+
+/// `POST /api/tasks/{id}/retry`: a FAILED task is queued again under the same id with a fresh
+/// budget (`attempts + max_attempts`, or the configured default) and runs as the next attempt,
+/// its output under that attempt's folder; other states answer 409 `task_not_retryable`, an
+/// unknown id 404; the operation is in the OpenAPI document.
+#[tokio::test]
+async fn retry_queues_a_finished_task_again() {
+    let server = Server::start().await;
+    let failed = server
+        .run(
+            "testkit.run",
+            json!({"mode": "fail", "fail_times": 1, "code": "engine_error"}),
+            Duration::from_secs(30),
+        )
+        .await;
+    // Not retryable (`retryable` false): FAILED after its first attempt.
+    assert_eq!(failed["status"], "FAILED", "{failed}");
+    assert_eq!(failed["attempts"], 1);
+    let id = failed["task_id"].as_str().unwrap();
+    let (status, body) = server
+        .post(&format!("/api/tasks/{id}/retry?max_attempts=2"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["task_id"], id);
+    assert_eq!(body["status"], "PENDING");
+    assert_eq!(body["attempts"], 1);
+    assert_eq!(body["max_attempts"], 3);
+    assert!(body["error"].is_null(), "{body}");
+    assert_eq!(body["input"]["mode"], "fail");
+    let done = server.wait_done(id, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert_eq!(done["attempts"], 2);
+    assert_eq!(done["result"]["attempt"], 2);
+
+    let (status, body) = server
+        .post(&format!("/api/tasks/{id}/retry"), &json!({}))
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "task_not_retryable");
+    let (status, body) = server
+        .post(
+            "/api/tasks/01890000-0000-7000-8000-000000000000/retry",
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "task_not_found");
+    let (status, body) = server
+        .post(&format!("/api/tasks/{id}/retry?max_attempts=0"), &json!({}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+
+    // A cancelled task, retried with the configured default budget (3).
+    let slow = server
+        .create("testkit.run", json!({"mode": "ok", "ms": 60_000}))
+        .await;
+    let slow_id = slow["task_id"].as_str().unwrap();
+    server
+        .wait_status(slow_id, "PROCESSING", Duration::from_secs(30))
+        .await;
+    server
+        .post(&format!("/api/tasks/{slow_id}/cancel"), &json!({}))
+        .await;
+    server
+        .wait_status(slow_id, "CANCELLED", Duration::from_secs(30))
+        .await;
+    let (status, body) = server
+        .post(&format!("/api/tasks/{slow_id}/retry"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["attempts"].as_u64(), body["max_attempts"].as_u64()),
+        (Some(1), Some(4))
+    );
+    server
+        .wait_status(slow_id, "PROCESSING", Duration::from_secs(30))
+        .await;
+    let (_, running) = server.get(&format!("/api/tasks/{slow_id}")).await;
+    assert_eq!(running["attempts"], 2);
+
+    let (_, spec) = server.get("/openapi.json").await;
+    assert!(
+        spec["paths"]["/api/tasks/{task_id}/retry"]["post"].is_object(),
+        "the retry operation is documented"
+    );
+}

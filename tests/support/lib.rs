@@ -14,6 +14,7 @@ use std::{
 
 use serde_json::{Value, json};
 
+pub mod browser;
 pub mod fake_comfyui;
 mod wait;
 

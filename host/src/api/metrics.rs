@@ -31,6 +31,7 @@ const ROUTES: &[&str] = &[
     "/api/tasks/{task_id}",
     "/api/tasks/{task_id}/cancel",
     "/api/tasks/{task_id}/events",
+    "/api/tasks/{task_id}/retry",
     "/api/tasks/{task_id}/ws",
     "/api/uploads",
     "/api/faceswap/create",

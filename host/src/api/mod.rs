@@ -17,6 +17,7 @@ use crate::{dispatcher::Dispatcher, plugins::Registry, storage::Storage, store::
 mod access_log;
 pub(crate) mod comfy;
 pub(crate) mod conn;
+pub(crate) mod console;
 pub(crate) mod error;
 pub(crate) mod events;
 pub(crate) mod files;
@@ -162,6 +163,7 @@ pub(crate) fn app(state: Arc<AppState>) -> impl Endpoint {
             get(poem::endpoint::make_sync(move |_| Html(docs_html.html()))),
         )
         .data(state)
+        .around(console::serve)
         .around(move |ep, req| {
             let st = auth_state.clone();
             async move {

@@ -15,7 +15,9 @@ use uuid::Uuid;
 use super::{ApiTags, AppState, error::ApiError, ids::parse_id};
 use crate::{
     error_codes,
-    store::{CancelOutcome, DeleteOutcome, ListFilter, NewTask, Task, TaskEvent, TaskStore},
+    store::{
+        CancelOutcome, DeleteOutcome, ListFilter, NewTask, RetryOutcome, Task, TaskEvent, TaskStore,
+    },
     task_view::{TaskStatus, TaskView},
 };
 
@@ -102,6 +104,14 @@ pub enum CancelResponse {
     /// Cancel requested: the task is running and stops shortly.
     #[oai(status = 202)]
     Requested(Json<TaskView>),
+}
+
+/// Answer to a retry.
+#[derive(ApiResponse)]
+pub enum RetryResponse {
+    /// Queued again: the task is PENDING, same id, with a fresh budget of attempts.
+    #[oai(status = 200)]
+    Retried(Json<TaskView>),
 }
 
 /// Answer to a delete.
@@ -552,6 +562,48 @@ impl TasksApi {
                 format!("task {id} is already {}", t.status.as_str()),
             )),
             CancelOutcome::NotFound => Err(ApiError::not_found(
+                error_codes::TASK_NOT_FOUND,
+                format!("no task {id}"),
+            )),
+        }
+    }
+
+    /// Retry a failed or cancelled task.
+    ///
+    /// A FAILED or CANCELLED task goes back to PENDING under the same id, as a new attempt:
+    /// its error, result and progress are cleared, its input and options kept. The attempt
+    /// counter is not reset (attempt numbers name the output folders
+    /// `outputs/{task}/{attempt}/`); instead the task gets a fresh budget: `max_attempts`
+    /// becomes `attempts + budget`, where budget is the `max_attempts` parameter, else
+    /// `queue.default_max_attempts`. Event streams see a `retrying` event. A PENDING,
+    /// PROCESSING or COMPLETED task answers 409 `task_not_retryable`; an unknown id 404.
+    #[oai(path = "/api/tasks/:task_id/retry", method = "post")]
+    async fn retry(
+        &self,
+        task_id: Path<String>,
+        /// Attempts the retried task may make from now, 1 to 100 (default
+        /// `queue.default_max_attempts`).
+        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
+        max_attempts: Query<Option<u32>>,
+    ) -> Result<RetryResponse, ApiError> {
+        let id = parse_id(&task_id.0)?;
+        let budget = max_attempts
+            .0
+            .unwrap_or(self.state.default_max_attempts)
+            .clamp(1, 100);
+        match self.state.store.retry(id, budget).await? {
+            RetryOutcome::Retried(t) => {
+                tracing::info!(task_id = %id, task_type = %t.task_type, attempts = t.attempts, max_attempts = t.max_attempts, "task retried by a client");
+                Ok(RetryResponse::Retried(Json(t.into())))
+            }
+            RetryOutcome::NotRetryable(t) => Err(ApiError::conflict(
+                error_codes::TASK_NOT_RETRYABLE,
+                format!(
+                    "task {id} is {}; only FAILED or CANCELLED tasks can be retried",
+                    t.status.as_str()
+                ),
+            )),
+            RetryOutcome::NotFound => Err(ApiError::not_found(
                 error_codes::TASK_NOT_FOUND,
                 format!("no task {id}"),
             )),

@@ -347,6 +347,17 @@ pub(crate) enum CancelOutcome {
     NotFound,
 }
 
+/// Outcome of [`TaskStore::retry`].
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum RetryOutcome {
+    /// It was FAILED or CANCELLED and is now PENDING (the task as it is now).
+    Retried(Task),
+    /// It is PENDING, PROCESSING or COMPLETED; nothing changed.
+    NotRetryable(Task),
+    /// No such task.
+    NotFound,
+}
+
 /// Outcome of [`TaskStore::delete`].
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum DeleteOutcome {
@@ -541,6 +552,12 @@ pub(crate) trait TaskStore: Send + Sync + 'static {
 
     /// A client's cancel. See [`CancelOutcome`].
     async fn cancel(&self, id: Uuid) -> StoreResult<CancelOutcome>;
+
+    /// A client's retry of a FAILED or CANCELLED task: → PENDING, claimable at once, same id,
+    /// with `max_attempts = attempts + budget` (the attempt counter keeps increasing: attempt
+    /// numbers name output folders), and error, result, progress, cancel request, worker,
+    /// lease and `finished_at` cleared. Publishes Retrying. Other states change nothing.
+    async fn retry(&self, id: Uuid, budget: u32) -> StoreResult<RetryOutcome>;
 
     /// PROCESSING → CANCELLED after the worker stopped the attempt. `None` if stale.
     async fn finish_cancelled(&self, id: Uuid, attempt: u32) -> StoreResult<Option<Task>>;

@@ -217,6 +217,18 @@ pub(super) async fn other_stores_changes_are_published(h: &dyn Harness) {
         (EventKind::Cancelled, &cancelled.without_input())
     );
 
+    // A client's retry on the API's store reaches the consumer's (it wakes on `retrying`).
+    let crate::store::RetryOutcome::Retried(retried) = api.retry(task.id, 2).await.unwrap() else {
+        panic!("a cancelled task is retried");
+    };
+    for rx in [&mut on_api, &mut on_consumer] {
+        let e = next_event(rx).await;
+        assert_eq!(
+            (e.kind, &e.task),
+            (EventKind::Retrying, &retried.without_input())
+        );
+    }
+
     // Nothing more: no store published a change twice.
     for rx in [&mut on_api, &mut on_consumer] {
         let more = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await;

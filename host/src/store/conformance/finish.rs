@@ -7,10 +7,10 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::{
-    Harness, LEASE, assert_close, assert_recent, claim_one, err, get, insert, new_task,
+    Harness, LEASE, assert_close, assert_recent, claim_one, err, get, insert, new_task, next_event,
     with_attempts,
 };
-use crate::store::{CancelOutcome, Progress, Status};
+use crate::store::{CancelOutcome, EventKind, Progress, RetryOutcome, Status};
 
 /// The first completion wins; later or stale ones change nothing.
 pub(super) async fn complete_exactly_once(h: &dyn Harness) {
@@ -356,5 +356,104 @@ pub(super) async fn fail_waiting_fails_only_old_pending_of_the_type(h: &dyn Harn
             .unwrap()
             .is_empty(),
         "nothing left to fail"
+    );
+}
+
+/// A retry puts a FAILED or CANCELLED task back to PENDING, cleared, with `budget` more
+/// attempts and the attempt counter kept; its next claim is the next attempt number. Other
+/// states and unknown ids change nothing.
+pub(super) async fn retry_failed_and_cancelled_only(h: &dyn Harness) {
+    let store = h.open().await;
+    let failing = insert(&*store, with_attempts(new_task("retry.failed", 0), 1)).await;
+    claim_one(&*store, "retry.failed", LEASE).await;
+    assert!(
+        store
+            .set_progress(
+                failing.id,
+                1,
+                Progress {
+                    percent: 40.0,
+                    message: "half".into(),
+                    preview: None,
+                }
+            )
+            .await
+            .unwrap()
+    );
+    store
+        .fail(failing.id, 1, err("attempt_broke"), None)
+        .await
+        .unwrap()
+        .unwrap();
+    let failed = get(&*store, failing.id).await;
+    assert_eq!(failed.status, Status::Failed);
+    let mut rx = store.subscribe();
+    let RetryOutcome::Retried(retried) = store.retry(failing.id, 2).await.unwrap() else {
+        panic!("expected Retried");
+    };
+    assert_eq!(retried.status, Status::Pending);
+    assert_eq!(retried.attempts, 1, "the attempt counter is kept");
+    assert_eq!(retried.max_attempts, 3, "attempts + budget");
+    assert!(retried.error.is_none());
+    assert!(retried.progress.is_none());
+    assert!(retried.result.is_none());
+    assert!(retried.finished_at.is_none());
+    assert!(retried.worker.is_none());
+    assert_eq!(retried.input, failing.input);
+    assert_eq!(get(&*store, failing.id).await, retried);
+    let ev = next_event(&mut rx).await;
+    assert_eq!(ev.kind, EventKind::Retrying);
+    assert_eq!(ev.task.id, failing.id);
+    assert_eq!(ev.task.status, Status::Pending);
+    let again = claim_one(&*store, "retry.failed", LEASE).await;
+    assert_eq!(again.attempts, 2, "the next attempt has the next number");
+    assert_eq!(
+        store.retry(failing.id, 2).await.unwrap(),
+        RetryOutcome::NotRetryable(again.clone()),
+        "a running task is not retried"
+    );
+    let completed = store
+        .complete(failing.id, 2, json!(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        store.retry(failing.id, 2).await.unwrap(),
+        RetryOutcome::NotRetryable(completed)
+    );
+
+    let pending = insert(&*store, new_task("retry.cancelled", 0)).await;
+    assert!(matches!(
+        store.retry(pending.id, 3).await.unwrap(),
+        RetryOutcome::NotRetryable(_)
+    ));
+    claim_one(&*store, "retry.cancelled", LEASE).await;
+    let CancelOutcome::Requested(_) = store.cancel(pending.id).await.unwrap() else {
+        panic!("expected Requested");
+    };
+    store
+        .finish_cancelled(pending.id, 1)
+        .await
+        .unwrap()
+        .unwrap();
+    let RetryOutcome::Retried(back) = store.retry(pending.id, 3).await.unwrap() else {
+        panic!("expected Retried");
+    };
+    assert_eq!(
+        (back.status, back.attempts, back.max_attempts),
+        (Status::Pending, 1, 4)
+    );
+    assert!(
+        !back.cancel_requested,
+        "the old cancel request is forgotten"
+    );
+    assert_eq!(
+        claim_one(&*store, "retry.cancelled", LEASE).await.attempts,
+        2
+    );
+
+    assert_eq!(
+        store.retry(Uuid::now_v7(), 3).await.unwrap(),
+        RetryOutcome::NotFound
     );
 }

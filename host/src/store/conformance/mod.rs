@@ -71,6 +71,7 @@ macro_rules! conformance_suite {
             finish::release_does_not_count_the_attempt,
             finish::release_with_cancel_requested_cancels,
             finish::cancel_in_each_state,
+            finish::retry_failed_and_cancelled_only,
             finish::fail_waiting_fails_only_old_pending_of_the_type,
             read::list_pagination_and_filters,
             read::list_without_inputs_and_with_a_budget,

@@ -7,7 +7,9 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{PostgresStore, events::notifying, read::get_task, schema::clean_text};
-use crate::store::{CancelOutcome, Status, StoreResult, Task, TaskError, sql::to_json};
+use crate::store::{
+    CancelOutcome, RetryOutcome, Status, StoreResult, Task, TaskError, sql::to_json,
+};
 
 const SQL_COMPLETE: &str = notifying!(
     "UPDATE tasks SET status = 'COMPLETED', result = $1, finished_at = statement_timestamp(), \
@@ -71,6 +73,35 @@ const SQL_FINISH_CANCELLED: &str = notifying!(
      WHERE id = $1 AND status = 'PROCESSING' AND attempts = $2",
     "'cancelled'"
 );
+
+/// A finished (FAILED or CANCELLED) task back to the queue with `$1` more attempts.
+const SQL_RETRY: &str = notifying!(
+    "UPDATE tasks SET status = 'PENDING', max_attempts = attempts + $1, \
+       run_at = statement_timestamp(), finished_at = NULL, worker = NULL, lease_until = NULL, \
+       cancel_requested = false, result = NULL, error_code = NULL, error_message = NULL, \
+       progress_percent = NULL, progress_message = NULL, progress_preview = NULL, \
+       updated_at = statement_timestamp() \
+     WHERE id = $2 AND status IN ('FAILED', 'CANCELLED')",
+    "'retrying'"
+);
+
+/// [`TaskStore::retry`](crate::store::TaskStore::retry).
+pub(super) async fn retry(
+    store: &PostgresStore,
+    id: Uuid,
+    budget: u32,
+) -> StoreResult<RetryOutcome> {
+    let query = sqlx::query(SQL_RETRY)
+        .bind(i64::from(budget.max(1)))
+        .bind(id);
+    if let Some((_, task)) = store.write_one(query, true).await? {
+        return Ok(RetryOutcome::Retried(task));
+    }
+    Ok(match get_task(&store.inner.pool, id).await? {
+        Some(task) => RetryOutcome::NotRetryable(task),
+        None => RetryOutcome::NotFound,
+    })
+}
 
 /// [`TaskStore::complete`](crate::store::TaskStore::complete).
 pub(super) async fn complete(

@@ -269,6 +269,10 @@ impl TaskStore for PostgresStore {
         finish::cancel(self, id).await
     }
 
+    async fn retry(&self, id: Uuid, budget: u32) -> StoreResult<crate::store::RetryOutcome> {
+        finish::retry(self, id, budget).await
+    }
+
     async fn finish_cancelled(&self, id: Uuid, attempt: u32) -> StoreResult<Option<Task>> {
         finish::finish_cancelled(self, id, attempt).await
     }

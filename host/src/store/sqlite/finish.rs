@@ -10,7 +10,9 @@ use super::{
     SqliteStore, read,
     schema::{now_ms, task_columns},
 };
-use crate::store::{CancelOutcome, EventKind, Status, StoreResult, Task, TaskError, sql::to_json};
+use crate::store::{
+    CancelOutcome, EventKind, RetryOutcome, Status, StoreResult, Task, TaskError, sql::to_json,
+};
 
 const SQL_COMPLETE: &str = concat!(
     "UPDATE tasks SET status = 'COMPLETED', result = ?1, finished_at = ?2, lease_until = NULL, \
@@ -74,6 +76,33 @@ const SQL_FINISH_CANCELLED: &str = concat!(
      RETURNING ",
     task_columns!()
 );
+
+/// A finished (FAILED or CANCELLED) task back to the queue with `?1` more attempts.
+const SQL_RETRY: &str = concat!(
+    "UPDATE tasks SET status = 'PENDING', max_attempts = attempts + ?1, run_at = ?2, \
+       finished_at = NULL, worker = NULL, lease_until = NULL, cancel_requested = 0, \
+       result = NULL, error_code = NULL, error_message = NULL, \
+       progress_percent = NULL, progress_message = NULL, progress_preview = NULL \
+     WHERE id = ?3 AND status IN ('FAILED', 'CANCELLED') \
+     RETURNING ",
+    task_columns!()
+);
+
+/// [`TaskStore::retry`](crate::store::TaskStore::retry).
+pub(super) async fn retry(store: &SqliteStore, id: Uuid, budget: u32) -> StoreResult<RetryOutcome> {
+    let query = sqlx::query(SQL_RETRY)
+        .bind(i64::from(budget.max(1)))
+        .bind(now_ms())
+        .bind(id.to_string());
+    if let Some(task) = store.write_task(query).await? {
+        store.publish(EventKind::Retrying, &task);
+        return Ok(RetryOutcome::Retried(task));
+    }
+    Ok(match read::get(store, id).await? {
+        Some(task) => RetryOutcome::NotRetryable(task),
+        None => RetryOutcome::NotFound,
+    })
+}
 
 /// [`TaskStore::complete`](crate::store::TaskStore::complete).
 pub(super) async fn complete(
