@@ -34,21 +34,18 @@ fn clean_name(name: Option<&str>) -> String {
 /// holds in memory (remote backends gather one multipart part, 8 MiB, on top).
 const UPLOAD_BUFFER: usize = 256 * 1024;
 
-/// One of the `server.max_concurrent_uploads` upload slots, or the 503 `too_many_uploads`
-/// answer (with `Retry-After`) when all are taken. Every upload route takes one.
-pub(crate) fn upload_permit(
-    state: &AppState,
-) -> Result<tokio::sync::OwnedSemaphorePermit, Response> {
-    state.uploads.clone().try_acquire_owned().map_err(|_| {
-        let mut r = error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            error_codes::TOO_MANY_UPLOADS,
-            "the most uploads this process streams at once (server.max_concurrent_uploads) are running; retry shortly",
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-        r
-    })
+/// The 503 `too_many_uploads` answer (with `Retry-After`) when all of the
+/// `server.max_concurrent_uploads` upload slots (`AppState::uploads`) are taken. Every upload
+/// route takes a slot first: `let Ok(_permit) = state.uploads.clone().try_acquire_owned()`.
+pub(crate) fn too_many_uploads() -> Response {
+    let mut r = error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        error_codes::TOO_MANY_UPLOADS,
+        "the most uploads this process streams at once (server.max_concurrent_uploads) are running; retry shortly",
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    r
 }
 
 /// `POST /api/uploads`: the first file field of a multipart body is streamed into storage
@@ -61,9 +58,8 @@ pub(crate) async fn upload(
     mut multipart: Multipart,
     Data(state): Data<&Arc<AppState>>,
 ) -> Response {
-    let _permit = match upload_permit(state) {
-        Ok(p) => p,
-        Err(r) => return r,
+    let Ok(_permit) = state.uploads.clone().try_acquire_owned() else {
+        return too_many_uploads();
     };
     loop {
         let field = match multipart.next_field().await {

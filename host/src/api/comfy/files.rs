@@ -134,9 +134,8 @@ pub(crate) async fn upload_image(
     mut multipart: Multipart,
     Data(state): Data<&Arc<AppState>>,
 ) -> Response {
-    let _permit = match super::super::files::upload_permit(state) {
-        Ok(p) => p,
-        Err(r) => return r,
+    let Ok(_permit) = state.uploads.clone().try_acquire_owned() else {
+        return super::super::files::too_many_uploads();
     };
     let staging = format!("uploads/comfy-staging-{}", uuid::Uuid::now_v7());
     let result = receive(&mut multipart, state, &staging).await;
