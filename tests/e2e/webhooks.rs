@@ -206,15 +206,58 @@ async fn messages_are_signed_by_every_secret_and_optional_events_sent_on_request
     );
     assert_eq!(receiver.events("task.started").len(), 1, "{got:?}");
     assert!(!receiver.events("task.progress").is_empty(), "{got:?}");
+    // The terminal message carries the input; the started and progress ones go without it.
+    assert_eq!(done["input"]["mode"], "progress", "{done}");
+    for r in receiver
+        .events("task.started")
+        .iter()
+        .chain(receiver.events("task.progress").iter())
+    {
+        let body: Value = serde_json::from_str(&r.body).unwrap();
+        assert!(body.get("input").is_none(), "{body}");
+        assert_eq!(body["task_id"].as_str(), Some(id.as_str()), "{body}");
+    }
+    // In order: started first, completed last (each message waits for the first attempt of
+    // the earlier ones of its task).
+    let order: Vec<String> = got
+        .iter()
+        .map(|r| {
+            let body: Value = serde_json::from_str(&r.body).unwrap();
+            body["event"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect();
+    assert_eq!(
+        order.first().map(String::as_str),
+        Some("task.started"),
+        "{order:?}"
+    );
+    assert_eq!(
+        order.last().map(String::as_str),
+        Some("task.completed"),
+        "{order:?}"
+    );
 
     // The deliveries are listed, delivered, and summed up on the task.
-    let listed = deliveries(&s, &id).await;
-    assert!(
-        listed
-            .iter()
-            .all(|d| d["state"] == "delivered" && d["last_status"] == 204),
-        "{listed:?}"
-    );
+    // (Each attempt is recorded once the receiver's answer is read, a moment after it arrived.)
+    let listed = wait_for(
+        "every delivery is recorded",
+        Duration::from_secs(10),
+        async || {
+            let listed = deliveries(&s, &id).await;
+            if listed.iter().all(|d| {
+                (d["state"] == "delivered" && d["last_status"] == 204)
+                    // A progress message a newer one superseded before it was sent.
+                    || (d["event"] == "task.progress"
+                        && d["state"] == "dead"
+                        && d["attempts"] == 0)
+            }) {
+                Ok(listed)
+            } else {
+                Err(format!("{listed:?}"))
+            }
+        },
+    )
+    .await;
     let (_, t) = s.get(&format!("/api/tasks/{id}")).await;
     assert_eq!(t["webhook"]["deliveries"], listed.len(), "{t}");
 
@@ -316,8 +359,20 @@ async fn survives_kill_9(db: Option<TestDatabase>) {
     .await;
     let r = &receiver.events("task.completed")[0];
     assert!(verify(r, SECRET_A), "{r:?}");
-    let d = &deliveries(&s, &id).await[0];
-    assert_eq!(d["state"], "delivered", "{d}");
+    // The attempt is recorded once the receiver's answer is read: a moment after it arrived.
+    let d = wait_for(
+        "the delivery is recorded",
+        Duration::from_secs(10),
+        async || {
+            let d = deliveries(&s, &id).await.remove(0);
+            if d["state"] == "delivered" {
+                Ok(d)
+            } else {
+                Err(d.to_string())
+            }
+        },
+    )
+    .await;
     assert_eq!(r.headers["webhook-id"], d["id"].as_str().unwrap());
 }
 

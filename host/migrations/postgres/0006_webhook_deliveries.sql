@@ -44,12 +44,12 @@ BEGIN
     IF NEW.status IN ('COMPLETED', 'FAILED', 'CANCELLED')
        AND OLD.status NOT IN ('COMPLETED', 'FAILED', 'CANCELLED') THEN
         INSERT INTO webhook_deliveries (id, task_id, event, url, created_at, window_start, next_at)
-        VALUES ('msg_' || replace(gen_random_uuid()::text, '-', ''), NEW.id,
+        VALUES ('msg_' || md5(random()::text || clock_timestamp()::text || NEW.id::text), NEW.id,
                 'task.' || lower(NEW.status), NEW.webhook_url, now(), now(), now());
     ELSIF NEW.status = 'PROCESSING' AND OLD.status = 'PENDING'
           AND strpos(COALESCE(NEW.webhook_events, ''), 'task.started') > 0 THEN
         INSERT INTO webhook_deliveries (id, task_id, event, url, created_at, window_start, next_at)
-        VALUES ('msg_' || replace(gen_random_uuid()::text, '-', ''), NEW.id, 'task.started',
+        VALUES ('msg_' || md5(random()::text || clock_timestamp()::text || NEW.id::text), NEW.id, 'task.started',
                 NEW.webhook_url, now(), now(), now());
     END IF;
     RETURN NULL;

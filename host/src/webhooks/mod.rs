@@ -98,7 +98,8 @@ impl Deliverer {
         }
     }
 
-    /// The body of a delivery: the task as `GET /api/tasks/{id}` shows it, with `event`.
+    /// The body of a delivery: the task as `GET /api/tasks/{id}` shows it, with `event`
+    /// (without `input` for `task.started` and `task.progress`).
     async fn payload(&self, d: &Delivery) -> Option<String> {
         if let Some(p) = &d.payload {
             return Some(p.clone());
@@ -113,6 +114,12 @@ impl Deliverer {
         };
         let mut body = TaskView::from(task).to_value();
         if let Value::Object(m) = &mut body {
+            // Only the terminal message carries the input (as the seed's completion webhook
+            // did): `task.started` and `task.progress` rows are many and each one freezes its
+            // body, so they go without it.
+            if matches!(d.event.as_str(), "task.started" | "task.progress") {
+                m.remove("input");
+            }
             m.insert("event".into(), Value::String(d.event.clone()));
         }
         Some(body.to_string())

@@ -85,6 +85,14 @@ pub(super) async fn terminal_states_write_their_message(h: &dyn Harness) {
     // Progress messages only for a task that asked for them.
     assert!(!store.add_delivery(done.id, "task.progress").await.unwrap());
     let progress = insert(&*store, hooked("wp", Some("task.progress"))).await;
+    // Not while the task is pending (nor once it is finished: `done` above).
+    assert!(
+        !store
+            .add_delivery(progress.id, "task.progress")
+            .await
+            .unwrap()
+    );
+    claim_one(&*store, "wp", LEASE).await;
     assert!(
         store
             .add_delivery(progress.id, "task.progress")
@@ -92,6 +100,22 @@ pub(super) async fn terminal_states_write_their_message(h: &dyn Harness) {
             .unwrap()
     );
     assert!(!store.add_delivery(plain.id, "task.progress").await.unwrap());
+    // A newer progress message supersedes the older one not in flight: one stays pending.
+    assert!(
+        store
+            .add_delivery(progress.id, "task.progress")
+            .await
+            .unwrap()
+    );
+    let mut states: Vec<DeliveryState> = store
+        .list_deliveries(progress.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.state)
+        .collect();
+    states.sort_by_key(|s| *s == DeliveryState::Pending);
+    assert_eq!(states, [DeliveryState::Dead, DeliveryState::Pending]);
 }
 
 /// A claimed message is leased (not claimed again until the lease ends); attempts are recorded
@@ -170,9 +194,9 @@ pub(super) async fn claims_attempts_and_redelivery(h: &dyn Harness) {
     assert!(store.list_deliveries(task.id).await.unwrap().is_empty());
 }
 
-/// A task's messages go one at a time, in the order they were written: a later message is not
-/// claimed while an earlier one of the same task is pending (leased, retried or not yet sent);
-/// other tasks' messages are not held up.
+/// A task's messages go in order: a later message is not claimed while an earlier one of the
+/// same task has not been tried or is in flight (leased); one that failed and waits for its
+/// retry no longer holds the later ones up; other tasks' messages are never held up.
 pub(super) async fn messages_of_a_task_go_in_order(h: &dyn Harness) {
     let store = h.open().await;
     let task = insert(&*store, hooked("wo", Some("task.started"))).await;
@@ -196,13 +220,15 @@ pub(super) async fn messages_of_a_task_go_in_order(h: &dyn Harness) {
     let mut want = vec![(task.id, "task.started"), (other.id, "task.completed")];
     want.sort();
     assert_eq!(got, want, "one message per task, the earliest");
+    // In flight (leased): the completion waits.
+    assert!(store.claim_deliveries(LEASE, 10).await.unwrap().is_empty());
     let started = first
         .iter()
         .find(|d| d.task_id == task.id)
         .unwrap()
         .id
         .clone();
-    // Retried later: still pending, so the completion waits behind it.
+    // Failed once and retried later: the completion no longer waits for it.
     store
         .record_delivery(
             &started,
@@ -211,12 +237,6 @@ pub(super) async fn messages_of_a_task_go_in_order(h: &dyn Harness) {
                 Some(500),
             ),
         )
-        .await
-        .unwrap();
-    assert!(store.claim_deliveries(LEASE, 10).await.unwrap().is_empty());
-    // Once it is dead (or delivered), the next one goes.
-    store
-        .record_delivery(&started, attempt(DeliveryOutcome::Dead, Some(500)))
         .await
         .unwrap();
     let next = store.claim_deliveries(LEASE, 10).await.unwrap();

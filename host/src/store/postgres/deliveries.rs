@@ -28,8 +28,10 @@ macro_rules! delivery_json {
     };
 }
 
-/// `$1`: lease in microseconds; `$2`: limit. A task's messages go one at a time, in order: a
-/// row is due only when no earlier row of its task (by creation, then id) is still pending.
+/// `$1`: lease in microseconds; `$2`: limit. A task's messages go in order: a row is due only
+/// when no earlier row of its task (by creation, then event: started, progress, terminal; then
+/// id) is pending and either not yet tried or in flight (leased); one that failed once and
+/// waits for its retry no longer holds the later ones.
 const SQL_CLAIM: &str = concat!(
     "UPDATE webhook_deliveries \
      SET lease_until = statement_timestamp() + $1::bigint * interval '1 microsecond' \
@@ -37,8 +39,11 @@ const SQL_CLAIM: &str = concat!(
        AND next_at <= statement_timestamp() \
        AND (lease_until IS NULL OR lease_until <= statement_timestamp()) \
        AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.task_id = d.task_id \
-         AND e.state = 'pending' AND (e.created_at < d.created_at \
-         OR (e.created_at = d.created_at AND e.id < d.id))) \
+         AND e.state = 'pending' \
+         AND (e.attempts = 0 OR e.lease_until > statement_timestamp()) \
+         AND (e.created_at < d.created_at OR (e.created_at = d.created_at \
+         AND (CASE e.event WHEN 'task.started' THEN 0 WHEN 'task.progress' THEN 1 ELSE 2 END, e.id) \
+         < (CASE d.event WHEN 'task.started' THEN 0 WHEN 'task.progress' THEN 1 ELSE 2 END, d.id)))) \
        ORDER BY next_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING ",
     delivery_json!()
 );
@@ -57,17 +62,28 @@ const SQL_LIST: &str = concat!(
     " FROM webhook_deliveries WHERE task_id = $1 ORDER BY created_at, id"
 );
 
-/// `$1` task, `$2` delivery id or NULL for all.
+/// `$1` task, `$2` delivery id or NULL for all. A row being sent keeps its lease (no second
+/// process sends it meanwhile).
 const SQL_REDELIVER: &str = "UPDATE webhook_deliveries SET state = 'pending', \
-     next_at = statement_timestamp(), window_start = statement_timestamp(), lease_until = NULL \
+     next_at = statement_timestamp(), window_start = statement_timestamp(), \
+     lease_until = CASE WHEN state = 'pending' THEN lease_until END \
      WHERE task_id = $1 AND ($2::text IS NULL OR id = $2) RETURNING id";
 
 /// `$1` new id, `$2` task, `$3` event.
 const SQL_ADD: &str = "INSERT INTO webhook_deliveries (id, task_id, event, url, created_at, \
      window_start, next_at) SELECT $1, id, $3, webhook_url, statement_timestamp(), \
      statement_timestamp(), statement_timestamp() FROM tasks \
-     WHERE id = $2 AND webhook_url IS NOT NULL AND strpos(COALESCE(webhook_events, ''), $3) > 0 \
+     WHERE id = $2 AND status = 'PROCESSING' AND webhook_url IS NOT NULL \
+     AND strpos(COALESCE(webhook_events, ''), $3) > 0 \
      RETURNING id";
+
+/// `$1` task: the task's older `task.progress` messages not in flight are superseded by the one
+/// about to be added (only the newest progress matters), so a receiver that is down gets one
+/// progress message per task to retry, not one per interval.
+const SQL_SUPERSEDE: &str = "UPDATE webhook_deliveries SET state = 'dead', \
+     last_error = 'superseded by a newer task.progress' \
+     WHERE task_id = $1 AND event = 'task.progress' AND state = 'pending' \
+     AND (lease_until IS NULL OR lease_until <= statement_timestamp()) RETURNING id";
 
 fn decode(rows: &[sqlx::postgres::PgRow]) -> StoreResult<Vec<Delivery>> {
     rows.iter()
@@ -133,6 +149,11 @@ pub(super) async fn redeliver(
 
 /// [`TaskStore::add_delivery`](crate::store::TaskStore::add_delivery).
 pub(super) async fn add(store: &PostgresStore, task_id: Uuid, event: &str) -> StoreResult<bool> {
+    if event == "task.progress" {
+        store
+            .write_rows(sqlx::query(SQL_SUPERSEDE).bind(task_id), false)
+            .await?;
+    }
     let query = sqlx::query(SQL_ADD)
         .bind(new_message_id())
         .bind(task_id)

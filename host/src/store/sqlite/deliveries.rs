@@ -27,18 +27,21 @@ macro_rules! delivery_json {
     };
 }
 
-/// Keeps a task's messages in order: a row is due only when no earlier row of its task (by
-/// creation, then id) is still pending, sent or not.
+/// Keeps a task's messages in order without letting one hold the others up: a row is due only
+/// when no earlier row of its task (by creation, then event: started, progress, terminal; then
+/// id) is pending and either not yet tried or in flight (leased). A row that failed once and
+/// waits for its retry no longer holds the later ones. `?2` is now.
 macro_rules! first_of_its_task {
     () => {
         "AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.task_id = d.task_id \
-         AND e.state = 'pending' AND (e.created_at < d.created_at \
-         OR (e.created_at = d.created_at AND e.id < d.id)))"
+         AND e.state = 'pending' AND (e.attempts = 0 OR e.lease_until > ?2) \
+         AND (e.created_at < d.created_at OR (e.created_at = d.created_at \
+         AND (CASE e.event WHEN 'task.started' THEN 0 WHEN 'task.progress' THEN 1 ELSE 2 END, e.id) \
+         < (CASE d.event WHEN 'task.started' THEN 0 WHEN 'task.progress' THEN 1 ELSE 2 END, d.id))))"
     };
 }
 
-/// `?1`: lease end; `?2`: now; `?3`: limit; one row per task at a time, in order
-/// (`first_of_its_task`).
+/// `?1`: lease end; `?2`: now; `?3`: limit; a task's rows in order (`first_of_its_task`).
 const SQL_CLAIM: &str = concat!(
     "UPDATE webhook_deliveries SET lease_until = ?1 WHERE id IN (SELECT id FROM \
      webhook_deliveries d WHERE state = 'pending' AND next_at <= ?2 \
@@ -61,16 +64,27 @@ const SQL_LIST: &str = concat!(
     " FROM webhook_deliveries WHERE task_id = ?1 ORDER BY created_at, id"
 );
 
-/// `?1` task, `?2` delivery id or NULL for all, `?3` now.
+/// `?1` task, `?2` delivery id or NULL for all, `?3` now. A row being sent keeps its lease (no
+/// second process sends it meanwhile).
 const SQL_REDELIVER: &str = "UPDATE webhook_deliveries SET state = 'pending', next_at = ?3, \
-     window_start = ?3, lease_until = NULL \
+     window_start = ?3, \
+     lease_until = CASE WHEN state = 'pending' THEN lease_until END \
      WHERE task_id = ?1 AND (?2 IS NULL OR id = ?2) RETURNING id";
 
 /// `?1` new id, `?2` task, `?3` event, `?4` now.
 const SQL_ADD: &str = "INSERT INTO webhook_deliveries (id, task_id, event, url, created_at, \
      window_start, next_at) SELECT ?1, id, ?3, webhook_url, ?4, ?4, ?4 FROM tasks \
-     WHERE id = ?2 AND webhook_url IS NOT NULL AND instr(COALESCE(webhook_events, ''), ?3) > 0 \
+     WHERE id = ?2 AND status = 'PROCESSING' AND webhook_url IS NOT NULL \
+     AND instr(COALESCE(webhook_events, ''), ?3) > 0 \
      RETURNING id";
+
+/// `?1` task, `?2` now: the task's older `task.progress` messages not in flight are superseded
+/// by the one about to be added (progress is a state, not a log: only the newest matters), so a
+/// receiver that is down gets one progress message per task to retry, not one per interval.
+const SQL_SUPERSEDE: &str = "UPDATE webhook_deliveries SET state = 'dead', \
+     last_error = 'superseded by a newer task.progress' \
+     WHERE task_id = ?1 AND event = 'task.progress' AND state = 'pending' \
+     AND (lease_until IS NULL OR lease_until <= ?2)";
 
 fn decode(rows: &[sqlx::sqlite::SqliteRow]) -> StoreResult<Vec<Delivery>> {
     rows.iter()
@@ -141,6 +155,12 @@ pub(super) async fn redeliver(
 
 /// [`TaskStore::add_delivery`](crate::store::TaskStore::add_delivery).
 pub(super) async fn add(store: &SqliteStore, task_id: Uuid, event: &str) -> StoreResult<bool> {
+    if event == "task.progress" {
+        let supersede = sqlx::query(SQL_SUPERSEDE)
+            .bind(task_id.to_string())
+            .bind(now_ms());
+        send_write(&store.writes, supersede, false).await?;
+    }
     let query = sqlx::query(SQL_ADD)
         .bind(new_message_id())
         .bind(task_id.to_string())
