@@ -182,12 +182,13 @@ impl Config {
             .unwrap_or_else(|| "aihost".to_owned())
     }
 
-    /// The effective settings as TOML, secrets (`server.api_keys`, `storage.secret_access_key`,
+    /// The effective settings as TOML, secrets (`server.api_keys`, `webhooks.secrets`,
+    /// `storage.secret_access_key`,
     /// `storage.api_token`, the password in `queue.url`) replaced by `***`.
     pub(crate) fn redacted_toml(&self) -> String {
         const MASK: &str = "***";
         let mut c = self.clone();
-        for k in &mut c.server.api_keys {
+        for k in c.server.api_keys.iter_mut().chain(&mut c.webhooks.secrets) {
             *k = MASK.to_owned();
         }
         for secret in [&mut c.storage.secret_access_key, &mut c.storage.api_token] {
@@ -375,12 +376,19 @@ format = "json"
     fn redacted_toml_hides_secrets_and_parses_back() {
         let mut c = Config::default();
         c.server.api_keys = vec!["secret-key".into()];
+        c.webhooks.secrets = vec!["whsec_c2lnbmluZw==".into()];
         c.storage.secret_access_key = Some("s3cret".into());
         c.storage.api_token = Some("t0ken".into());
         c.storage.access_key_id = Some("AKID".into());
         c.queue.url = Some("postgres://user:pw123@db/aihost".into());
         let text = c.redacted_toml();
-        for secret in ["secret-key", "s3cret", "t0ken", "pw123"] {
+        for secret in [
+            "secret-key",
+            "whsec_c2lnbmluZw==",
+            "s3cret",
+            "t0ken",
+            "pw123",
+        ] {
             assert!(!text.contains(secret), "{text}");
         }
         assert!(text.contains("AKID"), "{text}");
