@@ -170,6 +170,8 @@ error_codes! {
         "No installed workflow template has this name (`GET /api/workflows` lists them).";
 
     // The ComfyUI-compatible gateway (api/comfy/).
+    COMFY_CROSS_ORIGIN = "cross_origin_refused", [Http] 403,
+        "ComfyUI gateway: a request whose `Origin` header names another host than its `Host` header (and is not in `server.cors_origins`) is refused, as ComfyUI refuses it: a web page cannot drive the gateway from another site.";
     COMFY_INVALID_PROMPT = "invalid_prompt", [Http] 400,
         "ComfyUI gateway: the body of `POST /comfy/prompt` is not JSON or has no API-format graph under `prompt`, the graph fails the task type's schema, its `prompt_id` is used by another prompt, or a `/comfy/view` query is malformed (ComfyUI's error shape, with this code beside its `type`).";
 

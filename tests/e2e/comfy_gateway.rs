@@ -317,6 +317,29 @@ async fn a_comfyui_client_runs_unchanged_against_the_gateway_behind_a_key() {
     assert_eq!(r.status(), 400);
     let b: Value = r.json().await.unwrap();
     assert_eq!(b["error"]["code"], "invalid_prompt", "{b}");
+    // A cross-site request (a web page posting to the gateway) is refused, as ComfyUI does;
+    // the same site is not.
+    let cross = |origin: &'static str| {
+        s.http
+            .post(gw.url("/prompt", &[]))
+            .header("origin", origin)
+            .header("content-type", "text/plain")
+            .body(json!({"prompt": solid_graph(8, 8, 0, "x")}).to_string())
+            .send()
+    };
+    let r = cross("https://evil.example").await.unwrap();
+    assert_eq!(r.status(), 403);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["error"]["code"], "cross_origin_refused", "{b}");
+    let own: &'static str = Box::leak(
+        reqwest::Url::parse(&s.base)
+            .unwrap()
+            .origin()
+            .ascii_serialization()
+            .into_boxed_str(),
+    );
+    let r = cross(own).await.unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
     // An unknown output is 404.
     let (st, _, _) = gw
         .view(&json!({"filename": "nope.png", "subfolder": "outputs/x/1", "type": "output"}))

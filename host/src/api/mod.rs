@@ -167,6 +167,7 @@ pub(crate) fn app(state: Arc<AppState>) -> impl Endpoint {
         .around(move |ep, req| {
             let st = auth_state.clone();
             async move {
+                comfy::check_origin(&st, &req).map_or(Ok(()), Err)?;
                 check_api_key(&st, &req).map_or(Ok(()), Err)?;
                 ep.call(req).await.map(IntoResponse::into_response)
             }

@@ -51,6 +51,41 @@ pub(crate) fn is_upload_path(path: &str) -> bool {
     path == "/comfy/upload/image" || path == "/comfy/api/upload/image"
 }
 
+/// ComfyUI's cross-site guard, on every gateway request (HTTP and the WebSocket handshake):
+/// a request with an `Origin` header whose host (and port) differs from its `Host` header is
+/// refused with 403 `cross_origin_refused`, unless the origin is one of `server.cors_origins`.
+/// Without it, any web page a user opens could queue prompts or interrupt through a form post
+/// or a WebSocket (no preflight guards those). Clients that send no `Origin` (scripts,
+/// libraries) are not affected.
+pub(crate) fn check_origin(state: &AppState, req: &poem::Request) -> Option<poem::Error> {
+    if !is_gateway_path(req.uri().path()) {
+        return None;
+    }
+    let origin = req.headers().get(poem::http::header::ORIGIN)?.to_str().ok();
+    let host = req
+        .headers()
+        .get(poem::http::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let same = match (origin, host) {
+        (Some(o), Some(h)) => url::Url::parse(o).ok().is_some_and(|u| {
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            u.host_str()
+                .is_some_and(|oh| format!("{oh}{port}").eq_ignore_ascii_case(h))
+        }),
+        _ => false,
+    };
+    let allowed = origin.is_some_and(|o| state.cors_origins.iter().any(|c| c == o || c == "*"));
+    if same || allowed {
+        return None;
+    }
+    Some(poem::Error::from_response(error_response(
+        StatusCode::FORBIDDEN,
+        error_codes::COMFY_CROSS_ORIGIN,
+        "the request's Origin is another site than this server (Host); the ComfyUI gateway \
+         refuses cross-site requests unless the origin is listed in server.cors_origins",
+    )))
+}
+
 /// The `token` query parameter of a gateway request (an API key for clients that cannot set
 /// headers), %-decoded.
 pub(crate) fn query_token(query: &str) -> Option<String> {
