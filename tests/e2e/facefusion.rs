@@ -192,6 +192,36 @@ async fn image_swap_in_the_seed_form_lands_in_storage() {
     let left = work_dir_left(&s).await;
     assert!(left.is_empty(), "{left:?}");
 
+    // The source as a `data:` URL (base64 inline, far longer than a URL) works the same.
+    let face = {
+        use base64::Engine as _;
+        let mut noisy = image::RgbImage::new(64, 64);
+        for (x, y, p) in noisy.enumerate_pixels_mut() {
+            *p = image::Rgb([(x * 7 + y * 13) as u8, (x * y) as u8, (x ^ y) as u8]);
+        }
+        let mut png = Vec::new();
+        noisy
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        format!(
+            "data:image/png;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(&png)
+        )
+    };
+    assert!(face.len() > 4096, "{}", face.len());
+    let (status, t) = s
+        .post(
+            "/api/faceswap/create?wait=60",
+            &json!({"source_url": face, "target_url": target["key"],
+                    "resolution": "1024x1024", "media_type": "image"}),
+        )
+        .await;
+    assert_eq!(
+        (status, t["status"].as_str()),
+        (200, Some("COMPLETED")),
+        "{t}"
+    );
+
     // The route's own errors: the schema (422) and a bad media type (400 from the body).
     let (status, e) = s
         .post(

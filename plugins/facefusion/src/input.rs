@@ -248,7 +248,9 @@ pub fn parse(input: Value) -> Result<Input, Error> {
 
 /// The JSON Schema (draft 2020-12) of the input.
 pub fn schema() -> Value {
-    let url = json!({"type": "string", "minLength": 1, "maxLength": 4096});
+    // A URL, an upload key or a `data:` URL (base64 media inline): the host's request body
+    // limit (`server.max_body_bytes`) bounds the latter, so the schema allows 64 MiB.
+    let url = json!({"type": "string", "minLength": 1, "maxLength": 64 * 1024 * 1024});
     let all_boosts = pixel_boosts("inswapper_128");
     // Pixel boost choices depend on the model: one if/then per model family.
     let families: Vec<Value> = [
