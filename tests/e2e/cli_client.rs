@@ -308,3 +308,75 @@ async fn api_keys_are_sent() {
     assert_eq!(code, 0);
     assert_eq!(task_of(&stdout)["status"], "COMPLETED");
 }
+
+/// `run WORKFLOW --param k=v` fills a template (values parsed as JSON where they are, e.g.
+/// numbers), follows the task and downloads its output, against the fake ComfyUI; an unknown
+/// template or a parameter outside its schema is refused with exit code 6 and the service's
+/// error code. The client runs on a blocking thread: the fake serves from this test's runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_fills_a_template_waits_and_downloads() {
+    let fake = aihost_tests::fake_comfyui::FakeComfy::start().await;
+    let cfg = format!(
+        "urls = [{:?}]\nworkflows_dir = {:?}\nhistory_poll_ms = 200\n",
+        fake.url,
+        aihost_tests::workflows_dir()
+    );
+    let server = Server::start_with(Options {
+        plugins: vec![(
+            "comfyui".into(),
+            aihost_tests::plugin_lib("aihost_comfyui"),
+            cfg,
+        )],
+        ..Options::default()
+    })
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let out_dir = work.path().join("out");
+    let run = |args: Vec<String>| {
+        let cwd = work.path().to_owned();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            client(&args, &cwd, &[])
+        })
+    };
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = ["run", "solid_color", "--url", &server.base]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        a.extend(extra.iter().map(|s| (*s).to_owned()));
+        a
+    };
+    let (code, stdout, stderr) = run(args(&[
+        "--param",
+        "width=24",
+        "--param",
+        "height=16",
+        "--wait",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let task = task_of(&stdout);
+    assert_eq!(task["status"], "COMPLETED", "{task}");
+    assert_eq!(task["input"]["workflow"], "solid_color", "{task}");
+    assert_eq!(task["input"]["params"]["width"], 24, "{task}");
+    let name = task["result"]["files"][0]["name"].as_str().unwrap();
+    let img = image::open(out_dir.join(name)).expect("the output is in --out");
+    assert_eq!((img.width(), img.height()), (24, 16));
+
+    // A parameter outside the template's schema, and an unknown template.
+    let (code, _, stderr) = run(args(&["--param", "width=0"])).await.unwrap();
+    assert_eq!(code, 6, "{stderr}");
+    assert!(stderr.contains("invalid_input"), "{stderr}");
+    let mut unknown = args(&[]);
+    unknown[1] = "no_such_template".into();
+    let (code, _, stderr) = run(unknown).await.unwrap();
+    assert_eq!(code, 6, "{stderr}");
+    assert!(
+        stderr.contains("not_found") || stderr.contains("unknown"),
+        "{stderr}"
+    );
+}
