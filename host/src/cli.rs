@@ -630,6 +630,7 @@ async fn print_openapi(config: &Config) -> ExitCode {
         started: std::time::Instant::now(),
         streams: crate::api::permits(0),
         uploads: crate::api::permits(0),
+        comfy_remaining: Default::default(),
         max_list_input_bytes: 0,
         max_inline_output_bytes: 0,
     });

@@ -398,6 +398,7 @@ pub(crate) async fn run(config: Config, roles: Roles) -> Result<(), StartError> 
         started: std::time::Instant::now(),
         streams: api::permits(config.server.max_streams),
         uploads: api::permits(config.server.max_concurrent_uploads),
+        comfy_remaining: Default::default(),
         max_list_input_bytes: config.server.max_list_input_bytes,
         max_inline_output_bytes: config.server.max_inline_output_bytes,
     });

@@ -80,6 +80,9 @@ pub(crate) struct AppState {
     pub streams: Arc<tokio::sync::Semaphore>,
     /// One permit per upload being streamed (`server.max_concurrent_uploads`).
     pub uploads: Arc<tokio::sync::Semaphore>,
+    /// The ComfyUI gateway's `queue_remaining`, counted at most twice a second (clients poll
+    /// it and every socket announces it).
+    pub comfy_remaining: comfy::RemainingCache,
     /// With `include=input`, a task page stops once its inputs reach this many bytes.
     pub max_list_input_bytes: u64,
     /// `server.max_inline_output_bytes`: the most output bytes `outputs=base64` answers.

@@ -211,13 +211,30 @@ fn queue_item(task: &crate::store::Task) -> Value {
     json!([number, prompt_id_of(task), graph, extra, outs])
 }
 
+/// The last `queue_remaining` counted and when (see [`queue_remaining`]).
+#[derive(Debug, Default)]
+pub(crate) struct RemainingCache(tokio::sync::Mutex<Option<(std::time::Instant, u64)>>);
+
+/// How long a counted `queue_remaining` is reused.
+const REMAINING_TTL: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The number of `comfyui.workflow` tasks PENDING or PROCESSING (ComfyUI's
-/// `queue_remaining`).
+/// `queue_remaining`), counted from the store's statistics at most once per 500 ms per process
+/// (the count is a summary over every retained task; polling clients and every socket would
+/// otherwise each run it).
 async fn queue_remaining(state: &AppState) -> Result<u64, crate::store::StoreError> {
+    let mut cached = state.comfy_remaining.0.lock().await;
+    if let Some((at, n)) = *cached
+        && at.elapsed() < REMAINING_TTL
+    {
+        return Ok(n);
+    }
     let stats = state.store.stats().await?;
-    Ok(stats.by_type.get(TASK_TYPE).map_or(0, |by| {
+    let n = stats.by_type.get(TASK_TYPE).map_or(0, |by| {
         by.get("PENDING").copied().unwrap_or(0) + by.get("PROCESSING").copied().unwrap_or(0)
-    }))
+    });
+    *cached = Some((std::time::Instant::now(), n));
+    Ok(n)
 }
 
 /// The `status` message: `{"type": "status", "data": {"status": {"exec_info":
