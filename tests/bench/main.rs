@@ -19,6 +19,8 @@ use std::{
 };
 
 use futures_util::StreamExt;
+
+mod peer;
 use serde_json::{Value, json};
 
 thread_local! {
@@ -760,6 +762,9 @@ fn main() {
         }
         if want("comfyui") {
             comfyui_path(&b, &mut results).await;
+        }
+        if want("peer") {
+            peer::peer_comparison(&b, &mut results).await;
         }
         if want("stream") {
             stream_1gib(&b, &mut results).await;
