@@ -385,6 +385,9 @@ async fn uploads_feed_load_image_and_interrupt_cancels_the_running_prompt() {
         .upload_image("up.png", solid_png(4, 4, [0, 0, 0]), "caps")
         .await;
     assert_eq!(again["name"], "up (1).png");
+    // The same bytes again keep their name (ComfyUI compares the content), whichever copy.
+    let same = c.upload_image("up.png", png.clone(), "caps").await;
+    assert_eq!(same["name"], "up.png");
     let (st, _, bytes) = c
         .view(&json!({"filename": "up.png", "subfolder": "caps", "type": "input"}))
         .await;

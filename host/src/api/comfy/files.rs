@@ -128,6 +128,7 @@ pub(crate) async fn view(
 /// `POST /upload/image`: multipart `image` (the file), optional `subfolder`, `type` (`input`,
 /// the default, `temp` or `output`) and `overwrite` (`true`/`1`). The file is stored as an
 /// aihost upload; without `overwrite` a taken name becomes `name (1).ext`, `name (2).ext`, ...
+/// unless it already holds the same bytes (then that name is answered, as ComfyUI does).
 /// Answers `{"name", "subfolder", "type"}`.
 #[handler]
 pub(crate) async fn upload_image(
@@ -228,6 +229,14 @@ async fn receive(
             if state.storage.stat(&key).await.is_err() {
                 break;
             }
+            // The same bytes under this name already: ComfyUI answers that name (a client
+            // that uploads its input before every prompt does not pile up copies).
+            if same_content(&state.storage, &staged_key, &key).await {
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &json!({"name": final_name, "subfolder": sub, "type": kind}),
+                ));
+            }
             n += 1;
             if n > 1000 {
                 return Err(bad(
@@ -256,6 +265,28 @@ async fn receive(
         StatusCode::OK,
         &json!({"name": final_name, "subfolder": sub, "type": kind}),
     ))
+}
+
+/// Whether the objects `a` and `b` hold the same bytes: equal sizes, then equal SHA-256
+/// digests, both read as streams (never whole in memory). Any read error answers `false`.
+async fn same_content(storage: &crate::storage::Storage, a: &str, b: &str) -> bool {
+    async fn digest(storage: &crate::storage::Storage, key: &str) -> Option<(u64, [u8; 32])> {
+        use futures_util::StreamExt as _;
+        use sha2::Digest as _;
+        let (meta, mut stream) = storage.read_range(key, None).await.ok()?;
+        let mut hash = sha2::Sha256::new();
+        while let Some(chunk) = stream.next().await {
+            hash.update(chunk.ok()?);
+        }
+        Some((meta.size, hash.finalize().into()))
+    }
+    match (storage.stat(a).await, storage.stat(b).await) {
+        (Ok(x), Ok(y)) if x.size == y.size => {
+            let (x, y) = (digest(storage, a).await, digest(storage, b).await);
+            x.is_some() && x == y
+        }
+        _ => false,
+    }
 }
 
 #[cfg(test)]
