@@ -245,7 +245,8 @@ fn info_path(route: &str) -> Option<String> {
     };
     match (head, tail) {
         ("object_info" | "embeddings" | "models", None) => Some(format!("/{head}")),
-        ("object_info" | "models", Some(seg)) if !seg.is_empty() => {
+        // `.` and `..` would name another route once the instance's server resolves them.
+        ("object_info" | "models", Some(seg)) if !matches!(seg, "" | "." | "..") => {
             let enc: String = seg
                 .bytes()
                 .map(|b| {
@@ -268,6 +269,8 @@ mod info_tests {
 
     #[test]
     fn info_routes_are_a_fixed_list_and_segments_are_encoded() {
+        assert_eq!(info_path("models/.."), None);
+        assert_eq!(info_path("object_info/."), None);
         assert_eq!(info_path("object_info").as_deref(), Some("/object_info"));
         assert_eq!(
             info_path("object_info/Load Image/x").as_deref(),
