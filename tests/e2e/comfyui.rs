@@ -800,12 +800,33 @@ async fn the_seeds_text_to_image_example_runs() {
             .await,
     );
     assert_eq!(img.dimensions(), (96, 64));
-    // The defaults alone make a valid request too.
-    let (st, t) = s
-        .post(
-            "/api/tasks/create",
-            &json!({"workflow": "text-to-image", "inputs": {"prompt": "x"}}),
-        )
-        .await;
-    assert_eq!(st, 202, "{t}");
+    // The seed README's own examples, byte for byte (its Python client: prompt and seed; its
+    // JavaScript client: prompt alone), read `task_id` from the answer and run.
+    for (body, prompt) in [
+        (
+            r#"{"workflow": "text-to-image", "inputs": {"prompt": "夜晚的赛博朋克城市", "seed": 42}}"#,
+            "夜晚的赛博朋克城市",
+        ),
+        (
+            r#"{"workflow":"text-to-image","inputs":{"prompt":"未来主义风景"}}"#,
+            "未来主义风景",
+        ),
+    ] {
+        let r = s
+            .http
+            .post(s.url("/api/tasks/create"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        let t: Value = r.json().await.unwrap();
+        let t = s.wait_done(t["task_id"].as_str().unwrap(), T).await;
+        assert_eq!(t["status"], "COMPLETED", "{t}");
+        assert_eq!(
+            prompt_of(&fake, &t)["prompt"]["6"]["inputs"]["text"],
+            prompt
+        );
+    }
 }
