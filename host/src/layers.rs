@@ -54,12 +54,25 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     // This consumer's identity in the task store.
     ("worker", &["store", "config", "error_codes"]),
+    // Webhook messages: read from the task store, sent through the fetcher's client rules.
+    (
+        "webhooks",
+        &[
+            "store",
+            "task_view",
+            "fetch",
+            "config",
+            "error_codes",
+            "metrics",
+        ],
+    ),
     // HTTP: everything below, never the wiring above it.
     (
         "api",
         &[
             "dispatcher",
             "retention",
+            "webhooks",
             "plugins",
             "store",
             "storage",
@@ -79,6 +92,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "service",
         &[
             "api",
+            "webhooks",
             "worker",
             "dispatcher",
             "retention",
@@ -92,9 +106,12 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "metrics",
         ],
     ),
+    // The command-line client: a client of the public HTTP API only.
+    ("client", &["config", "error_codes"]),
     (
         "cli",
         &[
+            "client",
             "service",
             "retention",
             "api",

@@ -38,6 +38,7 @@ use layers::Layers;
 pub(crate) use settings::{
     DispatcherConfig, FetchConfig, LogConfig, LogFormat, PluginsConfig, QueueConfig, QueueType,
     RetentionConfig, ServerConfig, StorageConfig, StorageType, WebhooksConfig,
+    parse_webhook_secret,
 };
 use toml_file::{TomlFile, absolute_against};
 

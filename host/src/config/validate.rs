@@ -238,7 +238,7 @@ impl Config {
         // webhooks
         let w = &self.webhooks;
         for (i, secret) in w.secrets.iter().enumerate() {
-            if let Err(m) = crate::webhooks::signing::parse_secret(secret) {
+            if let Err(m) = super::parse_webhook_secret(secret) {
                 l.invalid(("webhooks", "secrets"), format!("secret #{}: {m}", i + 1));
             }
         }

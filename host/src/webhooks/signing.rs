@@ -6,22 +6,7 @@ use base64::{Engine, engine::general_purpose::STANDARD};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-/// The prefix of a Standard Webhooks secret.
-const PREFIX: &str = "whsec_";
-
-/// The key of a `whsec_` secret, or why it is not one.
-pub(crate) fn parse_secret(secret: &str) -> Result<Vec<u8>, String> {
-    let b64 = secret
-        .strip_prefix(PREFIX)
-        .ok_or_else(|| format!("must start with `{PREFIX}`"))?;
-    let key = STANDARD
-        .decode(b64.trim())
-        .map_err(|e| format!("the part after `{PREFIX}` is not base64: {e}"))?;
-    if key.len() < 16 {
-        return Err("the key must be at least 16 bytes (24 base64 characters)".into());
-    }
-    Ok(key)
-}
+pub(crate) use crate::config::parse_webhook_secret as parse_secret;
 
 /// The signing keys of the configured secrets (validated at load; a bad one is skipped).
 #[derive(Clone, Default)]

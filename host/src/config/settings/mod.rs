@@ -25,7 +25,7 @@ pub(crate) use queue::{QueueConfig, QueueType};
 pub(crate) use retention::RetentionConfig;
 pub(crate) use server::ServerConfig;
 pub(crate) use storage::{StorageConfig, StorageType};
-pub(crate) use webhooks::WebhooksConfig;
+pub(crate) use webhooks::{WebhooksConfig, parse_webhook_secret};
 
 const MIB: u64 = 1024 * 1024;
 const GIB: u64 = 1024 * MIB;

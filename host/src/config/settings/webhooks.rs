@@ -44,3 +44,22 @@ impl Default for WebhooksConfig {
         }
     }
 }
+
+/// The prefix of a Standard Webhooks secret.
+const SECRET_PREFIX: &str = "whsec_";
+
+/// The key of a `whsec_` secret (the base64 after the prefix, at least 16 bytes), or why it is
+/// not one. Checked at load (`validate.rs`) and used by the signer (`webhooks/signing.rs`).
+pub(crate) fn parse_webhook_secret(secret: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    let b64 = secret
+        .strip_prefix(SECRET_PREFIX)
+        .ok_or_else(|| format!("must start with `{SECRET_PREFIX}`"))?;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|e| format!("the part after `{SECRET_PREFIX}` is not base64: {e}"))?;
+    if key.len() < 16 {
+        return Err("the key must be at least 16 bytes (24 base64 characters)".into());
+    }
+    Ok(key)
+}
