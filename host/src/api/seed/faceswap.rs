@@ -56,26 +56,32 @@ pub(crate) struct FaceswapRequest {
     /// `face_enhancer` processor.
     pub face_enhancer_model: Option<String>,
     /// FaceFusion `--face-enhancer-blend`, 0 to 100.
+    #[oai(validator(minimum(value = "0"), maximum(value = "100")))]
     pub face_enhancer_blend: Option<u32>,
     /// FaceFusion `--face-selector-mode`: `many`, `one` or `reference`.
     pub face_selector_mode: Option<String>,
     /// FaceFusion `--face-selector-order` (e.g. `large-small`, `left-right`).
     pub face_selector_order: Option<String>,
     /// FaceFusion `--reference-face-position`.
+    #[oai(validator(minimum(value = "0"), maximum(value = "4294967295")))]
     pub reference_face_position: Option<u32>,
     /// FaceFusion `--reference-face-distance`.
     pub reference_face_distance: Option<f64>,
     /// FaceFusion `--reference-frame-number`.
+    #[oai(validator(minimum(value = "0"), maximum(value = "4294967295")))]
     pub reference_frame_number: Option<u32>,
     /// FaceFusion `--output-image-quality` / `--output-video-quality`, 0 to 100.
+    #[oai(validator(minimum(value = "0"), maximum(value = "100")))]
     pub output_quality: Option<u32>,
     /// FaceFusion `--output-video-encoder` (e.g. `libx264`).
     pub output_video_encoder: Option<String>,
     /// FaceFusion `--output-video-preset` (e.g. `veryfast`).
     pub output_video_preset: Option<String>,
     /// FaceFusion `--trim-frame-start`.
+    #[oai(validator(minimum(value = "0"), maximum(value = "4294967295")))]
     pub trim_frame_start: Option<u32>,
     /// FaceFusion `--trim-frame-end`.
+    #[oai(validator(minimum(value = "0"), maximum(value = "4294967295")))]
     pub trim_frame_end: Option<u32>,
     /// Higher runs first (default 0).
     #[oai(default)]
