@@ -9,6 +9,7 @@
 
 mod cancel;
 mod outage;
+mod work_dirs;
 
 use std::{
     collections::HashMap,
@@ -99,6 +100,9 @@ impl Timeouts {
 struct Running {
     task_type: String,
     cancel: watch::Sender<Stop>,
+    /// The plugin's work is done and the host stores its outputs: the attempt no longer
+    /// counts against its type's concurrency (the engine can take the next task meanwhile).
+    storing: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -120,6 +124,8 @@ pub(crate) struct Dispatcher {
     idle: Notify,
     /// Task types whose engines are unavailable, since when (see `outage.rs`).
     unready_since: Mutex<HashMap<String, Instant>>,
+    /// The attempts' work folders.
+    work_dirs: work_dirs::WorkDirs,
 }
 
 /// Delay before retry number `attempt` (1-based): base·2^(attempt−1), capped, with ±25% jitter.
@@ -144,6 +150,7 @@ impl Dispatcher {
             registry,
             storage,
             fetcher,
+            work_dirs: work_dirs::WorkDirs::new(&settings.work_dir),
             settings,
             running: Mutex::new(HashMap::new()),
             wake: Notify::new(),
@@ -163,7 +170,7 @@ impl Dispatcher {
             .lock()
             .expect("running lock")
             .values()
-            .filter(|r| r.task_type == task_type)
+            .filter(|r| r.task_type == task_type && !r.storing)
             .count()
             .try_into()
             .unwrap_or(u32::MAX)
@@ -301,6 +308,7 @@ impl Dispatcher {
             if !self.type_ready(&entry).await {
                 continue;
             }
+            let asked = Instant::now();
             let claimed = self
                 .store
                 .claim(
@@ -311,13 +319,13 @@ impl Dispatcher {
                 )
                 .await?;
             for task in claimed {
-                self.start(task);
+                self.start(task, asked);
             }
         }
         Ok(())
     }
 
-    fn start(self: &Arc<Self>, task: Task) {
+    fn start(self: &Arc<Self>, task: Task, claimed: Instant) {
         let (tx, rx) = watch::channel(Stop::No);
         if task.cancel_requested {
             let _ = tx.send(Stop::Cancel);
@@ -333,6 +341,7 @@ impl Dispatcher {
             Running {
                 task_type: task.task_type.clone(),
                 cancel: tx,
+                storing: false,
             },
         );
         // One span per attempt, continuing the submitting request's trace when it was recorded.
@@ -347,16 +356,21 @@ impl Dispatcher {
         let this = self.clone();
         tokio::spawn(async move {
             let id = task.id;
-            this.run_attempt(task, rx).instrument(span).await;
+            this.run_attempt(task, rx, claimed).instrument(span).await;
             this.running.lock().expect("running lock").remove(&id);
             this.idle.notify_waiters();
             this.wake.notify_one();
         });
     }
 
-    async fn run_attempt(self: &Arc<Self>, task: Task, stop: watch::Receiver<Stop>) {
+    async fn run_attempt(
+        self: &Arc<Self>,
+        task: Task,
+        stop: watch::Receiver<Stop>,
+        claimed: Instant,
+    ) {
         let began = Instant::now();
-        if let Some(end) = self.attempt(&task, stop).await {
+        if let Some(end) = self.attempt(&task, stop, claimed).await {
             crate::metrics::attempt_ended(&task.task_type, began, end);
         }
     }
@@ -366,6 +380,7 @@ impl Dispatcher {
         self: &Arc<Self>,
         task: &Task,
         mut stop: watch::Receiver<Stop>,
+        claimed: Instant,
     ) -> Option<AttemptEnd> {
         let id = task.id;
         let attempt = task.attempts;
@@ -375,14 +390,16 @@ impl Dispatcher {
             return None;
         };
         let plugin = entry.plugin.clone();
-        let work_dir = self.settings.work_dir.join(format!("{id}-{attempt}"));
-        if let Err(e) = tokio::fs::create_dir_all(&work_dir).await {
-            let err = TaskError {
-                code: crate::error_codes::WORK_DIR_FAILED.into(),
-                message: e.to_string(),
-            };
-            return Some(self.record_failure(task, err, true).await);
-        }
+        let work_dir = match self.work_dirs.take(&format!("{id}-{attempt}")).await {
+            Ok(dir) => dir,
+            Err(e) => {
+                let err = TaskError {
+                    code: crate::error_codes::WORK_DIR_FAILED.into(),
+                    message: e.to_string(),
+                };
+                return Some(self.record_failure(task, err, true).await);
+            }
+        };
         let (ctx, progress_rx) = task_context(
             id,
             &plugin.desc.name,
@@ -399,11 +416,13 @@ impl Dispatcher {
             },
             progress_rx,
         );
+        let (succeeded_tx, succeeded) = tokio::sync::oneshot::channel();
         let progress = tokio::spawn(progress_writer(
             self.store.clone(),
             id,
             attempt,
             progress_rx,
+            succeeded,
             self.settings.progress_interval,
             task.webhook_url
                 .is_some()
@@ -459,6 +478,15 @@ impl Dispatcher {
             }
             // `run` is dropped here: the plugin's work is aborted if it was still going.
         };
+        if matches!(outcome, Outcome::Done(Ok(_))) {
+            // Its outputs are stored next: the engine may take another task meanwhile.
+            if let Some(r) = self.running.lock().expect("running lock").get_mut(&id) {
+                r.storing = true;
+            }
+            self.wake.notify_one();
+        }
+        // A success's last progress report is not written: the completion clears it anyway.
+        let _ = succeeded_tx.send(matches!(outcome, Outcome::Done(Ok(_))));
         // Let the last progress report land before the terminal write (bounded: a plugin that
         // leaks its context must not hold the task open).
         let abort = progress.abort_handle();
@@ -473,7 +501,7 @@ impl Dispatcher {
             _ => None,
         };
         let end = match outcome {
-            Outcome::Done(Ok(output)) => self.complete(task, &output).await,
+            Outcome::Done(Ok(output)) => self.complete(task, &output, &work_dir, claimed).await,
             Outcome::Done(Err(e)) if self.engine_went_away(&plugin, task, &e).await => {
                 // Not the task's fault: back to the queue without counting the attempt; the
                 // type is not claimed again until it is ready.
@@ -554,7 +582,7 @@ impl Dispatcher {
                 AttemptEnd::Abandoned
             }
         };
-        let _ = tokio::fs::remove_dir_all(&work_dir).await;
+        self.work_dirs.give_back(work_dir).await;
         Some(end)
     }
 
@@ -562,13 +590,26 @@ impl Dispatcher {
     /// checked first so that an attempt that lost its task (paused past its lease, rescued, run
     /// again elsewhere) uploads nothing; if it loses the task during the uploads, the completion
     /// is refused and the files it wrote under its own attempt folder are removed.
-    async fn complete(&self, task: &Task, output: &aihost_plugin_api::TaskOutput) -> AttemptEnd {
+    async fn complete(
+        &self,
+        task: &Task,
+        output: &aihost_plugin_api::TaskOutput,
+        work_dir: &std::path::Path,
+        claimed: Instant,
+    ) -> AttemptEnd {
         let (id, attempt) = (task.id, task.attempts);
-        match self
-            .store
-            .renew(id, attempt, &self.settings.worker_id, self.settings.lease)
-            .await
-        {
+        // The lease it was claimed with is certainly still ours while less than half of it
+        // has passed since the claim was asked for (a cancel or a delete meanwhile is caught
+        // by the completion's own check, which then removes the outputs): only an older
+        // attempt checks it with a write first.
+        let young = claimed.elapsed() < self.settings.lease / 2;
+        match if young {
+            Ok(true)
+        } else {
+            self.store
+                .renew(id, attempt, &self.settings.worker_id, self.settings.lease)
+                .await
+        } {
             Ok(true) => {}
             Ok(false) => {
                 self.stale_attempt(task, "completion").await;
@@ -576,7 +617,7 @@ impl Dispatcher {
             }
             Err(e) => tracing::warn!(task_id = %id, error = %e, "lease check before upload failed"),
         }
-        let result = match self.store_outputs(id, attempt, output).await {
+        let result = match self.store_outputs(id, attempt, output, work_dir).await {
             Ok(result) => result,
             Err(err) => return self.record_failure(task, err, true).await,
         };
@@ -701,6 +742,7 @@ impl Dispatcher {
         id: Uuid,
         attempt: u32,
         output: &aihost_plugin_api::TaskOutput,
+        work_dir: &std::path::Path,
     ) -> Result<Value, TaskError> {
         let jobs: Vec<(String, PathBuf, String)> = output
             .files
@@ -724,7 +766,8 @@ impl Dispatcher {
             async move {
                 let mut last = None;
                 for attempt in 0..3u32 {
-                    match storage.put_file(&key, &path, &ct).await {
+                    // The attempt's work folder is deleted after this: its files are given up.
+                    match storage.put_work_file(&key, &path, work_dir, &ct).await {
                         Ok(obj) => return Ok(obj),
                         Err(e) if !e.retryable() => {
                             last = Some(e);
@@ -803,15 +846,23 @@ fn sanitize_name(name: &str) -> String {
 /// Writes progress reports to the store, at most one per `interval` (the latest wins) and the
 /// last one always. With `webhook` (the task has a webhook), also adds a `task.progress`
 /// delivery at most once per that interval (the store adds it only if the task asked for it).
+/// How long the first progress report of an attempt waits before it is written (the plugins'
+/// first reports come in bursts at the start; each write is a store transaction).
+const FIRST_PROGRESS_DELAY: Duration = Duration::from_millis(50);
+
 async fn progress_writer(
     store: Arc<dyn TaskStore>,
     id: Uuid,
     attempt: u32,
     mut rx: mpsc::UnboundedReceiver<crate::plugins::services::ProgressReport>,
+    succeeded: tokio::sync::oneshot::Receiver<bool>,
     interval: Duration,
     webhook: Option<Duration>,
 ) {
-    let mut last_write = tokio::time::Instant::now() - interval;
+    // The first report is held up to FIRST_PROGRESS_DELAY (then written with what came
+    // meanwhile): a task that ends sooner writes its progress once, not twice.
+    let mut last_write =
+        tokio::time::Instant::now() - interval + FIRST_PROGRESS_DELAY.min(interval);
     let mut last_hook: Option<tokio::time::Instant> = None;
     let mut pending: Option<Progress> = None;
     loop {
@@ -829,7 +880,11 @@ async fn progress_writer(
                 })
             }
             Ok(None) => {
-                if let Some(p) = pending.take() {
+                // The plugin is done; the report still pending lands before the terminal
+                // write unless the attempt succeeded (the completion clears progress).
+                if let Some(p) = pending.take()
+                    && !succeeded.await.unwrap_or(false)
+                {
                     let _ = store.set_progress(id, attempt, p).await;
                 }
                 return;

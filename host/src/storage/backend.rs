@@ -77,6 +77,23 @@ impl Backend {
         }
     }
 
+    /// Stores the work file `file` (inside the folder `within`), which the caller gives up.
+    pub(super) async fn put_work_file(
+        &self,
+        obj: ObjectRef<'_>,
+        file: &Path,
+        within: &Path,
+        content_type: &str,
+    ) -> Result<Written, StorageError> {
+        match self {
+            Backend::Op(b) => b.put_work_file(obj, file, within, content_type).await,
+            Backend::CfImages(_, Some(f)) if !is_image(obj.key) => {
+                f.put_work_file(obj, file, within, content_type).await
+            }
+            _ => self.put_file(obj, file, content_type).await,
+        }
+    }
+
     /// Stores the bytes of `stream`; [`StorageError::TooLarge`] past `max_bytes`, with nothing
     /// left stored.
     pub(super) async fn put_stream<S>(

@@ -21,5 +21,5 @@ pub(super) fn backend(root: &Path) -> Result<OpBackend, StorageError> {
         .root(&abs.to_string_lossy())
         .atomic_write_dir(&tmp.to_string_lossy());
     let op = Operator::new(builder).map_err(|e| StorageError::backend("open", "", e))?;
-    Ok(OpBackend::local(op))
+    Ok(OpBackend::fs(op, abs))
 }

@@ -25,6 +25,7 @@ mod backend;
 pub mod cf_images;
 mod error;
 mod fs;
+mod fs_move;
 mod gcs;
 mod key;
 mod memory;
@@ -204,6 +205,27 @@ impl Storage {
             .inner
             .backend
             .put_file(obj, path, &content_type)
+            .await?;
+        self.stored(key, written, content_type).await
+    }
+
+    /// Stores a work file the caller gives up (an attempt's output, inside its work folder
+    /// `within`) under `key`. On `fs` it is moved into place in one blocking call, synced
+    /// before this returns (`fs_move.rs`); elsewhere it is streamed as by [`Storage::put_file`].
+    pub async fn put_work_file(
+        &self,
+        key: &str,
+        path: &Path,
+        within: &Path,
+        content_type: &str,
+    ) -> Result<StoredObject, StorageError> {
+        let full = self.path(key)?;
+        let content_type = content_type_for(key, content_type);
+        let obj = ObjectRef { key, path: &full };
+        let written = self
+            .inner
+            .backend
+            .put_work_file(obj, path, within, &content_type)
             .await?;
         self.stored(key, written, content_type).await
     }

@@ -52,6 +52,9 @@ pub(super) struct OpBackend {
     /// ([`WRITE_CHUNK`]); none for local ones, whose writes go straight to the file, so an
     /// upload holds no more than the buffer it is read through.
     write_chunk: Option<usize>,
+    /// The `fs` backend's root folder: work files are moved into it in one blocking call
+    /// (`fs_move.rs`).
+    fs_root: Option<std::path::PathBuf>,
 }
 
 impl OpBackend {
@@ -65,6 +68,15 @@ impl OpBackend {
             url_bases: Vec::new(),
             resumable: false,
             write_chunk: None,
+            fs_root: None,
+        }
+    }
+
+    /// The `fs` backend over the folder `root` (absolute).
+    pub(super) fn fs(op: Operator, root: std::path::PathBuf) -> OpBackend {
+        OpBackend {
+            fs_root: Some(root),
+            ..OpBackend::local(op)
         }
     }
 
@@ -90,6 +102,7 @@ impl OpBackend {
             public_base,
             resumable,
             write_chunk: Some(WRITE_CHUNK),
+            fs_root: None,
         }
     }
 
@@ -121,6 +134,29 @@ impl OpBackend {
             None => writer.await,
         }
         .map_err(|e| StorageError::backend("put", key, e))
+    }
+
+    /// Stores the work file at `path` (inside the folder `within`), which the caller gives up:
+    /// on `fs` it is moved into place in one blocking call; elsewhere it is written as by
+    /// [`OpBackend::put_file`].
+    pub(super) async fn put_work_file(
+        &self,
+        obj: ObjectRef<'_>,
+        path: &Path,
+        within: &Path,
+        content_type: &str,
+    ) -> Result<Written, StorageError> {
+        let Some(root) = &self.fs_root else {
+            return self.put_file(obj, path, content_type).await;
+        };
+        let (root, rel, key) = (root.clone(), obj.path.to_owned(), obj.key.to_owned());
+        let (src, within) = (path.to_owned(), within.to_owned());
+        let size = tokio::task::spawn_blocking(move || {
+            super::fs_move::store(&root, &rel, &key, &src, &within)
+        })
+        .await
+        .map_err(|e| StorageError::local("put", obj.key, path, io::Error::other(e)))??;
+        Ok(Written { size, url: None })
     }
 
     /// Writes the local file at `path`, read in chunks.

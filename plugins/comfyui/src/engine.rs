@@ -492,8 +492,22 @@ impl Instance {
             // A small file: read it whole and write it in one blocking call instead of a
             // blocking-pool round trip per chunk.
             let body = r.bytes().await.map_err(|e| unavailable(&self.url, e))?;
-            tokio::fs::write(dest, &body).await.map_err(io)?;
-            return Ok(body.len() as u64);
+            let size = body.len() as u64;
+            let path = dest.to_owned();
+            // Its folder is made in the same blocking call (one round trip per output).
+            tokio::task::spawn_blocking(move || {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                std::fs::write(&path, &body)
+            })
+            .await
+            .map_err(|e| io(std::io::Error::other(e)))?
+            .map_err(io)?;
+            return Ok(size);
+        }
+        if let Some(dir) = dest.parent() {
+            tokio::fs::create_dir_all(dir).await.map_err(io)?;
         }
         let mut out = tokio::fs::File::create(dest).await.map_err(io)?;
         let mut stream = r.bytes_stream();

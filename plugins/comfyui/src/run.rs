@@ -578,13 +578,6 @@ impl ComfyUi {
         let outputs = entry["outputs"].as_object().cloned().unwrap_or_default();
         let mut nodes: Vec<(&String, &Value)> = outputs.iter().collect();
         nodes.sort_by_key(|(k, _)| (k.parse::<u64>().unwrap_or(u64::MAX), (*k).clone()));
-        let dir = work_dir.join("comfyui-outputs");
-        tokio::fs::create_dir_all(&dir).await.map_err(|e| {
-            fatal(
-                codes::INTERNAL,
-                format!("cannot create {}: {e}", dir.display()),
-            )
-        })?;
         for (node, out) in nodes {
             for (kind, items) in out.as_object().into_iter().flatten() {
                 let Some(items) = items.as_array() else {
@@ -607,9 +600,11 @@ impl ComfyUi {
                     }
                     let subfolder = f["subfolder"].as_str().unwrap_or_default();
                     let name = outputs::unique(&outputs::name(subfolder, filename), &mut names);
-                    // Flat in the work folder, unique by position; the name keeps the subfolder.
+                    // Flat, unique by position; the name keeps the subfolder.
                     let base = name.rsplit('/').next().unwrap_or_default();
-                    let dest = dir.join(format!("{}-{base}", listed.len()));
+                    // In the work folder itself (no folder of their own: each new folder is an
+                    // inode allocation, costly under a steady stream of tasks).
+                    let dest = work_dir.join(format!("comfyui-output-{}-{base}", listed.len()));
                     let size = inst.download(f, &dest).await?;
                     let ct = mime_guess::from_path(filename)
                         .first_or_octet_stream()

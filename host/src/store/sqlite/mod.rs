@@ -41,6 +41,7 @@ mod claim;
 mod deliveries;
 mod finish;
 mod group_commit;
+mod inline_read;
 mod read;
 mod retention;
 mod schema;
@@ -97,6 +98,8 @@ pub(crate) struct SqliteStore {
     writes: mpsc::UnboundedSender<WriteJob>,
     /// The database file.
     path: PathBuf,
+    /// Point reads on the calling thread (`get`).
+    inline: inline_read::InlineReader,
     /// Lock files of the worker identities this process holds (see `workers.rs`); closing one
     /// releases its lock, so they live as long as the process.
     held: Arc<Mutex<Vec<std::fs::File>>>,
@@ -194,6 +197,7 @@ impl SqliteStore {
             events,
             writes,
             path: path.to_owned(),
+            inline: inline_read::InlineReader::new(path),
             held: Arc::default(),
             health,
             background: Arc::new(Background {

@@ -41,6 +41,9 @@ pub(super) const SQL_PENDING_BY_TYPE: &str = "SELECT task_type, COUNT(*) AS n FR
 
 /// [`TaskStore::get`](crate::store::TaskStore::get).
 pub(super) async fn get(store: &SqliteStore, id: Uuid) -> StoreResult<Option<Task>> {
+    if let Some(answer) = store.inline.get(id) {
+        return answer;
+    }
     let row = sqlx::query(SQL_GET)
         .bind(id.to_string())
         .fetch_optional(&store.reader)

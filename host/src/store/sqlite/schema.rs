@@ -79,43 +79,66 @@ fn time(ms: i64, name: &str) -> StoreResult<DateTime<Utc>> {
         .ok_or_else(|| StoreError::Corrupt(format!("column {name}: timestamp {ms} out of range")))
 }
 
-fn opt_time(row: &SqliteRow, name: &str) -> StoreResult<Option<DateTime<Utc>>> {
-    column::<Option<i64>, _>(row, name)?
-        .map(|ms| time(ms, name))
-        .transpose()
+/// The columns of one task row, whichever driver read it: sqlx's pools, or the inline reader
+/// of `inline_read.rs` (rusqlite on the calling thread). `None` is SQL NULL.
+pub(super) trait TaskRow {
+    fn text(&self, name: &str) -> StoreResult<Option<String>>;
+    fn int(&self, name: &str) -> StoreResult<Option<i64>>;
+    fn real(&self, name: &str) -> StoreResult<Option<f64>>;
 }
 
-fn unsigned(row: &SqliteRow, name: &str) -> StoreResult<u32> {
-    let v: i64 = column(row, name)?;
+impl TaskRow for SqliteRow {
+    fn text(&self, name: &str) -> StoreResult<Option<String>> {
+        column(self, name)
+    }
+    fn int(&self, name: &str) -> StoreResult<Option<i64>> {
+        column(self, name)
+    }
+    fn real(&self, name: &str) -> StoreResult<Option<f64>> {
+        column(self, name)
+    }
+}
+
+fn null(name: &str) -> StoreError {
+    StoreError::Corrupt(format!("column {name}: unexpected NULL"))
+}
+
+fn req_text<R: TaskRow + ?Sized>(row: &R, name: &str) -> StoreResult<String> {
+    row.text(name)?.ok_or_else(|| null(name))
+}
+
+fn req_int<R: TaskRow + ?Sized>(row: &R, name: &str) -> StoreResult<i64> {
+    row.int(name)?.ok_or_else(|| null(name))
+}
+
+fn opt_time<R: TaskRow + ?Sized>(row: &R, name: &str) -> StoreResult<Option<DateTime<Utc>>> {
+    row.int(name)?.map(|ms| time(ms, name)).transpose()
+}
+
+fn unsigned<R: TaskRow + ?Sized>(row: &R, name: &str) -> StoreResult<u32> {
+    let v = req_int(row, name)?;
     u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("column {name}: {v} out of range")))
 }
 
 /// Decodes a row of [`task_columns!`].
-pub(super) fn task_from_row(row: &SqliteRow) -> StoreResult<Task> {
-    let id: String = column(row, "id")?;
+pub(super) fn task_from_row<R: TaskRow + ?Sized>(row: &R) -> StoreResult<Task> {
+    let id = req_text(row, "id")?;
     let id = Uuid::try_parse(&id).map_err(|e| StoreError::Corrupt(format!("column id: {e}")))?;
-    let status: String = column(row, "status")?;
-    let input: String = column(row, "input")?;
-    let progress = match (
-        column::<Option<f64>, _>(row, "progress_percent")?,
-        column::<Option<String>, _>(row, "progress_message")?,
-    ) {
+    let status = req_text(row, "status")?;
+    let input = req_text(row, "input")?;
+    let progress = match (row.real("progress_percent")?, row.text("progress_message")?) {
         (Some(percent), message) => Some(Progress {
             percent: crate::store::sql::stored_percent(percent),
             message: message.unwrap_or_default(),
-            preview: crate::store::sql::stored_preview(
-                column::<Option<String>, _>(row, "progress_preview")?.as_deref(),
-            ),
+            preview: crate::store::sql::stored_preview(row.text("progress_preview")?.as_deref()),
         }),
         (None, _) => None,
     };
-    let result = column::<Option<String>, _>(row, "result")?
+    let result = row
+        .text("result")?
         .map(|text| json(&text, "result"))
         .transpose()?;
-    let error = match (
-        column::<Option<String>, _>(row, "error_code")?,
-        column::<Option<String>, _>(row, "error_message")?,
-    ) {
+    let error = match (row.text("error_code")?, row.text("error_message")?) {
         (Some(code), message) => Some(TaskError {
             code,
             message: message.unwrap_or_default(),
@@ -124,32 +147,34 @@ pub(super) fn task_from_row(row: &SqliteRow) -> StoreResult<Task> {
     };
     Ok(Task {
         id,
-        task_type: column(row, "task_type")?,
+        task_type: req_text(row, "task_type")?,
         status: parse_status(&status)?,
         input: json(&input, "input")?,
-        priority: column(row, "priority")?,
+        priority: i32::try_from(req_int(row, "priority")?)
+            .map_err(|_| StoreError::Corrupt("column priority: out of range".into()))?,
         attempts: unsigned(row, "attempts")?,
         max_attempts: unsigned(row, "max_attempts")?,
         progress,
         result,
         error,
-        created_at: time(column(row, "created_at")?, "created_at")?,
+        created_at: time(req_int(row, "created_at")?, "created_at")?,
         started_at: opt_time(row, "started_at")?,
         finished_at: opt_time(row, "finished_at")?,
-        run_at: time(column(row, "run_at")?, "run_at")?,
-        idempotency_key: column(row, "idempotency_key")?,
-        webhook_url: column(row, "webhook_url")?,
-        worker: column(row, "worker")?,
+        run_at: time(req_int(row, "run_at")?, "run_at")?,
+        idempotency_key: row.text("idempotency_key")?,
+        webhook_url: row.text("webhook_url")?,
+        worker: row.text("worker")?,
         lease_until: opt_time(row, "lease_until")?,
-        cancel_requested: column::<i64, _>(row, "cancel_requested")? != 0,
-        trace_parent: column(row, "trace_parent")?,
-        timeout_secs: column::<Option<i64>, _>(row, "timeout_secs")?
+        cancel_requested: req_int(row, "cancel_requested")? != 0,
+        trace_parent: row.text("trace_parent")?,
+        timeout_secs: row
+            .int("timeout_secs")?
             .map(|v| {
                 u32::try_from(v).map_err(|_| {
                     StoreError::Corrupt(format!("column timeout_secs: {v} out of range"))
                 })
             })
             .transpose()?,
-        request_hash: column(row, "request_hash")?,
+        request_hash: row.text("request_hash")?,
     })
 }
