@@ -416,13 +416,11 @@ impl Dispatcher {
             },
             progress_rx,
         );
-        let (succeeded_tx, succeeded) = tokio::sync::oneshot::channel();
         let progress = tokio::spawn(progress_writer(
             self.store.clone(),
             id,
             attempt,
             progress_rx,
-            succeeded,
             self.settings.progress_interval,
             task.webhook_url
                 .is_some()
@@ -485,8 +483,6 @@ impl Dispatcher {
             }
             self.wake.notify_one();
         }
-        // A success's last progress report is not written: the completion clears it anyway.
-        let _ = succeeded_tx.send(matches!(outcome, Outcome::Done(Ok(_))));
         // Let the last progress report land before the terminal write (bounded: a plugin that
         // leaks its context must not hold the task open).
         let abort = progress.abort_handle();
@@ -855,7 +851,6 @@ async fn progress_writer(
     id: Uuid,
     attempt: u32,
     mut rx: mpsc::UnboundedReceiver<crate::plugins::services::ProgressReport>,
-    succeeded: tokio::sync::oneshot::Receiver<bool>,
     interval: Duration,
     webhook: Option<Duration>,
 ) {
@@ -871,27 +866,17 @@ async fn progress_writer(
         } else {
             Ok(rx.recv().await)
         };
-        match next {
-            Ok(Some(p)) => {
-                pending = Some(Progress {
-                    percent: p.percent,
-                    message: p.message,
-                    preview: None,
-                })
-            }
-            Ok(None) => {
-                // The plugin is done; the report still pending lands before the terminal
-                // write unless the attempt succeeded (the completion clears progress).
-                if let Some(p) = pending.take()
-                    && !succeeded.await.unwrap_or(false)
-                {
-                    let _ = store.set_progress(id, attempt, p).await;
-                }
-                return;
-            }
-            Err(_) => {}
+        // The plugin is done: the report still pending lands before the terminal write (a
+        // finished task keeps its last progress).
+        let done = matches!(next, Ok(None));
+        if let Ok(Some(p)) = next {
+            pending = Some(Progress {
+                percent: p.percent,
+                message: p.message,
+                preview: None,
+            });
         }
-        if pending.is_some() && last_write.elapsed() >= interval {
+        if pending.is_some() && (done || last_write.elapsed() >= interval) {
             let p = pending.take().expect("pending");
             let written = store.set_progress(id, attempt, p).await;
             last_write = tokio::time::Instant::now();
@@ -903,6 +888,9 @@ async fn progress_writer(
                     tracing::debug!(task_id = %id, error = %e, "could not add a progress webhook");
                 }
             }
+        }
+        if done {
+            return;
         }
     }
 }

@@ -144,10 +144,16 @@ async fn work_dir_left(s: &Server) -> Vec<String> {
     none_left(Duration::from_secs(10), || work_dir_entries(s)).await
 }
 
+/// What the attempts left in the work folder. The host keeps emptied folders for reuse
+/// (`.spare-…`): those count only if something is left inside them.
 fn work_dir_entries(s: &Server) -> Vec<String> {
     std::fs::read_dir(s.dir.path().join("data/work"))
         .map(|rd| {
             rd.flatten()
+                .filter(|e| {
+                    !e.file_name().to_string_lossy().starts_with(".spare-")
+                        || std::fs::read_dir(e.path()).map_or(true, |mut d| d.next().is_some())
+                })
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .collect()
         })

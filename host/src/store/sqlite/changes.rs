@@ -121,7 +121,7 @@ const SQL_READ: &str = concat!(
     "SELECT change_seq, change_kind, change_origin, ",
     task_columns!(),
     " FROM task_changes LEFT JOIN tasks ON change_origin <> ?2 AND tasks.id = change_task \
-     WHERE change_seq > ?1 ORDER BY change_seq LIMIT ?3"
+     WHERE change_seq > ?1 ORDER BY change_seq LIMIT {limit}"
 );
 
 const SQL_PRUNE: &str = "DELETE FROM task_changes WHERE change_seq < ?1";
@@ -192,10 +192,9 @@ async fn watch(
                 return Ok(());
             }
             loop {
-                let rows = sqlx::query(SQL_READ)
+                let rows = sqlx::query(super::schema::limited(SQL_READ, BATCH))
                     .bind(last)
                     .bind(origin)
-                    .bind(BATCH)
                     .fetch_all(&mut conn)
                     .await?;
                 let full = rows.len() == usize::try_from(BATCH).unwrap_or(usize::MAX);

@@ -24,7 +24,7 @@ pub(super) const SQL_CLAIM: &str = concat!(
      error_code = NULL, error_message = NULL \
      WHERE id IN (SELECT id FROM tasks INDEXED BY tasks_claim \
                   WHERE status = 'PENDING' AND task_type = ?4 AND run_at <= ?1 \
-                  ORDER BY priority DESC, id LIMIT ?5) \
+                  ORDER BY priority DESC, id LIMIT {limit}) \
      RETURNING ",
     task_columns!()
 );
@@ -77,12 +77,11 @@ pub(super) async fn claim(
         return Ok(Vec::new());
     }
     let now = now_ms();
-    let query = sqlx::query(SQL_CLAIM)
+    let query = sqlx::query(super::schema::limited(SQL_CLAIM, limit))
         .bind(now)
         .bind(worker)
         .bind(now.saturating_add(duration_ms(lease)))
-        .bind(task_type)
-        .bind(i64::from(limit));
+        .bind(task_type);
     let mut tasks = store.write_tasks_lazy(query).await?;
     // RETURNING gives no order; hand them out in claim order.
     tasks.sort_by_key(|t| (Reverse(t.priority), t.id));

@@ -47,7 +47,7 @@ const SQL_CLAIM: &str = concat!(
      webhook_deliveries d WHERE state = 'pending' AND next_at <= ?2 \
      AND (lease_until IS NULL OR lease_until <= ?2) ",
     first_of_its_task!(),
-    " ORDER BY next_at LIMIT ?3) RETURNING ",
+    " ORDER BY next_at LIMIT {limit}) RETURNING ",
     delivery_json!()
 );
 
@@ -99,10 +99,9 @@ pub(super) async fn claim(
     limit: u32,
 ) -> StoreResult<Vec<Delivery>> {
     let now = now_ms();
-    let query = sqlx::query(SQL_CLAIM)
+    let query = sqlx::query(super::schema::limited(SQL_CLAIM, limit))
         .bind(now.saturating_add(duration_ms(lease)))
-        .bind(now)
-        .bind(i64::from(limit));
+        .bind(now);
     decode(&send_write(&store.writes, query, false).await?)
 }
 

@@ -33,7 +33,7 @@ const SQL_COUNTS: &str =
 
 const SQL_DURATIONS: &str = "SELECT finished_at - started_at AS ms FROM tasks \
      WHERE status = 'COMPLETED' AND started_at IS NOT NULL AND finished_at IS NOT NULL \
-     ORDER BY id DESC LIMIT ?1";
+     ORDER BY id DESC LIMIT {limit}";
 
 /// Counted from the partial claim index alone (see [`SQL_CLAIM`](super::claim::SQL_CLAIM)).
 pub(super) const SQL_PENDING_BY_TYPE: &str = "SELECT task_type, COUNT(*) AS n FROM tasks INDEXED BY tasks_claim \
@@ -91,9 +91,10 @@ pub(super) async fn list(store: &SqliteStore, filter: ListFilter) -> StoreResult
         sql.push_str(" WHERE ");
         sql.push_str(&conditions.join(" AND "));
     }
-    sql.push_str(" ORDER BY id DESC LIMIT ?");
+    // The limit is written, not bound (see `schema::limited`).
+    sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", u64::from(limit) + 1));
 
-    // The SQL text only varies in its structure; every value is bound.
+    // The SQL text varies in its structure and its limit; every other value is bound.
     let mut query = sqlx::query(AssertSqlSafe(sql));
     if let Some(status) = filter.status {
         query = query.bind(status.as_str());
@@ -104,7 +105,6 @@ pub(super) async fn list(store: &SqliteStore, filter: ListFilter) -> StoreResult
     if let Some(cursor) = cursor {
         query = query.bind(cursor.to_string());
     }
-    query = query.bind(i64::from(limit) + 1);
 
     // Row by row, so that a page cut by the input budget reads no further.
     let mut page = PageBuilder::new(limit, filter.input_budget.filter(|_| !filter.without_input));
@@ -129,8 +129,7 @@ pub(super) async fn stats(store: &SqliteStore) -> StoreResult<Stats> {
         .collect::<StoreResult<Vec<_>>>()?;
     let mut stats = Stats::from_counts(counts);
 
-    let rows = sqlx::query(SQL_DURATIONS)
-        .bind(PERCENTILE_SAMPLE)
+    let rows = sqlx::query(super::schema::limited(SQL_DURATIONS, PERCENTILE_SAMPLE))
         .fetch_all(&store.reader)
         .await
         .map_err(db_err)?;

@@ -15,7 +15,7 @@ use crate::store::{
 /// after `?3` rows. `?1`: status; `?2`: cutoff (ms).
 const SQL_PRUNE: &str = concat!(
     "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks \
-       WHERE status = ?1 AND finished_at < ?2 ORDER BY id LIMIT ?3) \
+       WHERE status = ?1 AND finished_at < ?2 ORDER BY id LIMIT {limit}) \
      RETURNING ",
     task_columns!()
 );
@@ -42,10 +42,9 @@ pub(super) async fn prune(
     if !status.is_terminal() || limit == 0 {
         return Ok(Vec::new());
     }
-    let query = sqlx::query(SQL_PRUNE)
+    let query = sqlx::query(super::schema::limited(SQL_PRUNE, limit))
         .bind(status.as_str())
-        .bind(before.timestamp_millis())
-        .bind(i64::from(limit));
+        .bind(before.timestamp_millis());
     Ok(store
         .write_tasks(query)
         .await?

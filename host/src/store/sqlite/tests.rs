@@ -67,11 +67,48 @@ async fn durable_pragmas() {
 
 /// The hot statements use their indexes (no full scan, no sort).
 #[tokio::test]
+async fn the_claim_is_not_prepared_again_on_every_run() {
+    // SQLite 3.51 re-prepares a statement with a bound LIMIT on every run once it was
+    // re-prepared for any reason (here: a schema change); a written LIMIT runs as prepared.
+    let (dir, store) = open().await;
+    drop(store);
+    let db = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
+    let run = |sql: &str, bound_limit: bool| {
+        let mut stmt = db.prepare(sql).unwrap();
+        for i in 0..10i64 {
+            if i == 1 {
+                db.execute_batch(&format!(
+                    "CREATE TEMP TABLE IF NOT EXISTS t{} (a)",
+                    sql.len()
+                ))
+                .unwrap();
+            }
+            let mut rows = if bound_limit {
+                stmt.query(rusqlite::params![i, "w", i + 1, "t", 1 + i % 3])
+            } else {
+                stmt.query(rusqlite::params![i, "w", i + 1, "t"])
+            }
+            .unwrap();
+            while rows.next().unwrap().is_some() {}
+        }
+        stmt.get_status(rusqlite::StatementStatus::RePrepare)
+    };
+    let written = run(&super::schema::limited(SQL_CLAIM, 4).0, false);
+    assert!(written <= 1, "{written} re-prepares with a written LIMIT");
+    let bound = run(&SQL_CLAIM.replace("{limit}", "?5"), true);
+    assert!(
+        bound > 5,
+        "{bound} re-prepares with a bound LIMIT (why the limit is written)"
+    );
+}
+
+#[tokio::test]
 async fn query_plans_use_indexes() {
     let (_dir, store) = open().await;
     let plan = |sql: &'static str| {
         let store = store.clone();
         async move {
+            let sql = super::schema::limited(sql, 8).0;
             let rows = sqlx::query(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
                 .fetch_all(&store.writer)
                 .await
