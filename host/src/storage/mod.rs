@@ -198,15 +198,7 @@ impl Storage {
         path: &Path,
         content_type: &str,
     ) -> Result<StoredObject, StorageError> {
-        let full = self.path(key)?;
-        let content_type = content_type_for(key, content_type);
-        let obj = ObjectRef { key, path: &full };
-        let written = self
-            .inner
-            .backend
-            .put_file(obj, path, &content_type)
-            .await?;
-        self.stored(key, written, content_type).await
+        self.put_local(key, path, None, content_type).await
     }
 
     /// Stores a work file the caller gives up (an attempt's output, inside its work folder
@@ -219,14 +211,30 @@ impl Storage {
         within: &Path,
         content_type: &str,
     ) -> Result<StoredObject, StorageError> {
+        self.put_local(key, path, Some(within), content_type).await
+    }
+
+    /// [`Storage::put_file`], or [`Storage::put_work_file`] when the file lies `within` a work
+    /// folder the caller gives up.
+    async fn put_local(
+        &self,
+        key: &str,
+        path: &Path,
+        within: Option<&Path>,
+        content_type: &str,
+    ) -> Result<StoredObject, StorageError> {
         let full = self.path(key)?;
         let content_type = content_type_for(key, content_type);
         let obj = ObjectRef { key, path: &full };
-        let written = self
-            .inner
-            .backend
-            .put_work_file(obj, path, within, &content_type)
-            .await?;
+        let backend = &self.inner.backend;
+        let written = match within {
+            Some(within) => {
+                backend
+                    .put_work_file(obj, path, within, &content_type)
+                    .await?
+            }
+            None => backend.put_file(obj, path, &content_type).await?,
+        };
         self.stored(key, written, content_type).await
     }
 
