@@ -445,7 +445,7 @@ impl Stats {
 }
 
 /// Errors of a task store.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached or answered with an error.
     #[error("task store unavailable: {0}")]

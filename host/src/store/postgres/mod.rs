@@ -38,8 +38,9 @@
 //! Files: this one holds the store, its opening and the [`TaskStore`] impl, which delegates
 //! each operation to the file of its concern: `submit.rs` (insert, import), `claim.rs` (claims,
 //! leases, progress, rescue), `finish.rs` (complete, fail, release, cancel), `retention.rs`
-//! (prune, delete), `read.rs` (get,
-//! list, stats), `consumers.rs` (the `consumers` table), `events.rs` (NOTIFY and the listener),
+//! (prune, delete), `read.rs` (get, list, stats), `read_batch.rs` (concurrent single-task
+//! reads sharing one query), `consumers.rs` (the `consumers` table), `events.rs` (NOTIFY and
+//! the listener),
 //! `group_commit.rs` (the write batching every write goes through) and `schema.rs`
 //! (migrations, encoding and decoding of rows).
 
@@ -50,6 +51,7 @@ mod events;
 mod finish;
 mod group_commit;
 mod read;
+mod read_batch;
 mod retention;
 mod schema;
 mod submit;
@@ -110,6 +112,8 @@ struct Inner {
     listener: tokio::task::JoinHandle<()>,
     /// Write statements waiting for a group committer.
     writes: mpsc::UnboundedSender<WriteJob>,
+    /// Single-task reads, batched (see `read_batch.rs`).
+    reads: Arc<read_batch::ReadBatcher>,
     /// Sessions holding this process's worker-identity advisory locks (see `workers.rs`),
     /// out of the pool for the life of the process.
     held: std::sync::Mutex<Vec<sqlx::PgConnection>>,
@@ -176,6 +180,7 @@ impl PostgresStore {
         let health = Arc::new(StoreHealth::new("postgres"));
         let writes = group_commit::start(&pool, settings.max_connections, health.clone());
 
+        let reads = read_batch::ReadBatcher::new(pool.clone(), settings.max_connections);
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let task = tokio::spawn(events::listen_loop(
             listener,
@@ -191,6 +196,7 @@ impl PostgresStore {
                 events,
                 listener: task,
                 writes,
+                reads,
                 held: std::sync::Mutex::default(),
                 health,
             }),
@@ -212,7 +218,7 @@ impl TaskStore for PostgresStore {
     }
 
     async fn get(&self, id: Uuid) -> StoreResult<Option<Task>> {
-        read::get_task(&self.inner.pool, id).await
+        self.inner.reads.get(id).await
     }
 
     async fn get_by_idempotency_key(&self, key: &str) -> StoreResult<Option<Task>> {

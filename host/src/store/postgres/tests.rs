@@ -326,3 +326,74 @@ async fn consumers_announce_and_retire() {
             .is_empty()
     );
 }
+
+/// Hundreds of concurrent reads (the same ids many times, and ids that do not exist) share
+/// far fewer queries, and each gets its own task or `None`; a read after a write sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reads_share_queries() {
+    let h = PgHarness::new().await;
+    let store = h.store().await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let mut t = new_task("read");
+        t.input = json!({ "i": i });
+        ids.push(store.insert(t).await.unwrap().0.id);
+    }
+    let missing: Vec<Uuid> = (0..10).map(|_| Uuid::now_v7()).collect();
+    let before = store.inner.reads.queries();
+    let mut reads = tokio::task::JoinSet::new();
+    for n in 0..600 {
+        let store = store.clone();
+        let id = if n % 3 == 0 {
+            missing[n % missing.len()]
+        } else {
+            ids[n % ids.len()]
+        };
+        reads.spawn(async move { (id, store.get(id).await) });
+    }
+    let mut answered = 0;
+    while let Some(joined) = reads.join_next().await {
+        let (id, got) = joined.unwrap();
+        match got.unwrap() {
+            Some(task) => {
+                assert_eq!(task.id, id);
+                let i = ids.iter().position(|x| *x == id).expect("an inserted id");
+                assert_eq!(task.input, json!({ "i": i }));
+            }
+            None => assert!(missing.contains(&id), "{id} exists but was not found"),
+        }
+        answered += 1;
+    }
+    assert_eq!(answered, 600);
+    let queries = store.inner.reads.queries() - before;
+    assert!(
+        queries < 300,
+        "600 concurrent reads took {queries} queries: they were not batched"
+    );
+
+    store.cancel(ids[0]).await.unwrap();
+    assert_eq!(
+        store.get(ids[0]).await.unwrap().unwrap().status,
+        Status::Cancelled
+    );
+}
+
+/// Reads of a store whose pool is closed fail with `store_unavailable`; none waits forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_fail_cleanly_without_a_pool() {
+    let h = PgHarness::new().await;
+    let store = h.store().await;
+    let (task, _) = store.insert(new_task("read")).await.unwrap();
+    store.close().await;
+    let mut reads = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let store = store.clone();
+        reads.spawn(async move { store.get(task.id).await });
+    }
+    let all = tokio::time::timeout(Duration::from_secs(20), reads.join_all())
+        .await
+        .expect("every read answered");
+    for got in all {
+        assert!(matches!(got, Err(StoreError::Unavailable(_))), "{got:?}");
+    }
+}
