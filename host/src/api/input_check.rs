@@ -39,9 +39,9 @@ pub(crate) fn check(
 ) -> Result<(), Refusal> {
     let mut failures: Vec<(Option<String>, String)> = Vec::new();
     for e in validator.iter_errors(input).take(50) {
-        let path = e.instance_path.to_string();
+        let path = e.instance_path().to_string();
         let at = format!("input{path}");
-        let (code, message) = annotations(schema, &e.schema_path.to_string());
+        let (code, message) = annotations(schema, &e.schema_path().to_string());
         let what = message.unwrap_or_else(|| cut(&e.to_string()));
         let line = format!("{at}: {what}");
         if !failures.iter().any(|(_, l)| *l == line) {

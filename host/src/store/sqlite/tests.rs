@@ -65,6 +65,22 @@ async fn durable_pragmas() {
     assert!(write.is_err());
 }
 
+/// The inline reader reads columns by place: each name's place is the column SQLite names
+/// there, and an unknown name has none.
+#[tokio::test]
+async fn inline_reads_find_each_column_by_place() {
+    let (dir, store) = open().await;
+    drop(store);
+    let db = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
+    let stmt = db.prepare(super::inline_read::SQL_GET).unwrap();
+    let names = stmt.column_names();
+    assert_eq!(names.len(), task_columns!().split(',').count());
+    for (i, name) in names.iter().enumerate() {
+        assert_eq!(super::inline_read::column_index(name), Some(i), "{name}");
+    }
+    assert_eq!(super::inline_read::column_index("nope"), None);
+}
+
 /// The hot statements use their indexes (no full scan, no sort).
 #[tokio::test]
 async fn the_claim_is_not_prepared_again_on_every_run() {
