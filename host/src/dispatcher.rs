@@ -483,21 +483,22 @@ impl Dispatcher {
             }
             self.wake.notify_one();
         }
-        // Let the last progress report land before the terminal write (bounded: a plugin that
-        // leaks its context must not hold the task open).
-        let abort = progress.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(2), progress)
-            .await
-            .is_err()
-        {
-            abort.abort();
+        // The last progress report lands before the terminal write. A success stores its
+        // outputs meanwhile (`complete` waits for it before the completion); every other end
+        // waits here.
+        let mut progress = Some(progress);
+        if !matches!(outcome, Outcome::Done(Ok(_))) {
+            land_progress(progress.take()).await;
         }
         let stopped = match &outcome {
             Outcome::CancelledStopped(Some(s)) => Some(*s),
             _ => None,
         };
         let end = match outcome {
-            Outcome::Done(Ok(output)) => self.complete(task, &output, &work_dir, claimed).await,
+            Outcome::Done(Ok(output)) => {
+                self.complete(task, &output, &work_dir, claimed, progress.take())
+                    .await
+            }
             Outcome::Done(Err(e)) if self.engine_went_away(&plugin, task, &e).await => {
                 // Not the task's fault: back to the queue without counting the attempt; the
                 // type is not claimed again until it is ready.
@@ -585,13 +586,16 @@ impl Dispatcher {
     /// Stores the outputs of a successful attempt and records the completion. The lease is
     /// checked first so that an attempt that lost its task (paused past its lease, rescued, run
     /// again elsewhere) uploads nothing; if it loses the task during the uploads, the completion
-    /// is refused and the files it wrote under its own attempt folder are removed.
+    /// is refused and the files it wrote under its own attempt folder are removed. The
+    /// attempt's last progress report (`progress`, its writer) is written while the outputs
+    /// are stored, and lands before the completion.
     async fn complete(
         &self,
         task: &Task,
         output: &aihost_plugin_api::TaskOutput,
         work_dir: &std::path::Path,
         claimed: Instant,
+        progress: Option<tokio::task::JoinHandle<()>>,
     ) -> AttemptEnd {
         let (id, attempt) = (task.id, task.attempts);
         // The lease it was claimed with is certainly still ours while less than half of it
@@ -613,7 +617,9 @@ impl Dispatcher {
             }
             Err(e) => tracing::warn!(task_id = %id, error = %e, "lease check before upload failed"),
         }
-        let result = match self.store_outputs(id, attempt, output, work_dir).await {
+        let stored = self.store_outputs(id, attempt, output, work_dir).await;
+        land_progress(progress).await;
+        let result = match stored {
             Ok(result) => result,
             Err(err) => return self.record_failure(task, err, true).await,
         };
@@ -837,6 +843,19 @@ pub(crate) fn attempt_folder(id: Uuid, attempt: u32) -> String {
 /// an engine's subfolders, e.g. `clips/clip_00001_.webm`).
 fn sanitize_name(name: &str) -> String {
     crate::names::sanitize_path(name, "output")
+}
+
+/// Waits for an attempt's progress writer to write its last report (bounded: a plugin that
+/// leaks its context must not hold the task open).
+async fn land_progress(progress: Option<tokio::task::JoinHandle<()>>) {
+    let Some(progress) = progress else { return };
+    let abort = progress.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(2), progress)
+        .await
+        .is_err()
+    {
+        abort.abort();
+    }
 }
 
 /// Writes progress reports to the store, at most one per `interval` (the latest wins) and the
