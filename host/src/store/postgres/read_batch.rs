@@ -4,8 +4,8 @@
 //! one costs a pool acquire (with its liveness check, a round trip of its own), a statement
 //! and a round trip, and PostgreSQL's per-statement work dwarfs the index lookup. Here a read
 //! is queued and answered by a batch query `WHERE id = ANY($1)` that takes every read waiting
-//! when it starts (at most [`MAX_BATCH`]). At most `in_flight` such queries run at a time (half
-//! the pool, so writes keep the rest):
+//! when it starts (at most [`MAX_BATCH`]). At most `in_flight_limit` such queries run at a time
+//! (half the pool, so writes keep the rest):
 //! - at light load a read finds a free slot and its query starts at once, alone: it waits for
 //!   nothing it would not have waited for without batching;
 //! - under load reads that arrive while every slot is busy wait for the next batch, which
@@ -14,8 +14,9 @@
 //! A batch starts after each of its reads was asked, so every answer is a state committed after
 //! the request arrived, exactly as a query of its own would be. Nothing is cached.
 //!
-//! If a batch's task is gone before answering (the runtime shutting down), its reads fall back
-//! to a query of their own.
+//! If a batch's task is gone before answering (the runtime shutting down, a panic), its slot is
+//! freed and the reads it held or left waiting fall back to a query of their own: no read waits
+//! for a batch that will not come.
 
 use std::{
     collections::HashMap,
@@ -96,11 +97,16 @@ impl ReadBatcher {
 
     /// One batch slot: answers batches while reads wait, then frees the slot.
     async fn run(self: Arc<Self>) {
+        let mut slot = Slot {
+            batcher: &self,
+            freed: false,
+        };
         loop {
             let batch = {
                 let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
                 if state.waiting.is_empty() {
                     state.in_flight -= 1;
+                    slot.freed = true;
                     return;
                 }
                 let n = state.waiting.len().min(MAX_BATCH);
@@ -156,5 +162,23 @@ impl ReadBatcher {
             };
             let _ = reply.send(answer);
         }
+    }
+}
+
+/// A running batch slot. Dropped without being freed (its task aborted or panicked), it frees
+/// the slot and drops every waiting read's reply, so those reads query on their own.
+struct Slot<'a> {
+    batcher: &'a ReadBatcher,
+    freed: bool,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if self.freed {
+            return;
+        }
+        let mut state = self.batcher.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.in_flight -= 1;
+        state.waiting.clear();
     }
 }
