@@ -291,11 +291,12 @@ impl Instance {
     }
 
     fn route(&self, text: &str) {
-        let Ok(v) = serde_json::from_str::<Value>(text) else {
+        let Ok(mut v) = serde_json::from_str::<Value>(text) else {
             return;
         };
         let kind = v["type"].as_str().unwrap_or_default().to_owned();
-        let data = v.get("data").cloned().unwrap_or(Value::Null);
+        // Taken, not cloned: a progress frame's `data` holds the state of every node.
+        let data = v.get_mut("data").map(Value::take).unwrap_or(Value::Null);
         // Messages without our prompt id (`status`, the reconnect-time `executing`) are
         // never attributed to a task.
         let Some(pid) = data.get("prompt_id").and_then(Value::as_str) else {
