@@ -16,7 +16,9 @@ N="${1:-100}"
 TARGET="${TARGET:-target/release}"
 command -v valgrind >/dev/null || { echo "needs valgrind" >&2; exit 2; }
 dir="$(mktemp -d)"
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT
+# On exit: stop the service under valgrind and the fake (the subshell execs valgrind, so
+# its job is valgrind itself), then remove the folder.
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 fport="$(free_port)"; port="$(free_port)"
 mkdir -p "$dir/fake"
@@ -37,7 +39,7 @@ workflows_dir = "$(realpath workflows)"
 queue_depth = 2
 EOF
 aihost="$(realpath "$TARGET/aihost")"
-(cd "$dir" && valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$dir/cg.out" \
+(cd "$dir" && exec valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$dir/cg.out" \
   "$aihost" --config "$dir/aihost.toml" serve >"$dir/valgrind.log" 2>&1) &
 until curl -fs "http://127.0.0.1:$port/api/health" >/dev/null; do sleep 0.5; done
 task() {
