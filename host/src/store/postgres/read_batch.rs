@@ -118,42 +118,15 @@ impl ReadBatcher {
 
     /// Reads the tasks of `batch` in one query and answers each read.
     async fn answer(&self, batch: Vec<(Uuid, Reply)>) {
-        let mut ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        self.queries.fetch_add(1, Ordering::Relaxed);
-        let rows = sqlx::query(SQL_GET_MANY)
-            .bind(&ids)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err);
-        let mut found: HashMap<Uuid, StoreResult<Task>> = HashMap::with_capacity(ids.len());
-        match rows {
-            Ok(rows) => {
-                for row in &rows {
-                    match row.try_get::<Uuid, _>("id") {
-                        Ok(id) => {
-                            found.insert(id, task_from_row(row));
-                        }
-                        Err(e) => {
-                            // Without its id a row answers nobody: every read of the batch
-                            // gets the error rather than a wrong "not found".
-                            let e = db_err(e);
-                            for (_, reply) in batch {
-                                let _ = reply.send(Err(e.clone()));
-                            }
-                            return;
-                        }
-                    }
-                }
-            }
+        let found = match self.fetch(&batch).await {
+            Ok(found) => found,
             Err(e) => {
                 for (_, reply) in batch {
                     let _ = reply.send(Err(e.clone()));
                 }
                 return;
             }
-        }
+        };
         for (id, reply) in batch {
             let answer = match found.get(&id) {
                 None => Ok(None),
@@ -162,6 +135,32 @@ impl ReadBatcher {
             };
             let _ = reply.send(answer);
         }
+    }
+
+    /// The tasks of `batch` that exist, each decoded on its own (a row that cannot be decoded
+    /// fails only its reads). A failed query, or a row without its id (which answers nobody,
+    /// and must not become a wrong "not found"), fails the whole batch.
+    async fn fetch(
+        &self,
+        batch: &[(Uuid, Reply)],
+    ) -> StoreResult<HashMap<Uuid, StoreResult<Task>>> {
+        let mut ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        let rows = sqlx::query(SQL_GET_MANY)
+            .bind(&ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get::<Uuid, _>("id").map_err(db_err)?,
+                    task_from_row(row),
+                ))
+            })
+            .collect()
     }
 }
 

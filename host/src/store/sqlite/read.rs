@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 
 use futures_util::TryStreamExt;
-use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
 use super::{
@@ -91,11 +90,11 @@ pub(super) async fn list(store: &SqliteStore, filter: ListFilter) -> StoreResult
         sql.push_str(" WHERE ");
         sql.push_str(&conditions.join(" AND "));
     }
-    // The limit is written, not bound (see `schema::limited`).
-    sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", u64::from(limit) + 1));
+    sql.push_str(" ORDER BY id DESC LIMIT {limit}");
 
-    // The SQL text varies in its structure and its limit; every other value is bound.
-    let mut query = sqlx::query(AssertSqlSafe(sql));
+    // The SQL text varies in its structure and its limit (written, see `schema::limited`);
+    // every other value is bound.
+    let mut query = sqlx::query(super::schema::limited(&sql, i64::from(limit) + 1));
     if let Some(status) = filter.status {
         query = query.bind(status.as_str());
     }
