@@ -20,6 +20,7 @@ use std::{
 
 use futures_util::StreamExt;
 
+mod engine_alone;
 mod peer;
 use serde_json::{Value, json};
 
@@ -611,6 +612,38 @@ fn tokio_util_stream(
 async fn comfyui_path(b: &Bench, results: &mut Vec<(String, String, Value)>) {
     if b.lib("aihost_comfyui").is_none() {
         return;
+    }
+    // The fake alone first (its own instance and folder): the ceiling of any client of it on
+    // these cores, and its own share of a task's latency.
+    {
+        let alone = aihost_tests::fake_comfyui::FakeComfy::start().await;
+        let n_light = if b.quick { 50 } else { 200 };
+        let n = if b.quick { 300 } else { 1000 };
+        let light = engine_alone::run_prompts(&alone.url, n_light, 1, 512, 1).await;
+        let rate = engine_alone::run_prompts(&alone.url, n, 2, 512, 10_000).await;
+        match (light, rate) {
+            (Ok((_, lat)), Ok((rate, _))) => {
+                let lat = lat[10.min(lat.len())..].to_vec();
+                let (p50, p99) = (percentile(lat.clone(), 50.0), percentile(lat, 99.0));
+                results.push((
+                    "the fake ComfyUI alone (no aihost; one client, one prompt at a time): POST /prompt → output read".into(),
+                    format!("p50 {p50:.2} ms, p99 {p99:.2} ms"),
+                    json!({"p50_ms": p50, "p99_ms": p99}),
+                ));
+                results.push((
+                    "the fake ComfyUI alone (no aihost), 2 prompts in flight".into(),
+                    format!("{rate:.0} prompts/s"),
+                    json!(rate),
+                ));
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                results.push((
+                    "the fake ComfyUI alone".into(),
+                    format!("failed: {e}"),
+                    Value::Null,
+                ));
+            }
+        }
     }
     let fake = aihost_tests::fake_comfyui::FakeComfy::start().await;
     let workflows = std::env::current_dir().unwrap().join("workflows");

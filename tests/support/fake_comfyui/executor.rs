@@ -14,7 +14,7 @@ use std::{
     cell::RefCell,
     collections::{BTreeMap, HashMap},
     path::Path,
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -339,21 +339,55 @@ async fn wait_at_boundary(inner: &Inner) {
     }
 }
 
-/// The next free `{prefix}_{n:05}_.{ext}` in `dir`.
-fn next_file(dir: &Path, prefix: &str, ext: &str) -> String {
-    let mut n = 1;
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(rest) = name.strip_prefix(&format!("{prefix}_"))
-                && let Some(num) = rest.split('_').next().and_then(|s| s.parse::<u32>().ok())
-            {
-                n = n.max(num + 1);
+/// The next free `{prefix}_{n:05}_.{ext}` in `dir`: one past the highest number there, as
+/// ComfyUI's `get_save_image_path` finds it by listing the folder. The listing grows with
+/// every save, so the number is remembered with the folder's modification time and the folder
+/// is listed again only when something else changed it since this fake's last save.
+fn next_file(numbers: &Numbers, dir: &Path, prefix: &str, ext: &str) -> String {
+    let mtime = || std::fs::metadata(dir).and_then(|m| m.modified()).ok();
+    let key = (dir.to_path_buf(), prefix.to_owned());
+    let mut numbers = numbers.lock().unwrap();
+    let remembered = numbers
+        .get(&key)
+        .filter(|(at, _)| at.is_some() && *at == mtime())
+        .map(|(_, n)| *n);
+    let n = remembered.unwrap_or_else(|| {
+        let mut n = 1;
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(rest) = name.strip_prefix(&format!("{prefix}_"))
+                    && let Some(num) = rest.split('_').next().and_then(|s| s.parse::<u32>().ok())
+                {
+                    n = n.max(num + 1);
+                }
             }
         }
-    }
+        n
+    });
+    // The caller creates the file at once; until then the folder's time is not the one after
+    // the save, so it is read again at the next call (`remember`).
+    numbers.insert(key, (None, n + 1));
     format!("{prefix}_{n:05}_.{ext}")
 }
+
+/// Records the folder's modification time after a save, so the next [`next_file`] in it need
+/// not list it.
+fn remember(numbers: &Numbers, dir: &Path, prefix: &str) {
+    let at = std::fs::metadata(dir).and_then(|m| m.modified()).ok();
+    if let Some(slot) = numbers
+        .lock()
+        .unwrap()
+        .get_mut(&(dir.to_path_buf(), prefix.to_owned()))
+    {
+        slot.0 = at;
+    }
+}
+
+/// The next file number by folder and prefix, with the folder's modification time after the
+/// save that took the last one (`None` until that save is done).
+pub(crate) type Numbers =
+    Mutex<HashMap<(std::path::PathBuf, String), (Option<std::time::SystemTime>, u32)>>;
 
 /// ComfyUI's PreviewImage prefix: `ComfyUI_temp_` and five random letters.
 fn temp_prefix() -> String {
@@ -433,8 +467,9 @@ fn exec_node(
         let files: Vec<Value> = imgs
             .iter()
             .map(|img| {
-                let name = next_file(&folder, &base, "png");
+                let name = next_file(&run.inner.numbers, &folder, &base, "png");
                 img.save(folder.join(&name)).unwrap();
+                remember(&run.inner.numbers, &folder, &base);
                 json!({"filename": name, "subfolder": sub, "type": kind})
             })
             .collect();
@@ -552,12 +587,13 @@ fn exec_node(
             let (sub, base) = split_prefix(&string("filename_prefix"))?;
             let folder = dir.join("output").join(&sub);
             std::fs::create_dir_all(&folder).unwrap();
-            let name = next_file(&folder, &base, "webm");
+            let name = next_file(&run.inner.numbers, &folder, &base, "webm");
             let mut bytes = vec![0x1a, 0x45, 0xdf, 0xa3];
             for f in &images("images")? {
                 bytes.extend_from_slice(&f.as_raw()[..f.as_raw().len().min(1024)]);
             }
             std::fs::write(folder.join(&name), bytes).unwrap();
+            remember(&run.inner.numbers, &folder, &base);
             (
                 vec![],
                 Some(

@@ -181,6 +181,8 @@ pub(crate) struct Inner {
     pub(crate) conns: Arc<Conns>,
     /// Model lists the test gave.
     pub(crate) models: Models,
+    /// The next output file number by folder and prefix (see `executor::next_file`).
+    pub(crate) numbers: super::executor::Numbers,
 }
 
 impl Inner {
@@ -199,6 +201,7 @@ impl Inner {
             tasks: Mutex::default(),
             conns: Arc::default(),
             models,
+            numbers: Mutex::default(),
         }
     }
 
