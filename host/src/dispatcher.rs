@@ -432,7 +432,13 @@ impl Dispatcher {
             attempt,
             input_json: task.input.to_string().into(),
             work_dir: work_dir.to_string_lossy().as_ref().into(),
-            meta_json: "{}".into(),
+            // `first_run`: no earlier attempt can have reached an engine (see
+            // `Task::is_first_run`); absent means "not known", which plugins treat as false.
+            meta_json: if task.is_first_run() {
+                r#"{"first_run":true}"#.into()
+            } else {
+                "{}".into()
+            },
         };
         let lease_lost = self.clone().renew_loop(id, attempt);
         let limit = self.settings.timeouts.of(task, entry.desc.timeout_secs);

@@ -125,7 +125,9 @@ pub struct TaskRequest {
     pub input_json: RString,
     /// A folder that belongs to this attempt alone; output files go here. The host removes it.
     pub work_dir: RString,
-    /// Reserved for later fields, as a JSON object (`{}` today).
+    /// More about the task, as a JSON object; keys a side does not know are ignored. Today:
+    /// `first_run` (true when no earlier attempt of this task can have reached an engine; see
+    /// `sdk::Task::first_run`), absent otherwise.
     pub meta_json: RString,
 }
 

@@ -88,6 +88,11 @@ pub struct Task {
     pub input: Value,
     /// A folder of this attempt's own; write output files here.
     pub work_dir: PathBuf,
+    /// True when no earlier attempt of this task can have reached an engine: the first
+    /// attempt of a task never given back by a host that stopped. A plugin that looks for
+    /// the work of earlier attempts (to re-attach to it) may skip looking. False when the
+    /// host does not say (hosts before 1.1 do not), which is the safe side.
+    pub first_run: bool,
 }
 
 /// A file the task produced.
@@ -270,6 +275,14 @@ pub trait Plugin: Sized + Send + Sync + 'static {
 
 /// The `extra_json` of a task type: `{}`, or `{"timeout_secs": n}` when the plugin sets a
 /// default time limit.
+/// The `first_run` flag of a task request's `meta_json` (false when absent or unreadable).
+fn first_run(meta_json: &str) -> bool {
+    serde_json::from_str::<Value>(meta_json)
+        .ok()
+        .and_then(|m| m.get("first_run").and_then(Value::as_bool))
+        .unwrap_or(false)
+}
+
 fn type_extra(timeout_secs: u32) -> RString {
     if timeout_secs == 0 {
         "{}".into()
@@ -535,6 +548,7 @@ impl<P: Plugin> State<P> {
                 attempt: req.attempt,
                 input,
                 work_dir: PathBuf::from(req.work_dir.into_string()),
+                first_run: first_run(req.meta_json.as_str()),
             };
             Ok(plugin.run_task(task, Context { inner: ctx }))
         });

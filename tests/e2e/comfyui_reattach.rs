@@ -82,6 +82,79 @@ async fn a_host_killed_mid_prompt_re_attaches_after_restart_and_the_prompt_runs_
     assert!(s.log().contains("re-attached"), "{}", s.log());
 }
 
+/// The paths the fake received, in order, with their methods (`GET /queue`, `POST /prompt`).
+fn requests(fake: &FakeComfy) -> Vec<String> {
+    fake.requests()
+        .into_iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_first_run_sends_its_prompt_without_looking_for_earlier_ones() {
+    let fake = FakeComfy::start().await;
+    let s = start(&fake.url, "", vec![]).await;
+    let t = s.create("comfyui.workflow", solid(77)).await;
+    let id = t["task_id"].as_str().unwrap().to_owned();
+    let done = s.wait_done(&id, T).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    let seen = requests(&fake);
+    let prompt = seen
+        .iter()
+        .position(|r| r == "POST /prompt")
+        .unwrap_or_else(|| panic!("no prompt: {seen:?}"));
+    assert!(
+        !seen.iter().any(|r| r == "GET /queue"),
+        "a first run has no earlier prompt to look for: {seen:?}"
+    );
+    assert!(
+        !seen[..prompt].iter().any(|r| r.starts_with("GET /history")),
+        "no history read before the prompt: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_task_given_back_at_shutdown_looks_for_its_prompt_when_it_runs_again() {
+    let fake = FakeComfy::start().await;
+    fake.hold(true);
+    let mut s = start(
+        &fake.url,
+        "",
+        vec![("AIHOST_SERVER__SHUTDOWN_GRACE_SECS".into(), "1".into())],
+    )
+    .await;
+    let t = s.create("comfyui.workflow", solid(4343)).await;
+    let id = t["task_id"].as_str().unwrap().to_owned();
+    fake.wait_until("runs the prompt", T, |f| f.running().is_some())
+        .await;
+    let first = fake.running().unwrap();
+    assert!(s.terminate(T), "the host stops within its grace period");
+    let before = requests(&fake).len();
+    s.restart().await;
+    fake.hold(false);
+    let done = s.wait_done(&id, T).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert_eq!(
+        done["attempts"], 1,
+        "the given-back attempt is not counted: {done}"
+    );
+    let seen = requests(&fake);
+    let again = &seen[before..];
+    let prompt = again.iter().position(|r| r == "POST /prompt");
+    let looked = again.iter().position(|r| r == "GET /queue");
+    assert!(
+        looked.is_some() && (prompt.is_none() || looked < prompt),
+        "the second run looks for the first one's prompt before sending one: {again:?}"
+    );
+    // The first prompt was stopped at the shutdown, so its id is taken: the new run sent a
+    // prompt of its own under a fresh id (or, had it still been queued, followed it).
+    if prompt.is_some() {
+        assert_ne!(done["result"]["prompt_id"], first.as_str(), "{done}");
+    } else {
+        assert_eq!(done["result"]["prompt_id"], first.as_str(), "{done}");
+    }
+}
+
 #[tokio::test]
 async fn a_cancelled_running_task_waits_for_the_engine_and_queue_depth_holds() {
     let fake = FakeComfy::start().await;

@@ -276,6 +276,16 @@ impl TaskEvent {
 }
 
 impl Task {
+    /// Whether this claimed attempt is the first run of the task: no earlier attempt can have
+    /// reached an engine, so a plugin need not look for one (the comfyui plugin then skips its
+    /// search for earlier prompts). True when the attempt is the first (`attempts == 1`) and
+    /// the task was never given back: a release (graceful shutdown) decrements `attempts` so
+    /// the attempt is not counted, and moves `run_at` past `created_at` (both stores), which
+    /// no other change undoes; a task inserted has `run_at == created_at`.
+    pub fn is_first_run(&self) -> bool {
+        self.attempts == 1 && self.run_at == self.created_at
+    }
+
     /// A copy with `input` null, without copying the input.
     pub(crate) fn without_input(&self) -> Task {
         Task {

@@ -94,8 +94,14 @@ impl ComfyUi {
         // Where this task's uploads go in ComfyUI's input folder.
         let subfolder = format!("{}/{}", self.config.upload_subfolder, task.id);
         // A prompt of an earlier attempt (or of this one, released and reused) may still be in
-        // ComfyUI: follow or collect it instead of running the work twice.
-        let own_taken = match self.find_attempts(&task.id, task.attempt).await {
+        // ComfyUI: follow or collect it instead of running the work twice. The host says when
+        // there can be none (the task's first run), which saves two requests per task.
+        let found = if task.first_run {
+            Found::Nothing { own_taken: false }
+        } else {
+            self.find_attempts(&task.id, task.attempt).await
+        };
+        let own_taken = match found {
             Found::Done(inst, pid, entry) => {
                 let msg = format!(
                     "re-attached to prompt {pid} on instance {}: it had finished, collecting its outputs",

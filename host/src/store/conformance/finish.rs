@@ -193,7 +193,11 @@ pub(super) async fn fail_without_retry_is_final(h: &dyn Harness) {
 pub(super) async fn release_does_not_count_the_attempt(h: &dyn Harness) {
     let store = h.open().await;
     let task = insert(&*store, new_task("release", 0)).await;
-    claim_one(&*store, "release", LEASE).await;
+    let first = claim_one(&*store, "release", LEASE).await;
+    assert!(
+        first.is_first_run(),
+        "a new task's first claim is its first run"
+    );
     assert!(!store.release(task.id, 2).await.unwrap(), "wrong attempt");
     assert!(store.release(task.id, 1).await.unwrap());
     let released = get(&*store, task.id).await;
@@ -209,6 +213,10 @@ pub(super) async fn release_does_not_count_the_attempt(h: &dyn Harness) {
     let again = claim_one(&*store, "release", LEASE).await;
     assert_eq!(again.id, task.id);
     assert_eq!(again.attempts, 1);
+    assert!(
+        !again.is_first_run(),
+        "a released attempt may have reached an engine: its number is reused, but it is no first run"
+    );
 }
 
 /// Releasing an attempt whose cancel was requested ends the task CANCELLED.

@@ -44,7 +44,8 @@ const SQL_RELEASE: &str = notifying!(
     "UPDATE tasks SET \
        status = CASE WHEN cancel_requested THEN 'CANCELLED' ELSE 'PENDING' END, \
        attempts = CASE WHEN cancel_requested THEN attempts ELSE attempts - 1 END, \
-       run_at = CASE WHEN cancel_requested THEN run_at ELSE statement_timestamp() END, \
+       run_at = CASE WHEN cancel_requested THEN run_at \
+         ELSE GREATEST(statement_timestamp(), created_at + interval '1 millisecond') END, \
        finished_at = CASE WHEN cancel_requested THEN statement_timestamp() ELSE NULL END, \
        worker = CASE WHEN cancel_requested THEN worker ELSE NULL END, \
        lease_until = NULL, updated_at = statement_timestamp(), \

@@ -47,7 +47,7 @@ const SQL_RELEASE: &str = concat!(
     "UPDATE tasks SET \
        status = CASE WHEN cancel_requested = 1 THEN 'CANCELLED' ELSE 'PENDING' END, \
        attempts = CASE WHEN cancel_requested = 1 THEN attempts ELSE attempts - 1 END, \
-       run_at = CASE WHEN cancel_requested = 1 THEN run_at ELSE ?1 END, \
+       run_at = CASE WHEN cancel_requested = 1 THEN run_at ELSE MAX(?1, created_at + 1) END, \
        finished_at = CASE WHEN cancel_requested = 1 THEN ?1 ELSE NULL END, \
        worker = CASE WHEN cancel_requested = 1 THEN worker ELSE NULL END, \
        lease_until = NULL, progress_percent = NULL, progress_message = NULL, progress_preview = NULL \
