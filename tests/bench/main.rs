@@ -43,6 +43,34 @@ struct Proc {
     _dir: tempfile::TempDir,
 }
 
+/// CPU time the process `pid` has used so far (user and kernel, all its threads), in ms.
+fn cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which may hold spaces) close with ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 11 and 12 after the name.
+    (ticks(11) + ticks(12)) * 1000.0 / clock_ticks()
+}
+
+/// The kernel's clock ticks per second (`getconf CLK_TCK`), 100 when it cannot be read.
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -614,9 +642,11 @@ async fn comfyui_path(b: &Bench, results: &mut Vec<(String, String, Value)>) {
         return;
     }
     // The fake alone first (its own instance and folder): the ceiling of any client of it on
-    // these cores, and its own share of a task's latency.
+    // these cores, and its own share of a task's latency. Its folder is removed at the end:
+    // ext4 scans past recently freed inodes when it allocates one, so deleting a thousand
+    // files just before the run below would slow every file that run creates.
+    let alone = aihost_tests::fake_comfyui::FakeComfy::start().await;
     {
-        let alone = aihost_tests::fake_comfyui::FakeComfy::start().await;
         let n_light = if b.quick { 50 } else { 200 };
         let n = if b.quick { 300 } else { 1000 };
         let light = engine_alone::run_prompts(&alone.url, n_light, 1, 512, 1).await;
@@ -689,6 +719,7 @@ async fn comfyui_path(b: &Bench, results: &mut Vec<(String, String, Value)>) {
     ));
     let n = if b.quick { 300 } else { 1000 };
     let t0 = Instant::now();
+    let cpu0 = cpu_ms(p.child.id());
     let url = format!("{}/api/tasks", p.base);
     let _: Vec<()> = futures_util::stream::iter(0..n)
         .map(|i| {
@@ -706,11 +737,18 @@ async fn comfyui_path(b: &Bench, results: &mut Vec<(String, String, Value)>) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let rate = n as f64 / t0.elapsed().as_secs_f64();
+    let cpu = (cpu_ms(p.child.id()) - cpu0) / n as f64;
     results.push((
         "one ComfyUI instance (fake, zero execution time), queue_depth 2".into(),
         format!("{rate:.0} tasks/s"),
         json!(rate),
     ));
+    results.push((
+        "aihost's CPU time per task in that run (user + kernel, all threads, /proc)".into(),
+        format!("{cpu:.2} ms"),
+        json!(cpu),
+    ));
+    drop(alone);
 }
 
 /// The submit, read and end-to-end figures again with the queue on the machine's PostgreSQL

@@ -59,6 +59,11 @@ pub struct Config {
     pub model_url_hosts: Vec<String>,
     /// Largest per-task model file, bytes.
     pub model_url_max_bytes: u64,
+    /// Worker threads of the plugin's own runtime (1 to 16). The plugin waits on ComfyUI and
+    /// does little work of its own (file writes go to the runtime's blocking pool), so one
+    /// thread is enough; more threads wake each other for every message (measured: the light
+    /// load latency of a task 25 to 30 % higher with 2 threads than with 1).
+    pub runtime_threads: usize,
 }
 
 impl Default for Config {
@@ -83,6 +88,7 @@ impl Default for Config {
             models_file: String::new(),
             model_url_hosts: Vec::new(),
             model_url_max_bytes: 2 << 30,
+            runtime_threads: 1,
         }
     }
 }
@@ -130,6 +136,15 @@ impl Config {
             return Err(fatal(
                 codes::INVALID_CONFIG,
                 "urls must list at least one ComfyUI server",
+            ));
+        }
+        if !(1..=16).contains(&self.runtime_threads) {
+            return Err(fatal(
+                codes::INVALID_CONFIG,
+                format!(
+                    "runtime_threads must be from 1 to 16, not {}",
+                    self.runtime_threads
+                ),
             ));
         }
         for i in &self.instances {
@@ -200,5 +215,24 @@ mod tests {
             toml::from_str(r#"instances = [{ url = "http://b:2", launch = { command = [] } }]"#)
                 .unwrap();
         assert!(c.check().is_err());
+    }
+
+    #[test]
+    fn runtime_threads_default_to_one_and_stay_in_range() {
+        let c = Config::default();
+        assert_eq!(c.runtime_threads, 1);
+        assert_eq!(
+            <crate::ComfyUi as aihost_plugin_api::sdk::Plugin>::worker_threads(&c),
+            1
+        );
+        for (n, ok) in [(0, false), (1, true), (4, true), (16, true), (17, false)] {
+            let c: Config = toml::from_str(&format!("runtime_threads = {n}")).unwrap();
+            let r = c.check();
+            assert_eq!(r.is_ok(), ok, "runtime_threads = {n}: {r:?}");
+            if let Err(e) = r {
+                assert_eq!(e.code.as_str(), codes::INVALID_CONFIG);
+                assert!(e.message.as_str().contains("runtime_threads"), "{e:?}");
+            }
+        }
     }
 }

@@ -114,6 +114,10 @@ impl Plugin for ComfyUi {
         }
     }
 
+    fn worker_threads(config: &Config) -> usize {
+        config.runtime_threads.clamp(1, 16)
+    }
+
     async fn init(config: Config) -> Result<Self, PluginError> {
         let mut config = config.with_env(|k| std::env::var(k).ok());
         config.check()?;
