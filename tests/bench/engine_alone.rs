@@ -7,7 +7,7 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use futures_util::StreamExt as _;
@@ -42,9 +42,14 @@ pub async fn run_prompts(
         .await
         .map_err(|e| format!("websocket: {e}"))?;
     let prompts: Prompts = Arc::default();
+    let (_, mut read) = socket.split();
+    // ComfyUI greets a socket with a `status` message once it is registered; messages of a
+    // prompt sent before that would go nowhere.
+    tokio::time::timeout(Duration::from_secs(10), read.next())
+        .await
+        .map_err(|_| "no status message on the socket".to_owned())?;
     let reader = {
         let prompts = prompts.clone();
-        let (_, mut read) = socket.split();
         tokio::spawn(async move {
             while let Some(Ok(msg)) = read.next().await {
                 let Ok(text) = msg.to_text() else { continue };
@@ -115,7 +120,10 @@ pub async fn run_prompts(
                     return Err(format!("POST /prompt: {}", r.status()));
                 }
                 if !finished {
-                    rx.await.map_err(|_| "the socket closed".to_owned())?;
+                    tokio::time::timeout(Duration::from_secs(30), rx)
+                        .await
+                        .map_err(|_| format!("prompt {id}: no end on the socket in 30 s"))?
+                        .map_err(|_| "the socket closed".to_owned())?;
                 }
                 let h: Value = http
                     .get(format!("{url}/history/{id}"))
