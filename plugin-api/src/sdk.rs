@@ -91,7 +91,7 @@ pub struct Task {
     /// True when no earlier attempt of this task can have reached an engine: the first
     /// attempt of a task never given back by a host that stopped. A plugin that looks for
     /// the work of earlier attempts (to re-attach to it) may skip looking. False when the
-    /// host does not say (hosts before 1.1 do not), which is the safe side.
+    /// host does not say (hosts older than this field do not), which is the safe side.
     pub first_run: bool,
 }
 
@@ -273,8 +273,6 @@ pub trait Plugin: Sized + Send + Sync + 'static {
     fn shutdown(&self) {}
 }
 
-/// The `extra_json` of a task type: `{}`, or `{"timeout_secs": n}` when the plugin sets a
-/// default time limit.
 /// The `first_run` flag of a task request's `meta_json` (false when absent or unreadable).
 fn first_run(meta_json: &str) -> bool {
     serde_json::from_str::<Value>(meta_json)
@@ -283,6 +281,8 @@ fn first_run(meta_json: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// The `extra_json` of a task type: `{}`, or `{"timeout_secs": n}` when the plugin sets a
+/// default time limit.
 fn type_extra(timeout_secs: u32) -> RString {
     if timeout_secs == 0 {
         "{}".into()
