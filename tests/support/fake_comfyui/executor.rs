@@ -339,17 +339,24 @@ async fn wait_at_boundary(inner: &Inner) {
     }
 }
 
-/// The next free `{prefix}_{n:05}_.{ext}` in `dir`: one past the highest number there, as
-/// ComfyUI's `get_save_image_path` finds it by listing the folder. The listing grows with
-/// every save, so the number is remembered with the folder's modification time and the folder
-/// is listed again only when something else changed it since this fake's last save.
-fn next_file(numbers: &Numbers, dir: &Path, prefix: &str, ext: &str) -> String {
+/// Writes a new file `{prefix}_{n:05}_.{ext}` in `dir` with `write` and answers its name: `n`
+/// is one past the highest number there, as ComfyUI's `get_save_image_path` finds it by
+/// listing the folder. The listing grows with every save, so the number is remembered with the
+/// folder's modification time after the write, and the folder is listed again only when
+/// something else changed it since.
+fn save_next(
+    numbers: &Numbers,
+    dir: &Path,
+    prefix: &str,
+    ext: &str,
+    write: impl FnOnce(&Path),
+) -> String {
     let mtime = || std::fs::metadata(dir).and_then(|m| m.modified()).ok();
     let key = (dir.to_path_buf(), prefix.to_owned());
     let mut numbers = numbers.lock().unwrap();
     let remembered = numbers
         .get(&key)
-        .filter(|(at, _)| at.is_some() && *at == mtime())
+        .filter(|(at, _)| Some(*at) == mtime())
         .map(|(_, n)| *n);
     let n = remembered.unwrap_or_else(|| {
         let mut n = 1;
@@ -365,29 +372,19 @@ fn next_file(numbers: &Numbers, dir: &Path, prefix: &str, ext: &str) -> String {
         }
         n
     });
-    // The caller creates the file at once; until then the folder's time is not the one after
-    // the save, so it is read again at the next call (`remember`).
-    numbers.insert(key, (None, n + 1));
-    format!("{prefix}_{n:05}_.{ext}")
-}
-
-/// Records the folder's modification time after a save, so the next [`next_file`] in it need
-/// not list it.
-fn remember(numbers: &Numbers, dir: &Path, prefix: &str) {
-    let at = std::fs::metadata(dir).and_then(|m| m.modified()).ok();
-    if let Some(slot) = numbers
-        .lock()
-        .unwrap()
-        .get_mut(&(dir.to_path_buf(), prefix.to_owned()))
-    {
-        slot.0 = at;
-    }
+    let name = format!("{prefix}_{n:05}_.{ext}");
+    write(&dir.join(&name));
+    match mtime() {
+        Some(at) => numbers.insert(key, (at, n + 1)),
+        None => numbers.remove(&key),
+    };
+    name
 }
 
 /// The next file number by folder and prefix, with the folder's modification time after the
-/// save that took the last one (`None` until that save is done).
+/// save that took the last one.
 pub(crate) type Numbers =
-    Mutex<HashMap<(std::path::PathBuf, String), (Option<std::time::SystemTime>, u32)>>;
+    Mutex<HashMap<(std::path::PathBuf, String), (std::time::SystemTime, u32)>>;
 
 /// ComfyUI's PreviewImage prefix: `ComfyUI_temp_` and five random letters.
 fn temp_prefix() -> String {
@@ -467,9 +464,9 @@ fn exec_node(
         let files: Vec<Value> = imgs
             .iter()
             .map(|img| {
-                let name = next_file(&run.inner.numbers, &folder, &base, "png");
-                img.save(folder.join(&name)).unwrap();
-                remember(&run.inner.numbers, &folder, &base);
+                let name = save_next(&run.inner.numbers, &folder, &base, "png", |path| {
+                    img.save(path).unwrap();
+                });
                 json!({"filename": name, "subfolder": sub, "type": kind})
             })
             .collect();
@@ -587,13 +584,13 @@ fn exec_node(
             let (sub, base) = split_prefix(&string("filename_prefix"))?;
             let folder = dir.join("output").join(&sub);
             std::fs::create_dir_all(&folder).unwrap();
-            let name = next_file(&run.inner.numbers, &folder, &base, "webm");
             let mut bytes = vec![0x1a, 0x45, 0xdf, 0xa3];
             for f in &images("images")? {
                 bytes.extend_from_slice(&f.as_raw()[..f.as_raw().len().min(1024)]);
             }
-            std::fs::write(folder.join(&name), bytes).unwrap();
-            remember(&run.inner.numbers, &folder, &base);
+            let name = save_next(&run.inner.numbers, &folder, &base, "webm", |path| {
+                std::fs::write(path, bytes).unwrap();
+            });
             (
                 vec![],
                 Some(

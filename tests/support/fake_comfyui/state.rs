@@ -181,7 +181,7 @@ pub(crate) struct Inner {
     pub(crate) conns: Arc<Conns>,
     /// Model lists the test gave.
     pub(crate) models: Models,
-    /// The next output file number by folder and prefix (see `executor::next_file`).
+    /// The next output file number by folder and prefix (see `executor::save_next`).
     pub(crate) numbers: super::executor::Numbers,
 }
 
