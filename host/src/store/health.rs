@@ -10,7 +10,7 @@
 //! `GET /api/status` and `GET /api/ready` read [`StoreHealth::fault`].
 //!
 //! Separate from the stores because the rule, the causes and the log lines are the same for
-//! both; only the database's error codes differ ([`Cause::of_sqlite`], [`Cause::of_postgres`]).
+//! both; only the database's error codes differ ([`Cause::of_rusqlite`], [`Cause::of_postgres`]).
 
 use std::{
     sync::{
@@ -73,17 +73,26 @@ impl Cause {
         }
     }
 
-    /// The cause of a failed SQLite write (by the primary result code of its error).
-    pub(crate) fn of_sqlite(e: &sqlx::Error) -> Cause {
-        Cause::of_sqlx(e, |code| match code.parse::<i32>().map(|c| c & 0xff) {
-            Ok(13) => Cause::DiskFull,             // SQLITE_FULL
-            Ok(8) => Cause::ReadOnly,              // SQLITE_READONLY
-            Ok(3 | 23) => Cause::PermissionDenied, // SQLITE_PERM, SQLITE_AUTH
-            Ok(5 | 6) => Cause::Busy,              // SQLITE_BUSY, SQLITE_LOCKED
-            Ok(10 | 14 | 15) => Cause::Io,         // SQLITE_IOERR, _CANTOPEN, _PROTOCOL
-            Ok(11 | 26) => Cause::Corrupt,         // SQLITE_CORRUPT, SQLITE_NOTADB
+    /// The cause of a failed SQLite write (by the primary result code of its error; the
+    /// store writes through rusqlite).
+    pub(crate) fn of_rusqlite(e: &rusqlite::Error) -> Cause {
+        match e {
+            rusqlite::Error::SqliteFailure(f, _) => Cause::of_sqlite_code(f.extended_code),
             _ => Cause::Other,
-        })
+        }
+    }
+
+    /// The cause of an SQLite result code (primary or extended).
+    fn of_sqlite_code(code: i32) -> Cause {
+        match code & 0xff {
+            13 => Cause::DiskFull,             // SQLITE_FULL
+            8 => Cause::ReadOnly,              // SQLITE_READONLY
+            3 | 23 => Cause::PermissionDenied, // SQLITE_PERM, SQLITE_AUTH
+            5 | 6 => Cause::Busy,              // SQLITE_BUSY, SQLITE_LOCKED
+            10 | 14 | 15 => Cause::Io,         // SQLITE_IOERR, _CANTOPEN, _PROTOCOL
+            11 | 26 => Cause::Corrupt,         // SQLITE_CORRUPT, SQLITE_NOTADB
+            _ => Cause::Other,
+        }
     }
 
     /// The cause of a failed PostgreSQL write (by SQLSTATE).

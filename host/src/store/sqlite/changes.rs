@@ -30,14 +30,14 @@ use std::{
 };
 
 use sqlx::{
-    Connection, Executor, SqliteConnection,
+    Connection, SqliteConnection,
     sqlite::{SqliteConnectOptions, SqlitePool, SqliteRow},
 };
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, oneshot};
 use uuid::Uuid;
 
 use super::{
-    group_commit::{WriteJob, send_write},
+    group_commit::{WriteQuery, Writes, no_row, send_write},
     schema::{task_columns, task_from_row},
 };
 use crate::store::{
@@ -55,7 +55,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(10);
 const BATCH: i64 = 1000;
 
 /// The TEMP triggers of a writer connection whose store has origin `origin`.
-fn triggers(origin: i64) -> String {
+pub(super) fn triggers(origin: i64) -> String {
     use EventKind as K;
     let [
         created,
@@ -102,15 +102,6 @@ fn triggers(origin: i64) -> String {
                    AND new.progress_preview IS NOT NULL THEN '{preview}' \
                  ELSE '{progress}' END, {origin}); END;"
     )
-}
-
-/// Installs the change-log triggers on a writer connection (again after a reconnect; a
-/// database not migrated yet has no `tasks` table: the caller installs them after migrating).
-pub(super) async fn install_triggers(conn: &mut SqliteConnection, origin: i64) -> StoreResult<()> {
-    conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(triggers(origin))))
-        .await
-        .map(|_| ())
-        .map_err(db_err)
 }
 
 const SQL_TOP: &str = "SELECT COALESCE(MAX(change_seq), 0) AS n FROM task_changes";
@@ -288,7 +279,7 @@ fn moved_past(kind: EventKind, status: Status) -> bool {
 }
 
 /// Deletes log rows older than about [`KEEP`] every [`PRUNE_EVERY`], until aborted.
-pub(super) async fn prune_loop(reader: SqlitePool, writes: mpsc::UnboundedSender<WriteJob>) {
+pub(super) async fn prune_loop(reader: SqlitePool, writes: Writes) {
     let mut seen: VecDeque<(Instant, i64)> = VecDeque::new();
     let mut pruned = 0;
     loop {
@@ -310,8 +301,8 @@ pub(super) async fn prune_loop(reader: SqlitePool, writes: mpsc::UnboundedSender
             seen.pop_front();
         }
         if let Some(cutoff) = cutoff.filter(|&c| c > pruned) {
-            let query = sqlx::query(SQL_PRUNE).bind(cutoff);
-            match send_write(&writes, query, false).await {
+            let query = WriteQuery::new(SQL_PRUNE).bind(cutoff);
+            match send_write(&writes, query, false, no_row).await {
                 Ok(_) => pruned = cutoff,
                 Err(e) => tracing::debug!(error = %e, "cannot prune the task change log"),
             }

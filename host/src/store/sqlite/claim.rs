@@ -8,12 +8,10 @@ use uuid::Uuid;
 
 use super::{
     SqliteStore,
+    group_commit::WriteQuery,
     schema::{duration_ms, now_ms, task_columns},
 };
-use crate::store::{
-    EventKind, Progress, Status, StoreResult, Task,
-    sql::{clean_percent, db_err},
-};
+use crate::store::{EventKind, Progress, Status, StoreResult, Task, sql::clean_percent};
 
 /// `INDEXED BY` pins the partial claim index (covering, in claim order): the planner, without
 /// statistics, could otherwise pick `tasks_status_id` and sort every PENDING row.
@@ -77,11 +75,11 @@ pub(super) async fn claim(
         return Ok(Vec::new());
     }
     let now = now_ms();
-    let query = sqlx::query(super::schema::limited(SQL_CLAIM, limit))
+    let query = WriteQuery::new(super::schema::limited(SQL_CLAIM, limit).0)
         .bind(now)
-        .bind(worker)
+        .bind(worker.to_owned())
         .bind(now.saturating_add(duration_ms(lease)))
-        .bind(task_type);
+        .bind(task_type.to_owned());
     let mut tasks = store.write_tasks_lazy(query).await?;
     // RETURNING gives no order; hand them out in claim order.
     tasks.sort_by_key(|t| (Reverse(t.priority), t.id));
@@ -99,15 +97,12 @@ pub(super) async fn renew(
     worker: &str,
     lease: Duration,
 ) -> StoreResult<bool> {
-    let done = sqlx::query(SQL_RENEW)
+    let query = WriteQuery::new(SQL_RENEW)
         .bind(now_ms().saturating_add(duration_ms(lease)))
         .bind(id.to_string())
         .bind(i64::from(attempt))
-        .bind(worker)
-        .execute(&store.writer)
-        .await;
-    store.track_write(&done, |d| d.rows_affected() > 0);
-    Ok(done.map_err(db_err)?.rows_affected() == 1)
+        .bind(worker.to_owned());
+    Ok(store.execute(query, false).await? == 1)
 }
 
 /// [`TaskStore::set_progress`](crate::store::TaskStore::set_progress).
@@ -124,7 +119,7 @@ pub(super) async fn set_progress(
     } else {
         EventKind::Progress
     };
-    let query = sqlx::query(SQL_PROGRESS)
+    let query = WriteQuery::new(SQL_PROGRESS)
         .bind(f64::from(percent))
         .bind(progress.message)
         .bind(id.to_string())
@@ -143,9 +138,9 @@ pub(super) async fn set_progress(
 pub(super) async fn rescue_expired(store: &SqliteStore) -> StoreResult<Vec<Task>> {
     let mut tasks = store
         .write_tasks_lazy(
-            sqlx::query(SQL_RESCUE)
+            WriteQuery::new(SQL_RESCUE)
                 .bind(now_ms())
-                .bind(crate::error_codes::LEASE_EXPIRED),
+                .bind(crate::error_codes::LEASE_EXPIRED.to_owned()),
         )
         .await?;
     tasks.sort_by_key(|t| t.id);

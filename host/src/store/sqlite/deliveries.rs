@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::{
     SqliteStore,
-    group_commit::send_write,
+    group_commit::{WriteQuery, no_row, send_write},
     schema::{duration_ms, now_ms},
 };
 use crate::store::{
@@ -92,6 +92,14 @@ fn decode(rows: &[sqlx::sqlite::SqliteRow]) -> StoreResult<Vec<Delivery>> {
         .collect()
 }
 
+/// A row of [`delivery_json!`] returned by a write.
+fn delivery_row(row: &rusqlite::Row<'_>) -> StoreResult<Delivery> {
+    let text: String = row
+        .get(0)
+        .map_err(|e| crate::store::StoreError::Corrupt(format!("column j: {e}")))?;
+    delivery_from_json(&text)
+}
+
 /// [`TaskStore::claim_deliveries`](crate::store::TaskStore::claim_deliveries).
 pub(super) async fn claim(
     store: &SqliteStore,
@@ -99,10 +107,12 @@ pub(super) async fn claim(
     limit: u32,
 ) -> StoreResult<Vec<Delivery>> {
     let now = now_ms();
-    let query = sqlx::query(super::schema::limited(SQL_CLAIM, limit))
+    let query = WriteQuery::new(super::schema::limited(SQL_CLAIM, limit).0)
         .bind(now.saturating_add(duration_ms(lease)))
         .bind(now);
-    decode(&send_write(&store.writes, query, false).await?)
+    Ok(send_write(&store.writes, query, false, delivery_row)
+        .await?
+        .rows)
 }
 
 /// [`TaskStore::record_delivery`](crate::store::TaskStore::record_delivery).
@@ -117,15 +127,15 @@ pub(super) async fn record(
         DeliveryOutcome::Dead => ("dead", now),
         DeliveryOutcome::Retry(at) => ("pending", at.timestamp_millis()),
     };
-    let query = sqlx::query(SQL_RECORD)
+    let query = WriteQuery::new(SQL_RECORD)
         .bind(id.to_owned())
         .bind(attempt.payload)
         .bind(now)
         .bind(attempt.status.map(i64::from))
         .bind(attempt.error)
-        .bind(state)
+        .bind(state.to_owned())
         .bind(next_at);
-    send_write(&store.writes, query, true).await?;
+    store.execute(query, true).await?;
     Ok(())
 }
 
@@ -145,25 +155,31 @@ pub(super) async fn redeliver(
     task_id: Uuid,
     delivery: Option<&str>,
 ) -> StoreResult<u64> {
-    let query = sqlx::query(SQL_REDELIVER)
+    let query = WriteQuery::new(SQL_REDELIVER)
         .bind(task_id.to_string())
         .bind(delivery.map(str::to_owned))
         .bind(now_ms());
-    Ok(send_write(&store.writes, query, true).await?.len() as u64)
+    Ok(send_write(&store.writes, query, true, no_row)
+        .await?
+        .rows
+        .len() as u64)
 }
 
 /// [`TaskStore::add_delivery`](crate::store::TaskStore::add_delivery).
 pub(super) async fn add(store: &SqliteStore, task_id: Uuid, event: &str) -> StoreResult<bool> {
     if event == "task.progress" {
-        let supersede = sqlx::query(SQL_SUPERSEDE)
+        let supersede = WriteQuery::new(SQL_SUPERSEDE)
             .bind(task_id.to_string())
             .bind(now_ms());
-        send_write(&store.writes, supersede, false).await?;
+        store.execute(supersede, false).await?;
     }
-    let query = sqlx::query(SQL_ADD)
+    let query = WriteQuery::new(SQL_ADD)
         .bind(new_message_id())
         .bind(task_id.to_string())
         .bind(event.to_owned())
         .bind(now_ms());
-    Ok(!send_write(&store.writes, query, false).await?.is_empty())
+    Ok(!send_write(&store.writes, query, false, no_row)
+        .await?
+        .rows
+        .is_empty())
 }

@@ -7,7 +7,9 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{
-    SqliteStore, read,
+    SqliteStore,
+    group_commit::WriteQuery,
+    read,
     schema::{now_ms, task_columns},
 };
 use crate::store::{
@@ -90,7 +92,7 @@ const SQL_RETRY: &str = concat!(
 
 /// [`TaskStore::retry`](crate::store::TaskStore::retry).
 pub(super) async fn retry(store: &SqliteStore, id: Uuid, budget: u32) -> StoreResult<RetryOutcome> {
-    let query = sqlx::query(SQL_RETRY)
+    let query = WriteQuery::new(SQL_RETRY)
         .bind(i64::from(budget.max(1)))
         .bind(now_ms())
         .bind(id.to_string());
@@ -111,7 +113,7 @@ pub(super) async fn complete(
     attempt: u32,
     result: Value,
 ) -> StoreResult<Option<Task>> {
-    let query = sqlx::query(SQL_COMPLETE)
+    let query = WriteQuery::new(SQL_COMPLETE)
         .bind(to_json(&result)?)
         .bind(now_ms())
         .bind(id.to_string())
@@ -131,7 +133,7 @@ pub(super) async fn fail(
     error: TaskError,
     retry_at: Option<DateTime<Utc>>,
 ) -> StoreResult<Option<Task>> {
-    let query = sqlx::query(SQL_FAIL)
+    let query = WriteQuery::new(SQL_FAIL)
         .bind(id.to_string())
         .bind(i64::from(attempt))
         .bind(retry_at.map(|t| t.timestamp_millis()))
@@ -152,7 +154,7 @@ pub(super) async fn fail(
 
 /// [`TaskStore::release`](crate::store::TaskStore::release).
 pub(super) async fn release(store: &SqliteStore, id: Uuid, attempt: u32) -> StoreResult<bool> {
-    let query = sqlx::query(SQL_RELEASE)
+    let query = WriteQuery::new(SQL_RELEASE)
         .bind(now_ms())
         .bind(id.to_string())
         .bind(i64::from(attempt));
@@ -172,7 +174,9 @@ pub(super) async fn release(store: &SqliteStore, id: Uuid, attempt: u32) -> Stor
 
 /// [`TaskStore::cancel`](crate::store::TaskStore::cancel).
 pub(super) async fn cancel(store: &SqliteStore, id: Uuid) -> StoreResult<CancelOutcome> {
-    let query = sqlx::query(SQL_CANCEL).bind(now_ms()).bind(id.to_string());
+    let query = WriteQuery::new(SQL_CANCEL)
+        .bind(now_ms())
+        .bind(id.to_string());
     if let Some(task) = store.write_task(query).await? {
         return Ok(if task.status == Status::Cancelled {
             store.publish(EventKind::Cancelled, &task);
@@ -196,7 +200,7 @@ pub(super) async fn finish_cancelled(
     id: Uuid,
     attempt: u32,
 ) -> StoreResult<Option<Task>> {
-    let query = sqlx::query(SQL_FINISH_CANCELLED)
+    let query = WriteQuery::new(SQL_FINISH_CANCELLED)
         .bind(now_ms())
         .bind(id.to_string())
         .bind(i64::from(attempt));
@@ -222,7 +226,7 @@ pub(super) async fn fail_waiting(
     due_before: DateTime<Utc>,
     error: TaskError,
 ) -> StoreResult<Vec<Task>> {
-    let query = sqlx::query(SQL_FAIL_WAITING)
+    let query = WriteQuery::new(SQL_FAIL_WAITING)
         .bind(now_ms())
         .bind(error.code)
         .bind(error.message)

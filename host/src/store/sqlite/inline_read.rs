@@ -14,17 +14,14 @@
 use std::{
     cell::RefCell,
     path::{Path, PathBuf},
-    sync::{
-        LazyLock,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::atomic::{AtomicU64, Ordering},
 };
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _};
 use uuid::Uuid;
 
-use super::schema::{TaskRow, task_columns, task_from_row};
-use crate::store::{StoreError, StoreResult, Task};
+use super::schema::{TaskColumns, task_columns, task_from_row};
+use crate::store::{StoreResult, Task};
 
 /// Connections one thread keeps (one per open store it read from; tests open many stores).
 const PER_THREAD: usize = 4;
@@ -99,44 +96,8 @@ fn read(conn: &Connection, id: Uuid) -> Option<StoreResult<Option<Task>>> {
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let key = id.hyphenated().encode_lower(&mut buf);
     let row = stmt
-        .query_row([&*key], |row| Ok(task_from_row(&Row(row))))
+        .query_row([&*key], |row| Ok(task_from_row(&TaskColumns(row))))
         .optional()
         .ok()?;
     Some(row.transpose())
-}
-
-/// A rusqlite row as a [`TaskRow`].
-struct Row<'a, 'b>(&'a rusqlite::Row<'b>);
-
-impl Row<'_, '_> {
-    fn get<T: rusqlite::types::FromSql>(&self, name: &str) -> StoreResult<Option<T>> {
-        match column_index(name) {
-            Some(i) => self.0.get::<_, Option<T>>(i),
-            None => self.0.get::<_, Option<T>>(name),
-        }
-        .map_err(|e| StoreError::Corrupt(format!("column {name}: {e}")))
-    }
-}
-
-/// The place of column `name` in [`task_columns!`] (the order of [`SQL_GET`]'s columns).
-///
-/// rusqlite finds a column by name by asking SQLite for each column's name in turn and
-/// comparing them without case; a profile of status reads showed that at about 6 % of the
-/// service's CPU, for 20 lookups per row.
-pub(super) fn column_index(name: &str) -> Option<usize> {
-    static NAMES: LazyLock<Vec<&'static str>> =
-        LazyLock::new(|| task_columns!().split(',').map(str::trim).collect());
-    NAMES.iter().position(|n| *n == name)
-}
-
-impl TaskRow for Row<'_, '_> {
-    fn text(&self, name: &str) -> StoreResult<Option<String>> {
-        self.get(name)
-    }
-    fn int(&self, name: &str) -> StoreResult<Option<i64>> {
-        self.get(name)
-    }
-    fn real(&self, name: &str) -> StoreResult<Option<f64>> {
-        self.get(name)
-    }
 }

@@ -8,9 +8,10 @@
 //! - WAL journal with `synchronous = FULL`: a commit is fsynced to the WAL before the call
 //!   returns, so an accepted task survives a power loss (`NORMAL` would only survive a process
 //!   crash). This is the knob a benchmark may tune later;
-//! - two pools: a single-connection *write* pool (SQLite has one writer anyway; queueing in the
-//!   pool is cheaper than `SQLITE_BUSY` retries) and a read-only pool of several connections, so
-//!   reads never wait for writes (WAL readers see the last committed state);
+//! - one writer connection, owned by a thread of its own that group-commits every write
+//!   (`group_commit.rs`; SQLite has one writer anyway, and queueing there is cheaper than
+//!   `SQLITE_BUSY` retries), and a read-only pool of several connections, so reads never wait
+//!   for writes (WAL readers see the last committed state);
 //! - every write is one statement (`INSERT/UPDATE ... RETURNING`), atomic on its own in
 //!   autocommit mode: claims select and update in the same statement, and conditional
 //!   transitions (retry or fail, rescue) decide with `CASE` on the row's old values, so there
@@ -23,16 +24,17 @@
 //! - write health: the group committer reports every transaction's outcome to a
 //!   [`StoreHealth`](crate::store::health::StoreHealth).
 //!
-//! Migrations are embedded with `include_str!` and run with sqlx's
-//! [`Migrator`](sqlx::migrate::Migrator) (same `_sqlx_migrations` bookkeeping as
-//! `sqlx::migrate!`, which needs the `macros` feature this crate does not enable). Add a
+//! Migrations are embedded with `include_str!` and run at open with sqlx's
+//! [`Migrator`](sqlx::migrate::Migrator) on a connection of their own (same `_sqlx_migrations`
+//! bookkeeping as `sqlx::migrate!`, which needs the `macros` feature this crate does not
+//! enable). Add a
 //! migration by appending to [`MIGRATIONS`](schema::MIGRATIONS).
 //!
 //! Files: this one holds the store, its opening and the [`TaskStore`] impl, which delegates
 //! each operation to the file of its concern: `submit.rs` (insert), `claim.rs` (claims, leases,
 //! progress, rescue), `finish.rs` (complete, fail, release, cancel), `retention.rs` (prune,
 //! delete), `read.rs` (get, list,
-//! stats), `group_commit.rs` (the writer task every write goes through), `changes.rs` (events
+//! stats), `group_commit.rs` (the writer thread every write goes through), `changes.rs` (events
 //! across processes) and `schema.rs` (migrations, the column list, encoding and decoding of
 //! rows).
 
@@ -64,11 +66,11 @@ use serde_json::Value;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use uuid::Uuid;
 
 pub(crate) use self::sharing::network_file_system;
-use self::{group_commit::WriteJob, schema::MIGRATIONS};
+use self::{group_commit::Writes, schema::MIGRATIONS};
 use super::{
     CancelOutcome, DeleteOutcome, EventKind, ListFilter, NewTask, Page, Progress, Stats, Status,
     StoreError, StoreFault, StoreResult, Task, TaskError, TaskEvent, TaskStore,
@@ -88,14 +90,12 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// shared); the background tasks stop when the last clone is dropped or at [`Self::close`].
 #[derive(Debug, Clone)]
 pub(crate) struct SqliteStore {
-    /// One connection: every write goes through it.
-    writer: SqlitePool,
     /// Read-only connections for `get`, `list`, `stats`...
     reader: SqlitePool,
     /// Task events.
     events: broadcast::Sender<TaskEvent>,
-    /// Write statements waiting for the group committer.
-    writes: mpsc::UnboundedSender<WriteJob>,
+    /// Where write statements go: the writer thread (`group_commit.rs`).
+    writes: Writes,
     /// The database file.
     path: PathBuf,
     /// Point reads on the calling thread (`get`).
@@ -145,20 +145,10 @@ impl SqliteStore {
         let origin =
             i64::from_ne_bytes(Uuid::new_v4().as_bytes()[..8].try_into().expect("8 bytes"));
 
-        let writer = SqlitePoolOptions::new()
+        // Migrations run on a connection of their own, closed before the writer thread
+        // opens the one every later write goes through.
+        let migrating = SqlitePoolOptions::new()
             .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .test_before_acquire(false)
-            // A reconnected writer gets its change-log triggers again (before the first
-            // migration there is no table to put them on: installed below).
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    let _ = changes::install_triggers(conn, origin).await;
-                    Ok(())
-                })
-            })
             .connect_with(
                 base.clone()
                     .create_if_missing(true)
@@ -167,12 +157,19 @@ impl SqliteStore {
             )
             .await
             .map_err(db_err)?;
-
-        sql::migrator(MIGRATIONS)
-            .run(&writer)
+        let migrated = sql::migrator(MIGRATIONS)
+            .run(&migrating)
             .await
-            .map_err(|e| StoreError::Migration(e.to_string()))?;
-        changes::install_triggers(&mut *writer.acquire().await.map_err(db_err)?, origin).await?;
+            .map_err(|e| StoreError::Migration(e.to_string()));
+        migrating.close().await;
+        migrated?;
+        let health = Arc::new(StoreHealth::new("sqlite"));
+        let writes = group_commit::start(
+            path,
+            BUSY_TIMEOUT,
+            &changes::triggers(origin),
+            health.clone(),
+        )?;
 
         // The journal mode is persistent in the file; readers need not (and, read-only, cannot)
         // set it.
@@ -187,12 +184,9 @@ impl SqliteStore {
             .map_err(db_err)?;
 
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
-        let health = Arc::new(StoreHealth::new("sqlite"));
-        let writes = group_commit::start(&writer, health.clone());
         let watcher = changes::start_watcher(&base, origin, events.clone()).await?;
         let pruner = tokio::spawn(changes::prune_loop(reader.clone(), writes.clone()));
         Ok(SqliteStore {
-            writer,
             reader,
             events,
             writes,
@@ -207,8 +201,8 @@ impl SqliteStore {
         })
     }
 
-    /// Stops the background tasks and closes both pools, waiting for their connections to
-    /// close (WAL checkpoint included).
+    /// Stops the background tasks, the writer thread and the read pool, waiting for their
+    /// connections to close (WAL checkpoint included).
     pub(crate) async fn close(&self) {
         self.background.pruner.abort();
         let watcher = self.background.watcher.lock().expect("watcher lock").take();
@@ -217,18 +211,7 @@ impl SqliteStore {
             let _ = task.await;
         }
         self.reader.close().await;
-        self.writer.close().await;
-    }
-
-    /// Reports the outcome of a write that bypasses the group committer to the health tracker;
-    /// `changed` says whether a successful one changed rows.
-    fn track_write<T>(&self, r: &Result<T, sqlx::Error>, changed: impl Fn(&T) -> bool) {
-        match r {
-            Ok(v) => self.health.write_succeeded(changed(v)),
-            Err(e) => self
-                .health
-                .write_failed(super::Cause::of_sqlite(e), &e.to_string()),
-        }
+        group_commit::close(&self.writes).await;
     }
 
     /// Publishes an event; nobody listening is fine.

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{SqliteStore, read, schema::task_columns};
+use super::{SqliteStore, group_commit::WriteQuery, read, schema::task_columns};
 use crate::store::{
     DeleteOutcome, Status, StoreResult,
     sql::{count, db_err},
@@ -42,8 +42,8 @@ pub(super) async fn prune(
     if !status.is_terminal() || limit == 0 {
         return Ok(Vec::new());
     }
-    let query = sqlx::query(super::schema::limited(SQL_PRUNE, limit))
-        .bind(status.as_str())
+    let query = WriteQuery::new(super::schema::limited(SQL_PRUNE, limit).0)
+        .bind(status.as_str().to_owned())
         .bind(before.timestamp_millis());
     Ok(store
         .write_tasks(query)
@@ -73,7 +73,7 @@ pub(super) async fn count_prunable(
 
 /// [`TaskStore::delete`](crate::store::TaskStore::delete).
 pub(super) async fn delete(store: &SqliteStore, id: Uuid) -> StoreResult<DeleteOutcome> {
-    let query = sqlx::query(SQL_DELETE).bind(id.to_string());
+    let query = WriteQuery::new(SQL_DELETE).bind(id.to_string());
     if let Some(task) = store.write_task(query).await? {
         return Ok(DeleteOutcome::Deleted(task));
     }

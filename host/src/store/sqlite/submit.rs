@@ -3,6 +3,7 @@
 
 use super::{
     SqliteStore,
+    group_commit::WriteQuery,
     schema::{now_ms, task_columns, task_from_row},
 };
 use crate::store::{
@@ -30,7 +31,7 @@ const SQL_GET_BY_KEY: &str = concat!(
 pub(super) async fn insert(store: &SqliteStore, task: NewTask) -> StoreResult<(Task, bool)> {
     let now = now_ms();
     let input = to_json(&task.input)?;
-    let query = sqlx::query(SQL_INSERT)
+    let query = WriteQuery::new(SQL_INSERT)
         .bind(task.id.to_string())
         .bind(task.task_type)
         .bind(input)

@@ -1,12 +1,12 @@
 //! Tests of what only the SQLite store does: its pragmas, its query plans, its percentiles and
 //! cursors. What every store does is in the conformance suite.
 
-use sqlx::{AssertSqlSafe, Row};
 use uuid::Uuid;
 
 use super::{
     SqliteStore,
     claim::{SQL_CLAIM, SQL_RESCUE},
+    group_commit::{WriteQuery, no_row, send_write},
     read::{SQL_PENDING_BY_TYPE, percentile},
     schema::task_columns,
 };
@@ -40,29 +40,104 @@ async fn open() -> (tempfile::TempDir, SqliteStore) {
     (dir, store)
 }
 
+/// A pragma's value on the writer connection (read through the writer thread, in a durable
+/// batch).
+async fn writer_pragma(store: &SqliteStore, name: &str) -> i64 {
+    let query = WriteQuery::new(format!("PRAGMA {name}"));
+    send_write(&store.writes, query, true, |r| {
+        r.get::<_, i64>(0)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))
+    })
+    .await
+    .unwrap()
+    .rows[0]
+}
+
 #[tokio::test]
 async fn durable_pragmas() {
     let (_dir, store) = open().await;
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
-        .fetch_one(&store.writer)
+        .fetch_one(&store.reader)
         .await
         .unwrap();
     assert_eq!(mode, "wal");
-    let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
-        .fetch_one(&store.writer)
-        .await
-        .unwrap();
-    assert_eq!(sync, 2, "synchronous = FULL");
-    let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
-        .fetch_one(&store.writer)
-        .await
-        .unwrap();
-    assert_eq!(fk, 1);
+    assert_eq!(
+        writer_pragma(&store, "synchronous").await,
+        2,
+        "synchronous = FULL"
+    );
+    assert_eq!(writer_pragma(&store, "foreign_keys").await, 1);
     // Readers are read-only.
     let write = sqlx::query("DELETE FROM tasks")
         .execute(&store.reader)
         .await;
     assert!(write.is_err());
+}
+
+/// Writes after `close` answer that the store is closed, and nothing waits for ever.
+#[tokio::test]
+async fn writes_after_close_are_refused() {
+    let (_dir, store) = open().await;
+    store.close().await;
+    let r = store.insert(new_task()).await;
+    assert!(
+        matches!(&r, Err(StoreError::Unavailable(m)) if m.contains("closed") || m.contains("stopped")),
+        "{r:?}"
+    );
+}
+
+/// A batch of concurrent writes in which one statement fails: that one answers its error,
+/// the others commit.
+#[tokio::test]
+async fn a_failing_statement_fails_alone_in_its_batch() {
+    let (_dir, store) = open().await;
+    let mut writes = Vec::new();
+    for i in 0..20 {
+        let sql = if i == 7 {
+            "INSERT INTO no_such_table VALUES (1)"
+        } else {
+            "INSERT INTO task_changes (change_task, change_kind, change_origin) VALUES ('x', 'created', 1)"
+        };
+        writes.push(send_write(
+            &store.writes,
+            WriteQuery::new(sql),
+            true,
+            no_row,
+        ));
+    }
+    let answers = futures_util::future::join_all(writes).await;
+    for (i, a) in answers.iter().enumerate() {
+        if i == 7 {
+            assert!(
+                a.is_err(),
+                "the bad statement answered {:?}",
+                a.as_ref().map(|w| w.changes)
+            );
+        } else {
+            assert_eq!(a.as_ref().map(|w| w.changes).ok(), Some(1), "statement {i}");
+        }
+    }
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM task_changes WHERE change_task = 'x'")
+        .fetch_one(&store.reader)
+        .await
+        .unwrap();
+    assert_eq!(n, 19);
+}
+
+fn new_task() -> NewTask {
+    NewTask {
+        id: Uuid::now_v7(),
+        task_type: "bench".into(),
+        input: serde_json::json!({ "x": 1 }),
+        priority: 0,
+        max_attempts: 3,
+        idempotency_key: None,
+        webhook_url: None,
+        trace_parent: None,
+        timeout_secs: None,
+        request_hash: None,
+        webhook_events: None,
+    }
 }
 
 /// The inline reader reads columns by place: each name's place is the column SQLite names
@@ -76,9 +151,9 @@ async fn inline_reads_find_each_column_by_place() {
     let names = stmt.column_names();
     assert_eq!(names.len(), task_columns!().split(',').count());
     for (i, name) in names.iter().enumerate() {
-        assert_eq!(super::inline_read::column_index(name), Some(i), "{name}");
+        assert_eq!(super::schema::column_index(name), Some(i), "{name}");
     }
-    assert_eq!(super::inline_read::column_index("nope"), None);
+    assert_eq!(super::schema::column_index("nope"), None);
 }
 
 /// The hot statements use their indexes (no full scan, no sort).
@@ -120,32 +195,31 @@ async fn the_claim_is_not_prepared_again_on_every_run() {
 
 #[tokio::test]
 async fn query_plans_use_indexes() {
-    let (_dir, store) = open().await;
+    let (dir, store) = open().await;
+    drop(store);
+    let db = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
     let plan = |sql: &'static str| {
-        let store = store.clone();
-        async move {
-            let sql = super::schema::limited(sql, 8).0;
-            let rows = sqlx::query(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
-                .fetch_all(&store.writer)
-                .await
-                .unwrap();
-            rows.iter()
-                .map(|r| r.try_get::<String, _>("detail").unwrap())
-                .collect::<Vec<_>>()
-                .join(" | ")
-        }
+        let sql = format!("EXPLAIN QUERY PLAN {}", super::schema::limited(sql, 8).0);
+        let mut stmt = db.prepare(&sql).unwrap();
+        let nulls = vec![rusqlite::types::Value::Null; stmt.parameter_count()];
+        stmt.query_map(rusqlite::params_from_iter(nulls), |r| {
+            r.get::<_, String>("detail")
+        })
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
+        .join(" | ")
     };
-    let claim = plan(SQL_CLAIM).await;
+    let claim = plan(SQL_CLAIM);
     assert!(claim.contains("tasks_claim"), "{claim}");
     assert!(!claim.contains("TEMP B-TREE"), "{claim}");
-    let rescue = plan(SQL_RESCUE).await;
+    let rescue = plan(SQL_RESCUE);
     assert!(rescue.contains("tasks_status_id"), "{rescue}");
     let list = plan(concat!(
         "SELECT ",
         task_columns!(),
         " FROM tasks WHERE status = ? AND id < ? ORDER BY id DESC LIMIT ?"
-    ))
-    .await;
+    ));
     assert!(
         list.contains("tasks_status_id") && !list.contains("TEMP B-TREE"),
         "{list}"
@@ -154,13 +228,12 @@ async fn query_plans_use_indexes() {
         "SELECT ",
         task_columns!(),
         " FROM tasks WHERE task_type = ? ORDER BY id DESC LIMIT ?"
-    ))
-    .await;
+    ));
     assert!(
         list.contains("tasks_type_id") && !list.contains("TEMP B-TREE"),
         "{list}"
     );
-    let pending = plan(SQL_PENDING_BY_TYPE).await;
+    let pending = plan(SQL_PENDING_BY_TYPE);
     assert!(
         pending.contains("tasks_claim") && !pending.contains("TEMP B-TREE"),
         "{pending}"
@@ -175,22 +248,7 @@ async fn insert_throughput() {
     let n = 2000;
     let start = std::time::Instant::now();
     for _ in 0..n {
-        store
-            .insert(NewTask {
-                id: Uuid::now_v7(),
-                task_type: "bench".into(),
-                input: serde_json::json!({ "x": 1 }),
-                priority: 0,
-                max_attempts: 3,
-                idempotency_key: None,
-                webhook_url: None,
-                trace_parent: None,
-                timeout_secs: None,
-                request_hash: None,
-                webhook_events: None,
-            })
-            .await
-            .unwrap();
+        store.insert(new_task()).await.unwrap();
     }
     let secs = start.elapsed().as_secs_f64();
     eprintln!("{n} inserts in {secs:.3}s: {:.0}/s", f64::from(n) / secs);

@@ -6,8 +6,8 @@
 
 use std::{fs::File, io::ErrorKind, path::PathBuf};
 
-use super::{SqliteStore, schema::now_ms};
-use crate::store::{StoreError, StoreResult, sql::db_err};
+use super::{SqliteStore, group_commit::WriteQuery, schema::now_ms};
+use crate::store::{StoreError, StoreResult};
 
 /// Ends the leases of the PROCESSING tasks of an identity's earlier runs (worker ids
 /// `{identity}#...` other than this run's); the next rescue puts them back in the queue.
@@ -64,13 +64,10 @@ pub(super) async fn expire_previous_runs(
 ) -> StoreResult<u64> {
     let prefix = format!("{identity}#");
     let chars = i64::try_from(prefix.chars().count()).unwrap_or(i64::MAX);
-    let done = sqlx::query(SQL_EXPIRE_PREVIOUS)
+    let query = WriteQuery::new(SQL_EXPIRE_PREVIOUS)
         .bind(now_ms().saturating_sub(1))
         .bind(chars)
         .bind(prefix)
-        .bind(current)
-        .execute(&store.writer)
-        .await
-        .map_err(db_err)?;
-    Ok(done.rows_affected())
+        .bind(current.to_owned());
+    store.execute(query, false).await
 }
