@@ -27,8 +27,7 @@
 //! Migrations are embedded with `include_str!` and run at open with sqlx's
 //! [`Migrator`](sqlx::migrate::Migrator) on a connection of their own (same `_sqlx_migrations`
 //! bookkeeping as `sqlx::migrate!`, which needs the `macros` feature this crate does not
-//! enable). Add a
-//! migration by appending to [`MIGRATIONS`](schema::MIGRATIONS).
+//! enable). Add a migration by appending to [`MIGRATIONS`](schema::MIGRATIONS).
 //!
 //! Files: this one holds the store, its opening and the [`TaskStore`] impl, which delegates
 //! each operation to the file of its concern: `submit.rs` (insert), `claim.rs` (claims, leases,
