@@ -109,7 +109,8 @@ pub(crate) use conformance_suite;
 const LEASE: Duration = Duration::from_secs(60);
 const WAIT: Duration = Duration::from_secs(5);
 
-fn new_task(task_type: &str, priority: i32) -> NewTask {
+/// A new task of `task_type` at `priority` (shared by the stores' own tests too).
+pub(crate) fn new_task(task_type: &str, priority: i32) -> NewTask {
     NewTask {
         id: Uuid::now_v7(),
         task_type: task_type.to_owned(),

@@ -125,19 +125,7 @@ async fn a_failing_statement_fails_alone_in_its_batch() {
 }
 
 fn new_task() -> NewTask {
-    NewTask {
-        id: Uuid::now_v7(),
-        task_type: "bench".into(),
-        input: serde_json::json!({ "x": 1 }),
-        priority: 0,
-        max_attempts: 3,
-        idempotency_key: None,
-        webhook_url: None,
-        trace_parent: None,
-        timeout_secs: None,
-        request_hash: None,
-        webhook_events: None,
-    }
+    crate::store::conformance::new_task("bench", 0)
 }
 
 /// The inline reader reads columns by place: each name's place is the column SQLite names
