@@ -123,7 +123,9 @@ impl<R: Send> Job for Statement<R> {
         let outcome = match (failed, self.outcome) {
             (None, Some(outcome)) => outcome,
             (Some(why), _) => Err(StoreError::Unavailable(why.to_owned())),
-            (None, None) => Err(StoreError::Unavailable("the write did not run".into())),
+            (None, None) => Err(StoreError::Unavailable(
+                "the write's answer could not be decoded".into(),
+            )),
         };
         let _ = self.reply.send(outcome);
     }
@@ -252,7 +254,7 @@ fn commit(
     }
     if batch.len() == 1 {
         let mut job = batch.pop().expect("one job");
-        let r = job.run(conn);
+        let r = run_guarded(job.as_mut(), conn);
         crate::metrics::store_commit(STORE, began, r.is_ok());
         match &r {
             Ok(changed) => health.write_succeeded(*changed),
@@ -274,7 +276,7 @@ fn commit(
     let mut changed = false;
     let mut rolled_back = None;
     for job in batch.iter_mut() {
-        match job.run(conn) {
+        match run_guarded(job.as_mut(), conn) {
             Ok(c) => changed |= c,
             Err(f) => {
                 failed.get_or_insert(f.clone());
@@ -306,6 +308,17 @@ fn commit(
     for job in batch.drain(..) {
         job.answer(why.as_deref());
     }
+}
+
+/// Runs one job; a panic (a bug in a row decoder, say) fails that statement instead of
+/// stopping the writer thread, which would leave the store unable to write until restarted.
+fn run_guarded(job: &mut dyn Job, conn: &Connection) -> Result<bool, Failure> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run(conn))).unwrap_or_else(|_| {
+        Err((
+            Cause::Other,
+            "the write's answer could not be decoded (a panic on the writer thread)".into(),
+        ))
+    })
 }
 
 /// Sends a write statement to the writer and answers its decoded rows once committed.

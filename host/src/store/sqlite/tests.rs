@@ -11,7 +11,7 @@ use super::{
     schema::task_columns,
 };
 use crate::store::{
-    NewTask, StoreError, TaskStore,
+    NewTask, StoreError, StoreResult, TaskStore,
     sql::{decode_cursor, encode_cursor},
 };
 
@@ -122,6 +122,30 @@ async fn a_failing_statement_fails_alone_in_its_batch() {
         .await
         .unwrap();
     assert_eq!(n, 19);
+}
+
+/// A row decoder that panics fails its own write; the writer thread lives on and the next
+/// write succeeds.
+#[tokio::test]
+async fn a_panicking_decoder_does_not_stop_the_writer() {
+    let (_dir, store) = open().await;
+    let query = WriteQuery::new("UPDATE tasks SET priority = priority RETURNING id");
+    store.insert(new_task()).await.unwrap();
+    let r = send_write(&store.writes, query, true, |_| -> StoreResult<()> {
+        panic!("a decoder bug")
+    })
+    .await;
+    assert!(
+        matches!(&r, Err(StoreError::Unavailable(m)) if m.contains("could not be decoded")),
+        "{:?}",
+        r.as_ref().map(|w| w.changes)
+    );
+    let (task, created) = store.insert(new_task()).await.unwrap();
+    assert!(created);
+    assert_eq!(
+        store.get(task.id).await.unwrap().map(|t| t.id),
+        Some(task.id)
+    );
 }
 
 fn new_task() -> NewTask {
