@@ -1,7 +1,7 @@
 //! Write health of a task store: whether its last writes reached the database, and if not why.
 //!
 //! Both stores report the outcome of each write transaction here (from their group committer,
-//! the one path of writes, and their few direct writes). A failed write marks the store
+//! the one path of writes). A failed write marks the store
 //! unhealthy until a write that changed something succeeds: a write that matched no row (a
 //! claim round on an empty queue) proves nothing, since SQLite commits it without touching the
 //! disk. The change of state is logged once: one ERROR line when writes start failing, naming

@@ -41,7 +41,8 @@ macro_rules! first_of_its_task {
     };
 }
 
-/// `?1`: lease end; `?2`: now; `?3`: limit; a task's rows in order (`first_of_its_task`).
+/// `?1`: lease end; `?2`: now; `{limit}` written into the SQL; a task's rows in order
+/// (`first_of_its_task`).
 const SQL_CLAIM: &str = concat!(
     "UPDATE webhook_deliveries SET lease_until = ?1 WHERE id IN (SELECT id FROM \
      webhook_deliveries d WHERE state = 'pending' AND next_at <= ?2 \

@@ -241,6 +241,11 @@ fn commit(
     health: &StoreHealth,
 ) {
     let began = Instant::now();
+    // A transaction left open (a failed COMMIT whose ROLLBACK failed too) would swallow every
+    // later write: end it first.
+    if !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
     let durable = batch.iter().any(|j| j.durable());
     if durable != *synced {
         let pragma = if durable {
@@ -279,11 +284,13 @@ fn commit(
         match run_guarded(job.as_mut(), conn) {
             Ok(c) => changed |= c,
             Err(f) => {
-                failed.get_or_insert(f.clone());
                 if conn.is_autocommit() {
+                    // The rollback's cause is the batch's cause.
+                    failed = Some(f.clone());
                     rolled_back = Some(f.1);
                     break;
                 }
+                failed.get_or_insert(f);
             }
         }
     }
@@ -310,8 +317,10 @@ fn commit(
     }
 }
 
-/// Runs one job; a panic (a bug in a row decoder, say) fails that statement instead of
-/// stopping the writer thread, which would leave the store unable to write until restarted.
+/// Runs one job; a panic (a bug in a row decoder, say) answers that statement with an error
+/// instead of stopping the writer thread, which would leave the store unable to write until
+/// restarted. What the statement changed before the panic stays (it commits with its batch):
+/// only its answer is lost, as when a caller stops waiting.
 fn run_guarded(job: &mut dyn Job, conn: &Connection) -> Result<bool, Failure> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run(conn))).unwrap_or_else(|_| {
         Err((

@@ -12,7 +12,8 @@ use crate::store::{
 };
 
 /// Oldest first by id (UUIDv7: creation order), through `tasks_status_id`, so a batch stops
-/// after `?3` rows. `?1`: status; `?2`: cutoff (ms).
+/// after `{limit}` rows (written into the SQL: `schema::limited`). `?1`: status; `?2`: cutoff
+/// (ms).
 const SQL_PRUNE: &str = concat!(
     "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks \
        WHERE status = ?1 AND finished_at < ?2 ORDER BY id LIMIT {limit}) \

@@ -124,8 +124,8 @@ async fn a_failing_statement_fails_alone_in_its_batch() {
     assert_eq!(n, 19);
 }
 
-/// A row decoder that panics fails its own write; the writer thread lives on and the next
-/// write succeeds.
+/// A row decoder that panics makes its own write answer an error; the writer thread lives on
+/// and the next write succeeds.
 #[tokio::test]
 async fn a_panicking_decoder_does_not_stop_the_writer() {
     let (_dir, store) = open().await;
