@@ -112,9 +112,9 @@ impl<R: Send> Job for Statement<R> {
                 Ok(changed)
             }
             Err(e) => {
-                let failure = (Cause::of_rusqlite(&e), e.to_string());
-                self.outcome = Some(Err(StoreError::Unavailable(e.to_string())));
-                Err(failure)
+                let msg = e.to_string();
+                self.outcome = Some(Err(StoreError::Unavailable(msg.clone())));
+                Err((Cause::of_rusqlite(&e), msg))
             }
         }
     }
@@ -143,10 +143,12 @@ fn execute<R>(
     let mut rows = stmt.query(rusqlite::params_from_iter(query.args.iter()))?;
     let mut decoded = Ok(Vec::new());
     while let Some(row) = rows.next()? {
-        match (&mut decoded, decode(row)) {
-            (Ok(list), Ok(v)) => list.push(v),
-            (Ok(_), Err(e)) => decoded = Err(e),
-            (Err(_), _) => {}
+        // After a row that does not decode, the rest are only stepped through.
+        if let Ok(list) = &mut decoded {
+            match decode(row) {
+                Ok(v) => list.push(v),
+                Err(e) => decoded = Err(e),
+            }
         }
     }
     drop(rows);
@@ -270,8 +272,8 @@ fn commit(
     }
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         crate::metrics::store_commit(STORE, began, false);
-        health.write_failed(Cause::of_rusqlite(&e), &e.to_string());
         let why = e.to_string();
+        health.write_failed(Cause::of_rusqlite(&e), &why);
         for job in batch.drain(..) {
             job.answer(Some(&why));
         }
@@ -302,11 +304,11 @@ fn commit(
         }),
     };
     crate::metrics::store_commit(STORE, began, committed.is_ok());
-    match (&failed, &committed) {
-        // A statement that failed inside a committed batch still is a failed write.
-        (Some((cause, msg)), _) => health.write_failed(*cause, msg),
-        (None, Ok(())) => health.write_succeeded(changed),
-        (None, Err(msg)) => health.write_failed(Cause::Other, msg),
+    // `failed` is set whenever the batch did not commit; a statement that failed inside a
+    // committed batch still is a failed write.
+    match &failed {
+        Some((cause, msg)) => health.write_failed(*cause, msg),
+        None => health.write_succeeded(changed),
     }
     if committed.is_err() && !conn.is_autocommit() {
         let _ = conn.execute_batch("ROLLBACK");
